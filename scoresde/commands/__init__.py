@@ -1,0 +1,1 @@
+"""Subcommands of the ``scoresde`` CLI, one module each (see :mod:`scoresde.cli`)."""

@@ -1,0 +1,304 @@
+"""The sampler contract: one registry, one call signature, one result type.
+
+A sampler is a class with metadata (``name``, ``order``, ``calls_per_step``, ``stochastic``) and a
+``run(model, x, times, ctx)`` method that takes the state at ``times[0]`` to ``times[-1]``, calling
+``ctx.step(i, x)`` after each grid step. :func:`sample` does everything around it once: validation,
+the grid, the prior draw, NFE accounting from the model's own counter, trajectories, the final
+denoising step, progress and timing. Adding a sampler is one new file in this package that defines
+a subclass decorated with :func:`register`.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .. import grids as _grids
+from ..models import ScoreModel
+from ..sde import SDE
+
+__all__ = ["Sampler", "SampleResult", "SamplingContext", "register", "get_sampler", "available", "sample",
+           "SAMPLERS", "GeneratorNoise", "BrownianNoise", "brownian_path"]
+
+SAMPLERS: dict[str, type["Sampler"]] = {}
+
+
+def register(cls: type["Sampler"]) -> type["Sampler"]:
+    """Class decorator: add ``cls`` to the registry under ``cls.name``. Duplicate names raise."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{cls.__name__}: a registered sampler needs a non-empty class attribute 'name'")
+    if name in SAMPLERS and SAMPLERS[name] is not cls:
+        raise ValueError(f"sampler name {name!r} is already registered by {SAMPLERS[name].__name__}")
+    SAMPLERS[name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    """Registered sampler names."""
+    return sorted(SAMPLERS)
+
+
+def get_sampler(method) -> type["Sampler"]:
+    """Resolve a registered name, or accept a :class:`Sampler` subclass as it is."""
+    if isinstance(method, type) and issubclass(method, Sampler):
+        return method
+    if isinstance(method, str) and method in SAMPLERS:
+        return SAMPLERS[method]
+    raise ValueError(f"method: unknown sampler {method!r}; known samplers: {', '.join(available())} "
+                     "(or pass a Sampler subclass)")
+
+
+class Sampler:
+    """Base class of all samplers.
+
+    Class attributes: ``name`` (registry key), ``adaptive`` (chooses its own steps; ``steps`` may
+    then be None). Attributes an instance may set in ``__init__`` from its options: ``stochastic``
+    (draws noise; a class default), ``order`` (theoretical global order of the deterministic error, or the weak order for SDE
+    samplers; None when it has none) and ``calls_per_step`` (model evaluations per grid step).
+    """
+
+    name: ClassVar[str] = ""
+    stochastic: bool = False
+    adaptive: ClassVar[bool] = False
+    order: float | None = None
+    calls_per_step: int = 1
+
+    def expected_nfe(self, steps: int) -> int | None:
+        """Model evaluations for ``steps`` grid steps (None where the solver decides, e.g. adaptive)."""
+        return self.calls_per_step * steps
+
+    def run(self, model: ScoreModel, x: Tensor, times: Tensor, ctx: "SamplingContext") -> Tensor:
+        raise NotImplementedError
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        params = inspect.signature(cls.__init__).parameters.values()
+        return [p.name for p in params if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "order": self.order, "calls_per_step": self.calls_per_step,
+                "stochastic": self.stochastic, "adaptive": self.adaptive}
+
+    def __repr__(self) -> str:
+        opts = {k: getattr(self, k) for k in self.option_names() if hasattr(self, k)}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in opts.items())})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise: from a generator, or from a shared Brownian path so that runs with different grids
+# see the same realisation (strong-error studies).
+# ---------------------------------------------------------------------------------------------
+class GeneratorNoise:
+    """Independent Gaussian increments drawn from a ``torch.Generator``."""
+
+    def __init__(self, generator: torch.Generator | None):
+        self.generator = generator
+
+    def increment(self, t: float, t_next: float, like: Tensor) -> Tensor:
+        z = torch.randn(like.shape, generator=self.generator, device=like.device, dtype=like.dtype)
+        return math.sqrt(abs(t - t_next)) * z
+
+
+class BrownianNoise:
+    """Increments of a torchsde Brownian path in the flipped time ``s = t_start - t``.
+
+    The path must cover ``[0, t_start - t_end]`` and have size ``(B, prod(event_shape))``, the
+    layout of :class:`scoresde.sde.ReverseSDE`; :func:`brownian_path` builds one.
+    """
+
+    def __init__(self, path, t_start: float):
+        self.path = path
+        self.t_start = float(t_start)
+
+    def increment(self, t: float, t_next: float, like: Tensor) -> Tensor:
+        dw = self.path(self.t_start - t, self.t_start - t_next)
+        return dw.reshape(like.shape).to(like.dtype)
+
+
+def brownian_path(times: Tensor, shape, *, seed: int = 0, dtype=torch.float64, device=None,
+                  levy_area_approximation: str = "none"):
+    """A torchsde ``BrownianInterval`` for sampling over ``times`` (T .. t_min), shareable between grids
+    with the same two ends. ``shape`` is the full batch shape of x."""
+    import torchsde
+
+    times = torch.as_tensor(times, dtype=torch.float64)
+    shape = tuple(shape)
+    size = (shape[0], math.prod(shape[1:]))
+    return torchsde.BrownianInterval(t0=0.0, t1=float(times[0] - times[-1]), size=size, dtype=dtype,
+                                     device=device, entropy=seed, levy_area_approximation=levy_area_approximation)
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class SampleResult:
+    """What every sampler returns.
+
+    ``times`` is the grid actually used (float64), ``trajectory`` the state at every grid time
+    (``(len(times), *x.shape)``) when asked. ``t_start``/``t_end`` with alpha and sigma there record
+    exactly where the sampler started and ended: an error is comparable against a reference only
+    with the same two ends (a final denoising step ends at t = 0, alpha = 1, sigma = 0).
+    """
+
+    samples: Tensor
+    times: Tensor
+    nfe: int
+    method: str
+    order: float | None
+    t_start: float
+    t_end: float
+    alpha_start: float
+    sigma_start: float
+    alpha_end: float
+    sigma_end: float
+    trajectory: Tensor | None = None
+    stats: dict = field(default_factory=dict)
+
+
+class SamplingContext:
+    """What :func:`sample` hands a sampler: noise, the per-step hook, and a stats dict."""
+
+    def __init__(self, sampler: Sampler, times: Tensor, noise, generator, record: bool, progress: bool):
+        self.sampler = sampler
+        self.times = times
+        self.noise = noise
+        self.generator = generator
+        self.stats: dict[str, Any] = {}
+        self._record = record
+        self.trajectory: list[Tensor] = []
+        self._bar = tqdm(total=len(times) - 1, desc=sampler.name, disable=not progress, leave=False)
+
+    def start(self, x: Tensor) -> None:
+        if self._record:
+            self.trajectory.append(x.detach().clone())
+
+    def step(self, i: int, x: Tensor) -> None:
+        """Report that step ``i`` (from times[i] to times[i+1]) is done with state ``x``."""
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(
+                f"{self.sampler.name}: non-finite values after step {i} (t = {float(self.times[i]):.6g} -> "
+                f"{float(self.times[i + 1]):.6g}); the model returned NaN/inf or the step is unstable")
+        if self._record:
+            self.trajectory.append(x.detach().clone())
+        self._bar.update(1)
+
+    def brownian_increment(self, i: int, like: Tensor) -> Tensor:
+        """Brownian increment over step i (variance |times[i] - times[i+1]|), shaped like ``like``."""
+        return self.noise.increment(float(self.times[i]), float(self.times[i + 1]), like)
+
+    def normal(self, i: int, like: Tensor) -> Tensor:
+        """The standard normal of step i: the Brownian increment divided by sqrt(step length)."""
+        dt = abs(float(self.times[i]) - float(self.times[i + 1]))
+        return self.brownian_increment(i, like) / math.sqrt(dt)
+
+    def randn_like(self, like: Tensor) -> Tensor:
+        """Extra Gaussian noise off the Brownian path (e.g. for corrector steps)."""
+        return torch.randn(like.shape, generator=self.generator, device=like.device, dtype=like.dtype)
+
+    def close(self):
+        self._bar.close()
+
+
+def _coefficients(sde: SDE, t: float) -> tuple[float, float]:
+    if t == 0.0:
+        return 1.0, 0.0
+    a, s = sde.alpha_sigma(torch.tensor(t, dtype=torch.float64))
+    return float(a), float(s)
+
+
+def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T: Tensor | None = None,
+           shape=None, generator: torch.Generator | None = None, grid="logsnr", t_min: float | None = None,
+           T: float | None = None, final_denoise: bool = False, brownian=None, dtype: torch.dtype | None = None,
+           return_trajectory: bool = False, progress: bool = False, **options) -> SampleResult:
+    """Sample from ``model`` by integrating the reverse dynamics of ``sde`` with ``method``.
+
+    Args:
+        model: a :class:`ScoreModel` (its ``sde`` must be ``sde``).
+        method: a registered name (see :func:`available`) or a :class:`Sampler` subclass.
+        steps: number of grid steps (may be None for adaptive solvers).
+        x_T: the starting state at T; or give ``shape`` (with ``generator``, ``dtype``) to draw it
+            from the prior N(0, sigma(T)^2 I).
+        grid: a grid name (``scoresde.grids.available()``), a callable, or a decreasing tensor of times.
+        t_min, T: the two ends of the grid (default: the SDE's).
+        final_denoise: finish with Tweedie's denoiser x0(x, t_min) (one more model call).
+        brownian: a torchsde Brownian path (see :func:`brownian_path`) for stochastic samplers;
+            default: increments drawn from ``generator``.
+        return_trajectory: keep the state at every grid time.
+        progress: show a tqdm progress bar.
+        **options: the sampler's own options (``method``'s constructor arguments).
+    """
+    cls = get_sampler(method)
+    if not isinstance(model, ScoreModel):
+        raise ValueError(f"model: expected a scoresde.ScoreModel, got {type(model).__name__}")
+    if not isinstance(sde, SDE):
+        raise ValueError(f"sde: expected a scoresde.SDE, got {type(sde).__name__}")
+    if model.sde is not sde and model.sde != sde:
+        raise ValueError(f"sde: {sde!r} differs from the model's SDE {model.sde!r}")
+    allowed = cls.option_names()
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"options: {cls.name!r} does not accept {', '.join(unknown)}; "
+                         f"its options are: {', '.join(allowed) or '(none)'}")
+    sampler = cls(**options)
+
+    if steps is None and not cls.adaptive and not isinstance(grid, (Tensor, list, tuple)):
+        raise ValueError(f"steps: {cls.name!r} needs a number of steps (a positive integer)")
+    if steps is None and cls.adaptive and not isinstance(grid, (Tensor, list, tuple)):
+        steps = 1  # an adaptive solver only needs the two ends
+    times = _grids.make_grid(grid, sde, steps, t_min=t_min, T=T)
+
+    x = _initial_state(sde, x_T, shape, generator, dtype)
+    noise = GeneratorNoise(generator) if brownian is None else BrownianNoise(brownian, float(times[0]))
+    ctx = SamplingContext(sampler, times, noise, generator, return_trajectory, progress)
+
+    nfe0 = model.nfe
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            ctx.start(x)
+            x = sampler.run(model, x, times, ctx)
+            if final_denoise:
+                x = model.x0(x, float(times[-1]))
+                if not torch.isfinite(x).all():
+                    raise FloatingPointError(f"{cls.name}: non-finite values in the final denoising step at t = {float(times[-1]):.6g}")
+    finally:
+        ctx.close()
+    ctx.stats["wall_time"] = time.perf_counter() - start
+
+    t_end = 0.0 if final_denoise else float(times[-1])
+    a0, s0 = _coefficients(sde, float(times[0]))
+    a1, s1 = _coefficients(sde, t_end)
+    return SampleResult(
+        samples=x, times=times, nfe=model.nfe - nfe0, method=cls.name, order=sampler.order,
+        t_start=float(times[0]), t_end=t_end, alpha_start=a0, sigma_start=s0, alpha_end=a1, sigma_end=s1,
+        trajectory=torch.stack(ctx.trajectory) if return_trajectory else None, stats=ctx.stats,
+    )
+
+
+def _initial_state(sde: SDE, x_T, shape, generator, dtype) -> Tensor:
+    if x_T is None:
+        if shape is None:
+            raise ValueError("x_T/shape: give the starting state x_T or a shape to draw it from the prior")
+        shape = tuple(int(s) for s in shape)
+        if len(shape) < 2 or min(shape) < 1:
+            raise ValueError(f"shape: expected (batch, *event_shape) with positive sizes, got {shape}")
+        return sde.prior_sample(shape, generator=generator, dtype=dtype or torch.float32)
+    if not isinstance(x_T, Tensor):
+        raise ValueError(f"x_T: expected a tensor, got {type(x_T).__name__}")
+    if x_T.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise ValueError(f"x_T: expected a floating dtype (float16, bfloat16, float32, float64), got {x_T.dtype}")
+    if x_T.ndim < 2:
+        raise ValueError(f"x_T: expected shape (batch, *event_shape), got {tuple(x_T.shape)}")
+    if shape is not None and tuple(shape) != tuple(x_T.shape):
+        raise ValueError(f"x_T: shape {tuple(x_T.shape)} differs from shape={tuple(shape)}")
+    if dtype is not None and dtype != x_T.dtype:
+        raise ValueError(f"x_T: dtype {x_T.dtype} differs from dtype={dtype}")
+    if not torch.isfinite(x_T).all():
+        raise ValueError("x_T: contains non-finite values")
+    return x_T

@@ -1,0 +1,55 @@
+r"""DDIM (Song, Meng & Ermon 2021), written for any SDE of the family through alpha and sigma.
+
+With the data prediction ``x0 = x0_theta(x_t, t)`` and ``eps = (x_t - alpha_t x0) / sigma_t``, a step
+from t to s < t is
+
+.. math::  x_s = \alpha_s x_0 + \sqrt{\sigma_s^2 - c^2}\, \varepsilon + c\, z,
+           \qquad c = \eta\, \sigma_s \sqrt{1 - e^{-2h}}, \quad h = \lambda_s - \lambda_t,
+
+where ``c^2`` is eta^2 times the variance of the DDPM posterior q(x_s | x_t, x_0). eta = 0 is the
+deterministic DDIM, the exponential-Euler (first-order) step of the probability-flow ODE in lambda;
+eta = 1 has exactly DDPM's ancestral transition. One model call per step; order 1 (eta = 0).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._tensor import check_finite_number
+from .base import Sampler, register
+
+
+@register
+class DDIM(Sampler):
+    name = "ddim"
+    calls_per_step = 1
+
+    def __init__(self, eta: float = 0.0):
+        eta = check_finite_number("eta", eta)
+        if eta < 0:
+            raise ValueError(f"eta: expected a number >= 0 (0: deterministic DDIM, 1: DDPM), got {eta}")
+        self.eta = eta
+        self.order = 1
+        self.stochastic = eta > 0
+
+    def run(self, model, x, times, ctx):
+        sde = model.sde
+        lam = sde.lam(times)
+        alpha, sigma = sde.alpha_sigma(times)
+        for i in range(len(times) - 1):
+            t = float(times[i])
+            x0 = model.x0(x, t)
+            eps = (x - float(alpha[i]) * x0) / float(sigma[i])
+            h = float(lam[i + 1] - lam[i])
+            s_next, a_next = float(sigma[i + 1]), float(alpha[i + 1])
+            if self.eta == 0:
+                # sigma_s/sigma_t x_t - alpha_s expm1(-h) x0: the exact exponential-integrator form
+                x = (s_next / float(sigma[i])) * x - a_next * math.expm1(-h) * x0
+            else:
+                c = self.eta * s_next * math.sqrt(-math.expm1(-2 * h))
+                if c > s_next:
+                    raise ValueError(f"eta: {self.eta} is too large; the step's noise exceeds sigma_s (eta <= 1 is safe)")
+                x = a_next * x0 + math.sqrt(s_next**2 - c**2) * eps + c * ctx.normal(i, x)
+            ctx.step(i, x)
+        return x

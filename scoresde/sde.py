@@ -1,0 +1,600 @@
+r"""The forward SDE family, defined by its Gaussian marginals.
+
+Every SDE here is linear, ``dx = f(t) x dt + g(t) dw``, with marginals
+
+.. math::  x_t = \alpha(t)\, x_0 + \sigma(t)\, \varepsilon, \qquad \varepsilon \sim N(0, I).
+
+A subclass gives closed forms of ``log_alpha(t)`` and ``sigma(t)``; :class:`SDE` derives the rest
+(Song et al. 2021, "Score-Based Generative Modeling through SDEs", eqs. 5-6 and 13;
+Kingma et al. 2021, "Variational Diffusion Models", appendix on the SNR):
+
+* drift coefficient ``f(t) = d log alpha / dt``,
+* squared diffusion ``g^2(t) = d sigma^2/dt - 2 f(t) sigma^2(t)``,
+* half log-SNR ``lam(t) = log alpha(t) - log sigma(t)`` and its inverse ``t_of_lam``,
+* the prior ``N(0, sigma(T)^2 I)``, the reverse-time SDE and the probability-flow ODE.
+
+The base class derives ``f`` and ``g^2`` by forward-mode differentiation of the closed forms and
+inverts ``lam`` by bisection, so a new SDE needs two methods; the shipped SDEs override these with
+closed forms for speed (the tests check both against finite differences).
+
+All methods are pure functions of ``t``: device and dtype follow ``t``. Python numbers are turned
+into float64 tensors. Nothing is cached on a fixed device.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ._tensor import append_dims, as_time, check_finite_number
+
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+
+__all__ = [
+    "SDE",
+    "VPSDE",
+    "SubVPSDE",
+    "VESDE",
+    "CosineVPSDE",
+    "DiscreteVPSDE",
+    "FlowMatchingSDE",
+    "ProbabilityFlowODE",
+    "ReverseSDE",
+    "ForwardSDE",
+]
+
+
+def _derivative(fn: Callable[[Tensor], Tensor], t: Tensor) -> Tensor:
+    """Elementwise derivative of an elementwise function by forward-mode AD (works under no_grad)."""
+    _, d = torch.func.jvp(fn, (t,), (torch.ones_like(t),))
+    return d
+
+
+class SDE(ABC):
+    """A linear forward SDE with Gaussian marginals ``x_t = alpha(t) x_0 + sigma(t) eps``.
+
+    Subclasses define :meth:`log_alpha` and :meth:`sigma` (closed forms) and the attributes
+    ``T`` (end of the forward process) and ``t_min`` (the default smallest sampling time).
+    """
+
+    T: float
+    t_min: float
+
+    # ----- what a subclass must give -----------------------------------------------------------
+    @abstractmethod
+    def log_alpha(self, t: Tensor) -> Tensor:
+        """log of the mean coefficient alpha(t)."""
+
+    @abstractmethod
+    def sigma(self, t: Tensor) -> Tensor:
+        """Marginal standard deviation sigma(t) of the noise part."""
+
+    # ----- derived quantities (subclasses may override with closed forms) ----------------------
+    def alpha(self, t) -> Tensor:
+        """Mean coefficient alpha(t) = exp(log_alpha(t))."""
+        return torch.exp(self.log_alpha(as_time(t)))
+
+    def log_sigma(self, t) -> Tensor:
+        return torch.log(self.sigma(as_time(t)))
+
+    def alpha_sigma(self, t) -> tuple[Tensor, Tensor]:
+        t = as_time(t)
+        return self.alpha(t), self.sigma(t)
+
+    def f(self, t) -> Tensor:
+        """Drift coefficient f(t) = d log alpha(t) / dt (the drift is f(t) x)."""
+        return _derivative(self.log_alpha, as_time(t))
+
+    def g2(self, t) -> Tensor:
+        """Squared diffusion g(t)^2 = d sigma^2 / dt - 2 f(t) sigma(t)^2."""
+        t = as_time(t)
+        d_var = _derivative(lambda s: self.sigma(s) ** 2, t)
+        return d_var - 2 * self.f(t) * self.sigma(t) ** 2
+
+    def g(self, t) -> Tensor:
+        """Diffusion coefficient g(t)."""
+        return torch.sqrt(self.g2(t))
+
+    def lam(self, t) -> Tensor:
+        """Half log-SNR lambda(t) = log alpha(t) - log sigma(t), strictly decreasing in t."""
+        t = as_time(t)
+        return self.log_alpha(t) - self.log_sigma(t)
+
+    def log_snr(self, t) -> Tensor:
+        """log SNR = log(alpha^2 / sigma^2) = 2 lambda(t)."""
+        return 2 * self.lam(t)
+
+    def t_of_lam(self, lam) -> Tensor:
+        """Inverse of :meth:`lam`: the time at which the half log-SNR equals ``lam``.
+
+        Default: vectorised bisection on [0, T] in float64 (lam is monotone), 100 halvings,
+        which pins t to float64 resolution. Values beyond the range clamp to 0 or T.
+        """
+        lam = as_time(lam)
+        target = lam.to(torch.float64)
+        lo = torch.zeros_like(target)
+        hi = torch.full_like(target, float(self.T))
+        for _ in range(100):
+            mid = 0.5 * (lo + hi)
+            above = self.lam(mid) > target  # lam decreases with t: the root lies to the right
+            lo = torch.where(above, mid, lo)
+            hi = torch.where(above, hi, mid)
+        return (0.5 * (lo + hi)).to(lam.dtype)
+
+    def dsigma_dt(self, t) -> Tensor:
+        """d sigma / dt, from g^2 = d sigma^2/dt - 2 f sigma^2."""
+        t = as_time(t)
+        s = self.sigma(t)
+        return (self.g2(t) + 2 * self.f(t) * s**2) / (2 * s)
+
+    # ----- marginals and prior -----------------------------------------------------------------
+    def validate_time(self, t, name: str = "t") -> Tensor:
+        """Check that times are finite and within [0, T]; return them as a tensor."""
+        t = as_time(t)
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{name}: times must be finite, got {t.flatten()[:8].tolist()}")
+        lo, hi = float(t.min()), float(t.max())
+        if lo < 0 or hi > self.T * (1 + 1e-12):
+            raise ValueError(f"{name}: times must lie in [0, T={self.T}] for {self!r}, got range [{lo}, {hi}]")
+        return t
+
+    def marginal(self, x0: Tensor, t) -> tuple[Tensor, Tensor]:
+        """Mean ``alpha(t) x0`` and std ``sigma(t)`` (broadcast to x0's shape) of p(x_t | x_0)."""
+        t = self.validate_time(as_time(t, like=x0))
+        t = t.to(x0.dtype)
+        alpha, sigma = self.alpha_sigma(t)
+        mean = append_dims(alpha, x0.ndim) * x0
+        std = append_dims(sigma, x0.ndim).expand_as(x0)
+        return mean, std
+
+    def perturb(self, x0: Tensor, t, noise: Tensor) -> Tensor:
+        """Sample x_t = alpha(t) x0 + sigma(t) noise for given noise (same shape as x0)."""
+        if noise.shape != x0.shape:
+            raise ValueError(f"noise: expected shape {tuple(x0.shape)} like x0, got {tuple(noise.shape)}")
+        mean, std = self.marginal(x0, t)
+        return mean + std * noise
+
+    def prior_std(self) -> float:
+        return float(self.sigma(torch.tensor(float(self.T), dtype=torch.float64)))
+
+    def prior_sample(self, shape, *, generator: torch.Generator | None = None,
+                     device=None, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Draw from the prior N(0, sigma(T)^2 I)."""
+        if device is None and generator is not None:
+            device = generator.device
+        z = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+        return self.prior_std() * z
+
+    def prior_log_prob(self, x: Tensor) -> Tensor:
+        """log N(x; 0, sigma(T)^2 I), summed over all non-batch dimensions: shape ``(B,)``."""
+        s = self.prior_std()
+        d = x[0].numel()
+        sq = x.reshape(x.shape[0], -1).pow(2).sum(1)
+        return -0.5 * sq / s**2 - d * (math.log(s) + 0.5 * math.log(2 * math.pi))
+
+    # ----- dynamics ----------------------------------------------------------------------------
+    def drift(self, x: Tensor, t) -> Tensor:
+        """Forward drift f(t) x, with per-sample t broadcast over x."""
+        t = as_time(t, like=x).to(x.dtype)
+        return append_dims(self.f(t), x.ndim) * x
+
+    def reverse_drift(self, x: Tensor, t, score: Tensor, *, probability_flow: bool = False) -> Tensor:
+        """Drift of the reverse SDE ``f x - g^2 s`` (or of the PF ODE ``f x - g^2 s / 2``)."""
+        t = as_time(t, like=x).to(x.dtype)
+        f = append_dims(self.f(t), x.ndim)
+        g2 = append_dims(self.g2(t), x.ndim)
+        return f * x - (0.5 if probability_flow else 1.0) * g2 * score
+
+    def probability_flow(self, score_fn: ScoreFn) -> "ProbabilityFlowODE":
+        """The probability-flow ODE dx/dt = f x - g^2 s / 2 as a module ``torchdiffeq.odeint`` accepts."""
+        return ProbabilityFlowODE(self, score_fn)
+
+    def reverse_sde(self, score_fn: ScoreFn, event_shape=None, *, t_start: float | None = None) -> "ReverseSDE":
+        """The Anderson reverse-time SDE as an object ``torchsde.sdeint`` accepts (see :class:`ReverseSDE`)."""
+        return ReverseSDE(self, score_fn, event_shape=event_shape, t_start=self.T if t_start is None else t_start)
+
+    def forward_sde(self, event_shape=None) -> "ForwardSDE":
+        """The forward SDE dx = f x dt + g dw as an object ``torchsde.sdeint`` accepts."""
+        return ForwardSDE(self, event_shape=event_shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Variance-preserving family: alpha^2 + sigma^2 = 1, hence g^2 = -2 f and closed-form lam inverse.
+# ---------------------------------------------------------------------------------------------
+class _VariancePreserving(SDE):
+    """Shared closed forms for SDEs with alpha(t)^2 + sigma(t)^2 = 1."""
+
+    @abstractmethod
+    def t_of_log_alpha(self, log_alpha: Tensor) -> Tensor:
+        """Inverse of log_alpha(t)."""
+
+    def sigma(self, t) -> Tensor:
+        # sigma^2 = 1 - alpha^2; expm1 keeps precision when alpha is close to 1 (small t).
+        return torch.sqrt(-torch.expm1(2 * self.log_alpha(as_time(t))))
+
+    def log_sigma(self, t) -> Tensor:
+        return 0.5 * torch.log(-torch.expm1(2 * self.log_alpha(as_time(t))))
+
+    def g2(self, t) -> Tensor:
+        return -2 * self.f(t)
+
+    def t_of_lam(self, lam) -> Tensor:
+        lam = as_time(lam)
+        # alpha^2 = sigmoid(2 lam)  =>  log alpha = -softplus(-2 lam) / 2
+        log_alpha = -0.5 * torch.nn.functional.softplus(-2 * lam)
+        return self.t_of_log_alpha(log_alpha)
+
+
+def _check_beta_range(beta_min, beta_max):
+    bmin = check_finite_number("beta_min", beta_min, positive=True)
+    bmax = check_finite_number("beta_max", beta_max, positive=True)
+    if bmin >= bmax:
+        raise ValueError(f"beta_min must be smaller than beta_max, got beta_min={beta_min}, beta_max={beta_max}")
+    return bmin, bmax
+
+
+def _check_times(T, t_min):
+    T = check_finite_number("T", T, positive=True)
+    t_min = check_finite_number("t_min", t_min, positive=True)
+    if not t_min < T:
+        raise ValueError(f"t_min must lie in (0, T={T}), got t_min={t_min}")
+    return T, t_min
+
+
+class _LinearBeta:
+    """log alpha for a linear beta(t) = beta_min + t (beta_max - beta_min) and its inverse."""
+
+    beta_min: float
+    beta_max: float
+
+    def beta(self, t) -> Tensor:
+        t = as_time(t)
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def log_alpha(self, t) -> Tensor:
+        t = as_time(t)
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def f(self, t) -> Tensor:
+        return -0.5 * self.beta(t)
+
+    def t_of_log_alpha(self, log_alpha: Tensor) -> Tensor:
+        # Root of a t^2 + b t - c = 0 with c = -log alpha >= 0, in the cancellation-free form.
+        a = 0.25 * (self.beta_max - self.beta_min)
+        b = 0.5 * self.beta_min
+        c = -log_alpha
+        return 2 * c / (b + torch.sqrt(b * b + 4 * a * c))
+
+
+@dataclass(frozen=True)
+class VPSDE(_LinearBeta, _VariancePreserving):
+    """Variance-preserving SDE (DDPM in continuous time; Song et al. 2021, eq. 11).
+
+    ``dx = -beta(t)/2 x dt + sqrt(beta(t)) dw`` with ``beta(t) = beta_min + t (beta_max - beta_min)``,
+    ``log alpha(t) = -t^2 (beta_max - beta_min)/4 - t beta_min/2``, ``sigma^2 = 1 - alpha^2``.
+    """
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    T: float = 1.0
+    t_min: float = 1e-3
+
+    def __post_init__(self):
+        _check_beta_range(self.beta_min, self.beta_max)
+        _check_times(self.T, self.t_min)
+
+
+@dataclass(frozen=True)
+class SubVPSDE(_LinearBeta, SDE):
+    """Sub-VP SDE (Song et al. 2021, eq. 13): VP's mean with ``sigma(t) = 1 - alpha(t)^2``.
+
+    ``dx = -beta/2 x dt + sqrt(beta (1 - alpha^4)) dw``; its variance stays below the VP one.
+    """
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    T: float = 1.0
+    t_min: float = 1e-3
+
+    def __post_init__(self):
+        _check_beta_range(self.beta_min, self.beta_max)
+        _check_times(self.T, self.t_min)
+
+    def sigma(self, t) -> Tensor:
+        return -torch.expm1(2 * self.log_alpha(as_time(t)))
+
+    def log_sigma(self, t) -> Tensor:
+        return torch.log(-torch.expm1(2 * self.log_alpha(as_time(t))))
+
+    def g2(self, t) -> Tensor:
+        t = as_time(t)
+        return self.beta(t) * -torch.expm1(4 * self.log_alpha(t))
+
+    def t_of_lam(self, lam) -> Tensor:
+        lam = as_time(lam)
+        # e^lam = alpha / (1 - alpha^2)  =>  alpha = 2 e^lam / (1 + sqrt(1 + 4 e^{2 lam})).
+        # In logs, with the square root written as e^lam * sqrt(e^{-2 lam} + 4) for large lam.
+        log_root = torch.where(
+            lam < 0,
+            torch.log1p(torch.sqrt(1 + 4 * torch.exp(2 * lam))),
+            lam + torch.log(torch.exp(-lam) + torch.sqrt(torch.exp(-2 * lam) + 4)),
+        )
+        log_alpha = math.log(2.0) + lam - log_root
+        return self.t_of_log_alpha(log_alpha)
+
+
+@dataclass(frozen=True)
+class VESDE(SDE):
+    """Variance-exploding SDE (SMLD / NCSN in continuous time; Song et al. 2021, eq. 9).
+
+    ``alpha = 1``, ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``,
+    ``dx = sigma(t) sqrt(2 log(sigma_max / sigma_min)) dw``.
+    """
+
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    T: float = 1.0
+    t_min: float = 1e-5
+
+    def __post_init__(self):
+        smin = check_finite_number("sigma_min", self.sigma_min, positive=True)
+        smax = check_finite_number("sigma_max", self.sigma_max, positive=True)
+        if smin >= smax:
+            raise ValueError(f"sigma_min must be smaller than sigma_max, got sigma_min={self.sigma_min}, sigma_max={self.sigma_max}")
+        _check_times(self.T, self.t_min)
+
+    @property
+    def _log_ratio(self) -> float:
+        return math.log(self.sigma_max / self.sigma_min)
+
+    def log_alpha(self, t) -> Tensor:
+        return torch.zeros_like(as_time(t))
+
+    def alpha(self, t) -> Tensor:
+        return torch.ones_like(as_time(t))
+
+    def log_sigma(self, t) -> Tensor:
+        return math.log(self.sigma_min) + as_time(t) * self._log_ratio
+
+    def sigma(self, t) -> Tensor:
+        return torch.exp(self.log_sigma(t))
+
+    def f(self, t) -> Tensor:
+        return torch.zeros_like(as_time(t))
+
+    def g2(self, t) -> Tensor:
+        return 2 * self._log_ratio * self.sigma(t) ** 2
+
+    def t_of_lam(self, lam) -> Tensor:
+        return (-as_time(lam) - math.log(self.sigma_min)) / self._log_ratio
+
+
+@dataclass(frozen=True)
+class CosineVPSDE(_VariancePreserving):
+    """VP SDE with the cosine schedule (Nichol & Dhariwal 2021, eq. 17), in continuous time.
+
+    ``alpha(t) = cos(pi/2 (t + s)/(1 + s)) / cos(pi/2 s/(1 + s))``. alpha reaches 0 at t = 1, so the
+    default T = 0.9946 keeps lambda(T) finite (the value DPM-Solver uses).
+    """
+
+    s: float = 0.008
+    T: float = 0.9946
+    t_min: float = 1e-3
+
+    def __post_init__(self):
+        check_finite_number("s", self.s, positive=True)
+        _check_times(self.T, self.t_min)
+        if self.T >= 1:
+            raise ValueError(f"T must be below 1 for the cosine schedule (alpha(1) = 0), got T={self.T}")
+
+    def _phase(self, t) -> Tensor:
+        return 0.5 * math.pi * (as_time(t) + self.s) / (1 + self.s)
+
+    @property
+    def _log_alpha0(self) -> float:
+        return math.log(math.cos(0.5 * math.pi * self.s / (1 + self.s)))
+
+    def log_alpha(self, t) -> Tensor:
+        return torch.log(torch.cos(self._phase(t))) - self._log_alpha0
+
+    def f(self, t) -> Tensor:
+        return -torch.tan(self._phase(t)) * (0.5 * math.pi / (1 + self.s))
+
+    def t_of_log_alpha(self, log_alpha: Tensor) -> Tensor:
+        phase = torch.arccos(torch.exp(log_alpha + self._log_alpha0))
+        return phase * (2 * (1 + self.s) / math.pi) - self.s
+
+
+@dataclass(frozen=True)
+class FlowMatchingSDE(SDE):
+    """The rectified-flow / conditional flow-matching path ``alpha = 1 - t``, ``sigma = t``.
+
+    Its drift is ``f = -1/(1 - t)`` and ``g^2 = 2 t / (1 - t)``; the probability-flow ODE of this
+    SDE is the flow-matching velocity field, so flow-matching models run on every solver.
+    alpha(1) = 0, so the default T = 0.999 keeps lambda(T) finite.
+    """
+
+    T: float = 0.999
+    t_min: float = 1e-3
+
+    def __post_init__(self):
+        _check_times(self.T, self.t_min)
+        if self.T >= 1:
+            raise ValueError(f"T must be below 1 for the flow-matching path (alpha(1) = 0), got T={self.T}")
+
+    def log_alpha(self, t) -> Tensor:
+        return torch.log1p(-as_time(t))
+
+    def sigma(self, t) -> Tensor:
+        return as_time(t).clone()
+
+    def f(self, t) -> Tensor:
+        return -1 / (1 - as_time(t))
+
+    def g2(self, t) -> Tensor:
+        t = as_time(t)
+        return 2 * t / (1 - t)
+
+    def t_of_lam(self, lam) -> Tensor:
+        # (1 - t)/t = e^lam  =>  t = 1/(1 + e^lam) = sigmoid(-lam)
+        return torch.sigmoid(-as_time(lam))
+
+
+@dataclass(frozen=True, eq=False)
+class DiscreteVPSDE(_VariancePreserving):
+    """A discrete N-step DDPM schedule placed in continuous time, as the DPM-Solver reference does.
+
+    Knot i (i = 0..N-1) sits at ``t_i = (i + 1)/N`` with ``log alpha(t_i) = log(alphas_cumprod[i]) / 2``;
+    log alpha is piecewise linear in t between knots (linearly extended beyond them). A network
+    trained on the discrete steps is called with ``t_discrete = N t - 1`` (:meth:`discrete_time`).
+    Give ``betas`` or ``alphas_cumprod`` (not both); the default is DDPM's linear schedule,
+    betas from 1e-4 to 0.02 over 1000 steps.
+    """
+
+    betas: Tensor | None = None
+    alphas_cumprod: Tensor | None = None
+    t_min: float | None = None
+    _log_alpha_knots: Tensor = field(init=False, repr=False)
+
+    def __post_init__(self):
+        if self.betas is not None and self.alphas_cumprod is not None:
+            raise ValueError("DiscreteVPSDE: give betas or alphas_cumprod, not both")
+        if self.alphas_cumprod is None:
+            betas = self.betas if self.betas is not None else torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+            betas = torch.as_tensor(betas, dtype=torch.float64).flatten().cpu()
+            if betas.numel() < 2 or not torch.isfinite(betas).all() or (betas <= 0).any() or (betas >= 1).any():
+                raise ValueError(f"betas: expected at least 2 values in the open interval (0, 1), got {betas.numel()} values in [{float(betas.min())}, {float(betas.max())}]")
+            log_ac = torch.cumsum(torch.log1p(-betas), 0)
+        else:
+            ac = torch.as_tensor(self.alphas_cumprod, dtype=torch.float64).flatten().cpu()
+            if ac.numel() < 2 or not torch.isfinite(ac).all() or (ac <= 0).any() or (ac >= 1).any():
+                raise ValueError("alphas_cumprod: expected at least 2 values in the open interval (0, 1)")
+            if (ac[1:] >= ac[:-1]).any():
+                raise ValueError("alphas_cumprod: must be strictly decreasing")
+            log_ac = torch.log(ac)
+        object.__setattr__(self, "_log_alpha_knots", 0.5 * log_ac)
+        if self.t_min is None:
+            object.__setattr__(self, "t_min", 1.0 / self.N)
+        _check_times(self.T, self.t_min)
+        object.__setattr__(self, "_per_device", {})
+
+    @property
+    def N(self) -> int:
+        return self._log_alpha_knots.numel()
+
+    @property
+    def T(self) -> float:  # the last knot
+        return 1.0
+
+    def __repr__(self) -> str:
+        return f"DiscreteVPSDE(N={self.N}, t_min={self.t_min})"
+
+    def _knots(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        key = (like.device, like.dtype)
+        if key not in self._per_device:
+            la = self._log_alpha_knots.to(device=like.device, dtype=like.dtype)
+            self._per_device[key] = (la, (la[1:] - la[:-1]) * self.N)  # values and slopes in t
+        return self._per_device[key]
+
+    def _segment(self, t: Tensor) -> Tensor:
+        return torch.clamp(torch.floor(t * self.N - 1), 0, self.N - 2).long()
+
+    def log_alpha(self, t) -> Tensor:
+        t = as_time(t)
+        la, slope = self._knots(t)
+        i = self._segment(t)
+        t_i = (i + 1).to(t.dtype) / self.N
+        return la[i] + (t - t_i) * slope[i]
+
+    def f(self, t) -> Tensor:
+        t = as_time(t)
+        _, slope = self._knots(t)
+        return slope[self._segment(t)]
+
+    def t_of_log_alpha(self, log_alpha: Tensor) -> Tensor:
+        la, slope = self._knots(log_alpha)
+        # -la is increasing: find the segment whose right knot is the first at or past the target.
+        i = torch.searchsorted(-la, (-log_alpha).contiguous()) - 1
+        i = torch.clamp(i, 0, self.N - 2)
+        t_i = (i + 1).to(log_alpha.dtype) / self.N
+        return t_i + (log_alpha - la[i]) / slope[i]
+
+    def discrete_time(self, t) -> Tensor:
+        """The discrete step index (as a float) a network trained on this schedule expects."""
+        return self.N * as_time(t) - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Dynamics as objects for torchdiffeq and torchsde.
+# ---------------------------------------------------------------------------------------------
+class ProbabilityFlowODE(torch.nn.Module):
+    """``dx/dt = f(t) x - g(t)^2 s(x, t) / 2`` as ``forward(t, x)`` for ``torchdiffeq.odeint``.
+
+    Integrate from T down to t_min by passing decreasing times to ``odeint``.
+    """
+
+    def __init__(self, sde: SDE, score_fn: ScoreFn):
+        super().__init__()
+        self.sde = sde
+        self.score_fn = score_fn
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        t = as_time(t, like=x).to(x.dtype)
+        return self.sde.reverse_drift(x, t, self.score_fn(x, t), probability_flow=True)
+
+
+class ReverseSDE(torch.nn.Module):
+    """The Anderson reverse-time SDE ``dx = [f x - g^2 s] dt + g dw_bar`` for ``torchsde.sdeint``.
+
+    torchsde integrates forward in time only, so this object runs in the flipped time
+    ``s = t_start - t``: integrate s from 0 to ``t_start - t_end``. In s the drift changes sign,
+    the diffusion does not. States are flattened to ``(B, D)`` as torchsde requires; give
+    ``event_shape`` (the per-sample shape) to have the score called on unflattened tensors.
+    """
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self, sde: SDE, score_fn: ScoreFn, event_shape=None, t_start: float | None = None):
+        super().__init__()
+        self.sde = sde
+        self.score_fn = score_fn
+        self.event_shape = None if event_shape is None else tuple(event_shape)
+        self.t_start = float(sde.T if t_start is None else t_start)
+
+    def time(self, s: Tensor) -> Tensor:
+        return self.t_start - s
+
+    def _unflatten(self, y: Tensor) -> Tensor:
+        return y if self.event_shape is None else y.reshape(y.shape[0], *self.event_shape)
+
+    def f(self, s: Tensor, y: Tensor) -> Tensor:
+        t = as_time(self.time(s), like=y)
+        x = self._unflatten(y)
+        return -self.sde.reverse_drift(x, t, self.score_fn(x, t)).reshape(y.shape)
+
+    def g(self, s: Tensor, y: Tensor) -> Tensor:
+        t = as_time(self.time(s), like=y)
+        return self.sde.g(t).expand_as(y)
+
+
+class ForwardSDE(torch.nn.Module):
+    """The forward SDE ``dx = f(t) x dt + g(t) dw`` for ``torchsde.sdeint`` (t from 0 to T)."""
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self, sde: SDE, event_shape=None):
+        super().__init__()
+        self.sde = sde
+        self.event_shape = event_shape
+
+    def f(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.sde.f(as_time(t, like=y)) * y
+
+    def g(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.sde.g(as_time(t, like=y)).expand_as(y)
