@@ -449,7 +449,8 @@ class DiscreteVPSDE(_VariancePreserving):
     """A discrete N-step DDPM schedule placed in continuous time, as the DPM-Solver reference does.
 
     Knot i (i = 0..N-1) sits at ``t_i = (i + 1)/N`` with ``log alpha(t_i) = log(alphas_cumprod[i]) / 2``;
-    log alpha is piecewise linear in t between knots (linearly extended beyond them). A network
+    log alpha is piecewise linear in t between knots, and on [0, 1/N] it runs linearly to
+    alpha(0) = 1 (the reference implementation extrapolates there instead, which can make alpha > 1). A network
     trained on the discrete steps is called with ``t_discrete = N t - 1`` (:meth:`discrete_time`).
     Give ``betas`` or ``alphas_cumprod`` (not both); the default is DDPM's linear schedule,
     betas from 1e-4 to 0.02 over 1000 steps.
@@ -494,21 +495,22 @@ class DiscreteVPSDE(_VariancePreserving):
         return f"DiscreteVPSDE(N={self.N}, t_min={self.t_min})"
 
     def _knots(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """log alpha at t = 0, 1/N, ..., 1 (a knot at t = 0 with alpha = 1 closes the schedule) and slopes."""
         key = (like.device, like.dtype)
         if key not in self._per_device:
-            la = self._log_alpha_knots.to(device=like.device, dtype=like.dtype)
-            self._per_device[key] = (la, (la[1:] - la[:-1]) * self.N)  # values and slopes in t
+            la = torch.cat([self._log_alpha_knots.new_zeros(1), self._log_alpha_knots])
+            la = la.to(device=like.device, dtype=like.dtype)
+            self._per_device[key] = (la, (la[1:] - la[:-1]) * self.N)
         return self._per_device[key]
 
     def _segment(self, t: Tensor) -> Tensor:
-        return torch.clamp(torch.floor(t * self.N - 1), 0, self.N - 2).long()
+        return torch.clamp(torch.floor(t * self.N), 0, self.N - 1).long()
 
     def log_alpha(self, t) -> Tensor:
         t = as_time(t)
         la, slope = self._knots(t)
-        i = self._segment(t)
-        t_i = (i + 1).to(t.dtype) / self.N
-        return la[i] + (t - t_i) * slope[i]
+        j = self._segment(t)
+        return la[j] + (t - j.to(t.dtype) / self.N) * slope[j]
 
     def f(self, t) -> Tensor:
         t = as_time(t)
@@ -517,11 +519,10 @@ class DiscreteVPSDE(_VariancePreserving):
 
     def t_of_log_alpha(self, log_alpha: Tensor) -> Tensor:
         la, slope = self._knots(log_alpha)
-        # -la is increasing: find the segment whose right knot is the first at or past the target.
-        i = torch.searchsorted(-la, (-log_alpha).contiguous()) - 1
-        i = torch.clamp(i, 0, self.N - 2)
-        t_i = (i + 1).to(log_alpha.dtype) / self.N
-        return t_i + (log_alpha - la[i]) / slope[i]
+        # -la increases with t: the segment is the last knot at or before the target.
+        j = torch.searchsorted(-la, (-log_alpha).contiguous(), right=True) - 1
+        j = torch.clamp(j, 0, self.N - 1)
+        return j.to(log_alpha.dtype) / self.N + (log_alpha - la[j]) / slope[j]
 
     def discrete_time(self, t) -> Tensor:
         """The discrete step index (as a float) a network trained on this schedule expects."""
