@@ -399,7 +399,11 @@ class CosineVPSDE(_VariancePreserving):
         return math.log(math.cos(0.5 * math.pi * self.s / (1 + self.s)))
 
     def log_alpha(self, t) -> Tensor:
-        return torch.log(torch.cos(self._phase(t))) - self._log_alpha0
+        # cos(a + d)/cos(a) = 1 - 2 sin^2(d/2) - tan(a) sin(d): log1p of a small number, with no
+        # cancellation at small t (the difference of two logs loses float32 digits there).
+        d = 0.5 * math.pi * as_time(t) / (1 + self.s)
+        tan_a = math.tan(0.5 * math.pi * self.s / (1 + self.s))
+        return torch.log1p(-2 * torch.sin(0.5 * d) ** 2 - tan_a * torch.sin(d))
 
     def f(self, t) -> Tensor:
         return -torch.tan(self._phase(t)) * (0.5 * math.pi / (1 + self.s))
@@ -546,6 +550,23 @@ class ProbabilityFlowODE(torch.nn.Module):
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         t = as_time(t, like=x).to(x.dtype)
         return self.sde.reverse_drift(x, t, self.score_fn(x, t), probability_flow=True)
+
+    def solve(self, x: Tensor, times, *, method: str = "dopri5", rtol: float = 1e-10, atol: float = 1e-10,
+              **options) -> Tensor:
+        """Integrate through ``times`` (monotone) with ``torchdiffeq.odeint``; returns x at every time.
+
+        Adaptive solvers must never evaluate the drift past the last time (below t = 0, or above
+        T for schedules whose alpha vanishes at 1, alpha and sigma are undefined); passing it as
+        ``step_t`` makes them land on it exactly instead of stepping past it and interpolating.
+        """
+        import torchdiffeq
+
+        times = torch.as_tensor(times, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+        times = times.to(x.device)
+        if method in ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "tsit5"):
+            options = {"step_t": times[-1:], **options}
+        kwargs = {"options": options} if options else {}
+        return torchdiffeq.odeint(self, x, times, method=method, rtol=rtol, atol=atol, **kwargs)
 
 
 class ReverseSDE(torch.nn.Module):

@@ -1,0 +1,28 @@
+"""Shared fixtures: every SDE of the family, built fresh for each test."""
+import matplotlib
+import pytest
+import torch
+
+import scoresde as sd
+
+matplotlib.use("Agg")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+SDE_FACTORIES = {
+    "vp": lambda: sd.VPSDE(),
+    "subvp": lambda: sd.SubVPSDE(),
+    "ve": lambda: sd.VESDE(),
+    "cosine": lambda: sd.CosineVPSDE(),
+    "discrete": lambda: sd.DiscreteVPSDE(),
+    "flow": lambda: sd.FlowMatchingSDE(),
+}
+
+
+@pytest.fixture(params=sorted(SDE_FACTORIES))
+def any_sde(request):
+    """Each SDE of the family with its default parameters."""
+    return SDE_FACTORIES[request.param]()
+
+
+def f64(*values):
+    return torch.tensor(values, dtype=torch.float64)
