@@ -4,14 +4,14 @@ from .models import PARAMETERIZATIONS, ScoreModel
 from .samplers import SampleResult, sample
 from .sde import (
     SDE,
+    VESDE,
+    VPSDE,
     CosineVPSDE,
     DiscreteVPSDE,
     FlowMatchingSDE,
     ProbabilityFlowODE,
     ReverseSDE,
     SubVPSDE,
-    VESDE,
-    VPSDE,
 )
 
 __version__ = "0.1.0"

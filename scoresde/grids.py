@@ -6,7 +6,7 @@ log-SNR is often an order of magnitude more accurate than one uniform in t (Lu e
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

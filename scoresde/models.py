@@ -16,9 +16,8 @@ evaluations by hand (cf. scipy's ``OdeSolver.nfev``).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-import torch
 from torch import Tensor
 
 from ._tensor import append_dims, batch_time

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -189,15 +189,15 @@ class SDE(ABC):
         g2 = append_dims(self.g2(t), x.ndim)
         return f * x - (0.5 if probability_flow else 1.0) * g2 * score
 
-    def probability_flow(self, score_fn: ScoreFn) -> "ProbabilityFlowODE":
+    def probability_flow(self, score_fn: ScoreFn) -> ProbabilityFlowODE:
         """The probability-flow ODE dx/dt = f x - g^2 s / 2 as a module ``torchdiffeq.odeint`` accepts."""
         return ProbabilityFlowODE(self, score_fn)
 
-    def reverse_sde(self, score_fn: ScoreFn, event_shape=None, *, t_start: float | None = None) -> "ReverseSDE":
+    def reverse_sde(self, score_fn: ScoreFn, event_shape=None, *, t_start: float | None = None) -> ReverseSDE:
         """The Anderson reverse-time SDE as an object ``torchsde.sdeint`` accepts (see :class:`ReverseSDE`)."""
         return ReverseSDE(self, score_fn, event_shape=event_shape, t_start=self.T if t_start is None else t_start)
 
-    def forward_sde(self, event_shape=None) -> "ForwardSDE":
+    def forward_sde(self, event_shape=None) -> ForwardSDE:
         """The forward SDE dx = f x dt + g dw as an object ``torchsde.sdeint`` accepts."""
         return ForwardSDE(self, event_shape=event_shape)
 

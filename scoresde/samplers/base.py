@@ -26,10 +26,10 @@ from ..sde import SDE
 __all__ = ["Sampler", "SampleResult", "SamplingContext", "register", "get_sampler", "available", "sample",
            "SAMPLERS", "GeneratorNoise", "BrownianNoise", "brownian_path"]
 
-SAMPLERS: dict[str, type["Sampler"]] = {}
+SAMPLERS: dict[str, type[Sampler]] = {}
 
 
-def register(cls: type["Sampler"]) -> type["Sampler"]:
+def register(cls: type[Sampler]) -> type[Sampler]:
     """Class decorator: add ``cls`` to the registry under ``cls.name``. Duplicate names raise."""
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
@@ -45,7 +45,7 @@ def available() -> list[str]:
     return sorted(SAMPLERS)
 
 
-def get_sampler(method) -> type["Sampler"]:
+def get_sampler(method) -> type[Sampler]:
     """Resolve a registered name, or accept a :class:`Sampler` subclass as it is."""
     if isinstance(method, type) and issubclass(method, Sampler):
         return method
@@ -74,7 +74,7 @@ class Sampler:
         """Model evaluations for ``steps`` grid steps (None where the solver decides, e.g. adaptive)."""
         return self.calls_per_step * steps
 
-    def run(self, model: ScoreModel, x: Tensor, times: Tensor, ctx: "SamplingContext") -> Tensor:
+    def run(self, model: ScoreModel, x: Tensor, times: Tensor, ctx: SamplingContext) -> Tensor:
         raise NotImplementedError
 
     @classmethod

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from .._tensor import check_finite_number
 from .base import Sampler, register
 

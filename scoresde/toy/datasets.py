@@ -8,7 +8,7 @@ Scales are chosen so that the data has a spread of a few units, like the usual F
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

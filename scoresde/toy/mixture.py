@@ -173,7 +173,7 @@ class GaussianMixture:
         alpha, sigma = (float(v) for v in sde.alpha_sigma(torch.as_tensor(float(t), dtype=torch.float64)))
         return alpha * self.mean(), alpha**2 * self.covariance() + sigma**2 * torch.eye(self.dim, dtype=torch.float64)
 
-    def component(self, k: int) -> "GaussianMixture":
+    def component(self, k: int) -> GaussianMixture:
         """Component ``k`` as a one-component mixture."""
         return GaussianMixture([1.0], self.means[k:k + 1], self.covs[k:k + 1])
 
