@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 from ._tensor import append_dims, batch_time
@@ -78,10 +79,16 @@ class ScoreModel:
         return out
 
     # ----- conversions (pure, no model call) ---------------------------------------------------
+    def _time(self, x: Tensor, t) -> Tensor:
+        """A scalar time stays a 0-d tensor (the samplers' common case: coefficients cost a few scalar
+        ops, not a pass over the batch); a per-sample time becomes ``(B,)`` broadcast over x."""
+        if isinstance(t, Tensor) and t.ndim > 0:
+            return append_dims(batch_time(t, x), x.ndim)
+        # 0-d float64 on the CPU: it combines with x on any device without promoting x's dtype
+        return torch.as_tensor(t, dtype=torch.float64).detach().cpu()
+
     def _coeffs(self, x: Tensor, t) -> tuple[Tensor, Tensor]:
-        t = batch_time(t, x)
-        alpha, sigma = self.sde.alpha_sigma(t)
-        return append_dims(alpha, x.ndim), append_dims(sigma, x.ndim)
+        return self.sde.alpha_sigma(self._time(x, t))
 
     def to_eps(self, out: Tensor, x: Tensor, t) -> Tensor:
         """Convert a raw output ``out`` at (x, t) to the noise prediction."""
@@ -113,8 +120,8 @@ class ScoreModel:
         return (x - sigma * self.to_eps(out, x, t)) / alpha
 
     def _rates(self, x: Tensor, t, alpha: Tensor) -> tuple[Tensor, Tensor]:
-        t = batch_time(t, x)
-        return alpha * append_dims(self.sde.f(t), x.ndim), append_dims(self.sde.dsigma_dt(t), x.ndim)
+        t = self._time(x, t)
+        return alpha * self.sde.f(t), self.sde.dsigma_dt(t)
 
     # ----- the views -------------------------------------------------------------------------
     def eps(self, x: Tensor, t) -> Tensor:
