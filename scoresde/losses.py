@@ -1,0 +1,176 @@
+r"""Denoising score matching (Vincent 2011; Song et al. 2021, eq. 7) for every SDE of the family.
+
+With ``x_t = alpha_t x_0 + sigma_t eps`` the conditional score is ``grad log p(x_t | x_0) = -eps / sigma_t``,
+and the per-sample loss is
+
+.. math::  \ell(x_0, t, \varepsilon) = \lambda(t)\, \| s_\theta(x_t, t) + \varepsilon / \sigma_t \|^2
+           = \frac{\lambda(t)}{\sigma_t^2}\, \| \hat\varepsilon_\theta(x_t, t) - \varepsilon \|^2,
+
+summed over the data dimensions, with ``t ~ U(t_min, T)``. Whatever the network predicts (eps,
+score, x0, v, velocity), :class:`~scoresde.models.ScoreModel` converts its output to
+``eps_hat = -sigma_t s_theta``, so one loss serves every parameterisation.
+
+Weightings ``lambda(t)``:
+
+* ``'sigma2'``: ``lambda = sigma_t^2``, the plain eps-MSE (the score-SDE and DDPM default);
+* ``'likelihood'``: ``lambda = g(t)^2``; then the loss integrated over t bounds the negative
+  log-likelihood (Song, Durkan, Murray & Ermon 2021, "Maximum Likelihood Training of Score-Based
+  Diffusion Models", thm. 1);
+* ``'min_snr'`` (alias ``'snr'``): ``lambda = sigma_t^2 min(SNR_t, gamma) / SNR_t`` with
+  ``SNR = alpha^2 / sigma^2``: the eps-MSE clipped at high SNR, equivalently ``min(SNR, gamma)``
+  times the x0-MSE (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting");
+* a callable ``lambda(t)``.
+
+Importance sampling of t. For every SDE of the family ``g^2 / sigma^2 = -2 d lam / dt``
+(differentiate ``log sigma^2 - 2 log alpha``), so sampling t with density ``q(t) ∝ g^2 / sigma^2``
+is sampling the half log-SNR ``lam`` uniformly on ``[lam(T), lam(t_min)]``. The estimator is
+reweighted by ``u(t) / q(t) = Z / ((T - t_min) g^2 / sigma^2)`` with ``Z = 2 (lam(t_min) - lam(T))``,
+which keeps its mean; under the likelihood weighting the time weight becomes the constant
+``Z / (T - t_min)`` and the variance due to t disappears (Song et al. 2021, sec. 5; Kingma et al.
+2021, "Variational Diffusion Models", sec. 5.2).
+
+Time sampling across the batch: ``'uniform'`` (i.i.d.), ``'stratified'`` (one draw in each of B
+equal strata of the unit interval), ``'antithetic'`` (pairs ``u, 1 - u``). The unit draw is mapped
+to t (or to lam, with importance sampling) by the same monotone map, so each scheme keeps the
+marginal of t.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Union
+
+import torch
+from torch import Tensor
+
+from ._tensor import append_dims, check_finite_number
+from .models import ScoreModel
+from .sde import SDE
+
+__all__ = ["WEIGHTINGS", "TIME_SAMPLINGS", "dsm_loss", "sample_times", "loss_weight"]
+
+WEIGHTINGS = ("sigma2", "likelihood", "min_snr", "snr")
+TIME_SAMPLINGS = ("uniform", "stratified", "antithetic")
+
+Weighting = Union[str, Callable[[Tensor], Tensor]]
+
+
+def _check_weighting(weighting: Weighting) -> None:
+    if not callable(weighting) and weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting: unknown {weighting!r}; allowed: {', '.join(WEIGHTINGS)} or a callable lambda(t)")
+
+
+def _ends(sde: SDE, t_min: float | None, T: float | None) -> tuple[float, float]:
+    lo = sde.t_min if t_min is None else check_finite_number("t_min", t_min, positive=True)
+    hi = sde.T if T is None else check_finite_number("T", T, positive=True)
+    if not 0 < lo < hi <= sde.T:
+        raise ValueError(f"t_min, T: need 0 < t_min < T <= sde.T={sde.T}, got t_min={lo}, T={hi}")
+    return lo, hi
+
+
+def _unit_draws(n: int, scheme: str, generator, device) -> Tensor:
+    """n draws in [0, 1) whose marginal is uniform, coupled across the batch by ``scheme`` (float64)."""
+    u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+    if scheme == "uniform":
+        return u
+    if scheme == "stratified":
+        return (torch.arange(n, device=device, dtype=torch.float64) + u) / n
+    # antithetic: u and 1 - u; an odd batch keeps one independent draw at the end
+    half = n // 2
+    return torch.cat([u[:half], 1 - u[:half], u[2 * half:]])
+
+
+def sample_times(sde: SDE, n: int, *, scheme: str = "uniform", importance: bool = False,
+                 t_min: float | None = None, T: float | None = None, generator: torch.Generator | None = None,
+                 device=None, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """Draw ``n`` diffusion times and their importance ratios ``u(t) / q(t)``.
+
+    Without importance sampling ``t ~ U(t_min, T)`` and the ratios are ones; with it, ``lam`` is
+    uniform on ``[lam(T), lam(t_min)]`` (density ``q(t) ∝ g^2/sigma^2``, see the module docstring).
+    Returns ``(t, ratio)``, both ``(n,)`` of ``dtype`` on ``device`` (default: the generator's).
+    """
+    if scheme not in TIME_SAMPLINGS:
+        raise ValueError(f"scheme: unknown time sampling {scheme!r}; allowed: {', '.join(TIME_SAMPLINGS)}")
+    if int(n) < 1:
+        raise ValueError(f"n: expected a positive number of times, got {n}")
+    lo, hi = _ends(sde, t_min, T)
+    if device is None:
+        device = generator.device if generator is not None else torch.device("cpu")
+    u = _unit_draws(int(n), scheme, generator, device)
+    if not importance:
+        t = lo + (hi - lo) * u
+        return t.to(dtype), torch.ones_like(t, dtype=dtype)
+    ends = sde.lam(torch.tensor([hi, lo], dtype=torch.float64, device=device))
+    lam = ends[0] + (ends[1] - ends[0]) * u
+    # the inverse is accurate to rounding only: keep t inside the interval it was drawn on
+    t = sde.t_of_lam(lam).clamp(lo, hi)
+    Z = 2 * (ends[1] - ends[0])
+    ratio = Z / ((hi - lo) * (sde.g2(t) / sde.sigma(t) ** 2))
+    return t.to(dtype), ratio.to(dtype)
+
+
+def loss_weight(sde: SDE, t: Tensor, weighting: Weighting = "sigma2", *, min_snr_gamma: float = 5.0) -> Tensor:
+    r"""``lambda(t) / sigma_t^2``: the factor in front of ``||eps_hat - eps||^2``, shape of ``t``."""
+    _check_weighting(weighting)
+    if callable(weighting):
+        return weighting(t) / sde.sigma(t) ** 2
+    if weighting == "sigma2":
+        return torch.ones_like(t)
+    if weighting == "likelihood":
+        return sde.g2(t) / sde.sigma(t) ** 2
+    gamma = check_finite_number("min_snr_gamma", min_snr_gamma, positive=True)
+    snr = torch.exp(2 * sde.lam(t))
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def dsm_loss(model: ScoreModel, x0: Tensor, *, weighting: Weighting = "sigma2", time_sampling: str = "uniform",
+             importance: bool = False, min_snr_gamma: float = 5.0, t: Tensor | None = None,
+             noise: Tensor | None = None, generator: torch.Generator | None = None, t_min: float | None = None,
+             T: float | None = None, return_times: bool = False):
+    r"""Per-sample denoising score-matching loss ``ratio(t) lambda(t)/sigma_t^2 ||eps_hat - eps||^2``.
+
+    Args:
+        model: a :class:`ScoreModel`; one counted call on the whole batch.
+        x0: data, ``(B, *event_shape)``.
+        weighting: ``'sigma2'``, ``'likelihood'``, ``'min_snr'``/``'snr'`` or a callable ``lambda(t)``.
+        time_sampling, importance, t_min, T: how t is drawn (see :func:`sample_times`); ignored
+            when ``t`` is given (then ``importance`` must be False).
+        t, noise: fixed times ``(B,)`` and noise (shape of ``x0``) instead of drawing them.
+        generator: the source of t and noise.
+        return_times: also return the times used.
+
+    Returns:
+        ``(B,)`` losses (sum over data dimensions); their mean estimates the weighted DSM objective
+        ``E_{t ~ U(t_min, T)} E_{x_0, eps}[lambda(t) ||s_theta + eps/sigma_t||^2]``. With
+        ``return_times``, ``(losses, t)``.
+    """
+    if not isinstance(model, ScoreModel):
+        raise ValueError(f"model: expected a scoresde.ScoreModel, got {type(model).__name__}")
+    if not isinstance(x0, Tensor) or x0.ndim < 2 or not x0.is_floating_point():
+        raise ValueError(f"x0: expected a floating tensor of shape (batch, *event_shape), got "
+                         f"{tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__}")
+    _check_weighting(weighting)
+    sde, B = model.sde, x0.shape[0]
+    if t is None:
+        t, ratio = sample_times(sde, B, scheme=time_sampling, importance=importance, t_min=t_min, T=T,
+                                generator=generator, device=x0.device, dtype=x0.dtype)
+    else:
+        if importance:
+            raise ValueError("importance: cannot reweight given times t; leave t=None to draw them")
+        t = torch.as_tensor(t, device=x0.device, dtype=x0.dtype)
+        if t.shape != (B,):
+            raise ValueError(f"t: expected shape ({B},) to match the batch of x0, got {tuple(t.shape)}")
+        sde.validate_time(t)
+        ratio = None
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    elif noise.shape != x0.shape:
+        raise ValueError(f"noise: expected shape {tuple(x0.shape)} like x0, got {tuple(noise.shape)}")
+    alpha, sigma = sde.alpha_sigma(t)
+    x_t = append_dims(alpha, x0.ndim) * x0 + append_dims(sigma, x0.ndim) * noise
+    eps_hat = model.to_eps(model.predict(x_t, t), x_t, t)
+    sq = (eps_hat - noise).pow(2).reshape(B, -1).sum(1)
+    w = loss_weight(sde, t, weighting, min_snr_gamma=min_snr_gamma)
+    if ratio is not None:
+        w = w * ratio
+    loss = w * sq
+    return (loss, t) if return_times else loss
