@@ -1,0 +1,113 @@
+r"""Predictor-corrector sampling (Song et al. 2021, "Score-Based Generative Modeling through SDEs",
+Alg. 1-3 and app. G), for any SDE of the family through alpha and sigma.
+
+Order of operations, as in the score_sde code: at each grid step i, first ``n_corrector_steps``
+corrector (Langevin MCMC) steps at ``t_i``, then one predictor step from ``t_i`` to ``t_{i+1}``.
+With ``predictor='none'`` the correctors of step i run at ``t_{i+1}`` instead, so that, as in
+annealed Langevin dynamics (Song & Ermon 2019), every level down to t_min is visited and the state
+after step i targets p at ``t_{i+1}``.
+
+With ``a = alpha_t / alpha_s`` and ``G^2 = sigma_t^2 - a^2 sigma_s^2 = sigma_t^2 (1 - e^{-2h})`` the
+variance of the forward transition from s = t_{i+1} to t = t_i (h = lambda_s - lambda_t), the predictors are
+
+* ``'euler_maruyama'``: ``x + [f x - g^2 s(x, t)] dt + g dw`` (dt < 0), the reverse SDE's Euler step;
+* ``'reverse_diffusion'`` (eq. 46): ``x_s = x_t - (a - 1) x_t + G^2 s(x_t, t) + G z``, the reverse of the
+  discretised forward chain ``x_t = x_s + (a - 1) x_s + G z`` (score_sde's VP/VE discretisations are
+  the cases a = sqrt(1 - beta_i) and a = 1);
+* ``'ancestral'`` (eq. 47, the VP form for every SDE): ``x_s = (x_t + G^2 s(x_t, t)) / a + G z``.
+  Its mean is DDPM's posterior mean with Tweedie's x0; its variance G^2 is DDPM's "sigma^2 = beta"
+  choice (``'ddpm'`` uses the posterior variance instead);
+* ``'none'``: corrector-only sampling.
+
+The correctors (z fresh N(0, I) noise, off the Brownian path; ``r`` = ``snr``):
+
+* ``'langevin'`` (Alg. 4): ``x <- x + e s(x, t) + sqrt(2 e) z`` with score_sde's step-size rule
+  ``e = 2 a_i (r ||z|| / ||s(x, t)||)^2``, ``a_i = (alpha_{t_i} / alpha_{t_{i+1}})^2`` (score_sde's
+  ``alpha_i = 1 - beta_i`` for VP, 1 for VE). Norms are per sample (score_sde averages them over the
+  batch, which makes each sample depend on the rest of the batch);
+* ``'annealed_langevin'`` (Song & Ermon 2019, Alg. 1 as in score_sde): the same move with the step
+  ``e = 2 a_i (r sigma_t)^2``.
+
+``denoise_last_step=True`` returns the mean of the last predictor step (score_sde's ``denoise``).
+Model calls per step: 1 (predictor) + ``n_corrector_steps`` (0 when ``corrector='none'``).
+Order: weak order 1 without a corrector; none with one (the Langevin steps have a step size fixed
+by the snr, whose bias does not vanish as the grid is refined).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._tensor import append_dims, check_finite_number
+from .base import Sampler, register
+
+PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral", "none")
+CORRECTORS = ("langevin", "annealed_langevin", "none")
+
+
+@register
+class PredictorCorrector(Sampler):
+    name = "pc"
+    stochastic = True
+
+    def __init__(self, predictor: str = "reverse_diffusion", corrector: str = "langevin", snr: float = 0.16,
+                 n_corrector_steps: int = 1, denoise_last_step: bool = False):
+        if predictor not in PREDICTORS:
+            raise ValueError(f"predictor: unknown {predictor!r}; known predictors: {', '.join(PREDICTORS)}")
+        if corrector not in CORRECTORS:
+            raise ValueError(f"corrector: unknown {corrector!r}; known correctors: {', '.join(CORRECTORS)}")
+        if isinstance(n_corrector_steps, bool) or not isinstance(n_corrector_steps, int) or n_corrector_steps < 0:
+            raise ValueError(f"n_corrector_steps: expected an integer >= 0, got {n_corrector_steps!r}")
+        self.snr = check_finite_number("snr", snr, positive=True)
+        if not isinstance(denoise_last_step, bool):
+            raise ValueError(f"denoise_last_step: expected True or False, got {denoise_last_step!r}")
+        n_corr = 0 if corrector == "none" else n_corrector_steps
+        if predictor == "none" and n_corr == 0:
+            raise ValueError(f"predictor, corrector: predictor='none' needs a corrector and n_corrector_steps >= 1, "
+                             f"got corrector={corrector!r}, n_corrector_steps={n_corrector_steps}")
+        self.predictor, self.corrector = predictor, corrector
+        self.n_corrector_steps = n_corrector_steps
+        self.denoise_last_step = denoise_last_step
+        self._n_corr = n_corr
+        self.calls_per_step = (predictor != "none") + n_corr
+        self.order = 1 if n_corr == 0 else None
+
+    def run(self, model, x, times, ctx):
+        sde = model.sde
+        n = len(times) - 1
+        lam = sde.lam(times)
+        alpha, sigma = sde.alpha_sigma(times)
+        f, g2 = sde.f(times), sde.g2(times)
+        for i in range(n):
+            a_ratio = float(alpha[i] / alpha[i + 1])  # a = alpha_t / alpha_s of the transition s -> t
+            j = i + 1 if self.predictor == "none" else i
+            for _ in range(self._n_corr):
+                x = self._correct(model, x, float(times[j]), float(sigma[j]), a_ratio**2, ctx)
+            if self.predictor != "none":
+                t, dt = float(times[i]), float(times[i + 1] - times[i])
+                score = model.score(x, t)
+                if self.predictor == "euler_maruyama":
+                    mean = x + (float(f[i]) * x - float(g2[i]) * score) * dt
+                    noise = math.sqrt(float(g2[i])) * ctx.brownian_increment(i, x)
+                else:
+                    G2 = float(sigma[i]) ** 2 * -math.expm1(-2 * float(lam[i + 1] - lam[i]))
+                    if self.predictor == "reverse_diffusion":
+                        mean = (2 - a_ratio) * x + G2 * score
+                    else:
+                        mean = (x + G2 * score) / a_ratio
+                    noise = math.sqrt(G2) * ctx.normal(i, x)
+                x = mean if (self.denoise_last_step and i == n - 1) else mean + noise
+            ctx.step(i, x)
+        return x
+
+    def _correct(self, model, x, t, sigma_t, a_i, ctx):
+        score = model.score(x, t)
+        z = ctx.randn_like(x)
+        if self.corrector == "langevin":
+            tiny = torch.finfo(x.dtype).tiny  # a zero score would give an infinite step
+            ratio = z.flatten(1).norm(dim=1) / score.flatten(1).norm(dim=1).clamp_min(tiny)
+            eps = append_dims(2 * a_i * (self.snr * ratio) ** 2, x.ndim)
+            return x + eps * score + torch.sqrt(2 * eps) * z
+        eps = 2 * a_i * (self.snr * sigma_t) ** 2
+        return x + eps * score + math.sqrt(2 * eps) * z

@@ -1,0 +1,142 @@
+r"""The Anderson reverse-time SDE through ``torchsde.sdeint`` (Li et al. 2020; Kidger et al. 2021).
+
+.. math::  dx = [f(t)\, x - g(t)^2 s(x, t)]\, dt + g(t)\, d\bar w,
+
+integrated in the flipped time ``u = t_start - t`` (``sde.reverse_sde``), with fixed steps exactly on
+the grid: ``sdeint`` is called once per grid interval ``[t_start - t_i, t_start - t_{i+1}]`` (one
+solver step each; the solver's extra state, e.g. reversible Heun's, is carried from one call to the
+next), so non-uniform grids are honoured without torchsde's linear interpolation between steps.
+
+Option ``solver`` (``sample``'s ``method`` names the sampler), strong / weak order for our additive noise, model calls per step):
+``euler`` (1 / 1, 1), ``milstein`` (1 / 1, 1; equals Euler-Maruyama here, g does not depend on x),
+``srk`` (1.5 / 1.5, 4: the diagonal-noise SRI scheme of Rossler 2010, one call per stage, needs a Brownian path with
+``levy_area_approximation='space-time'``), ``reversible_heun`` (1 / 1, 1 plus 1 at the start; a
+Stratonovich scheme, valid because with additive noise the Ito and Stratonovich SDEs coincide).
+The declared ``order`` is the weak order.
+
+Noise: the user's torchsde Brownian path when ``sample`` got ``brownian=`` (its dtype/device cast to
+x's), otherwise a ``BrownianInterval`` on x's dtype and device seeded from the sampling generator.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import BrownianNoise, Sampler, register
+
+# method -> (sde_type the torchsde solver integrates, weak order, model calls per step)
+METHODS = {"euler": ("ito", 1.0, 1), "milstein": ("ito", 1.0, 1), "srk": ("ito", 1.5, 4),
+           "reversible_heun": ("stratonovich", 1.0, 1)}
+_LEVY_AREA = {"srk": ("space-time", "davie", "foster")}
+
+
+class _GridSDE(torch.nn.Module):
+    """The reverse SDE under the sde_type a method needs, with g in y's dtype, for one grid interval.
+
+    ``sdeint`` first calls ``f`` once to check shapes (torchsde's ``check_contract``); after
+    ``new_interval()`` that probe is answered with zeros, so it costs no model call. Drifts are
+    memoised within the interval by (time, state object): torchsde's SRK re-evaluates the drift of
+    every earlier stage inside each later one (10 calls for its 4 stages); with the memo a step
+    costs one model call per stage.
+    """
+
+    noise_type = "diagonal"
+
+    def __init__(self, reverse_sde, sde_type: str):
+        super().__init__()
+        self.rsde = reverse_sde
+        self.sde_type = sde_type
+        self._probe = False
+        self._memo: list = []
+
+    def new_interval(self):
+        self._probe = True
+        self._memo = []
+
+    def f(self, u, y):
+        if self._probe:
+            self._probe = False
+            return torch.zeros_like(y)
+        key = float(u)
+        for u_m, y_m, out in self._memo:
+            if y_m is y and u_m == key:
+                return out
+        out = self.rsde.f(u, y)
+        self._memo.append((key, y, out))
+        return out
+
+    def g(self, u, y):
+        return self.rsde.g(u, y).to(y.dtype)
+
+
+class _CastPath:
+    """A Brownian path whose increments are cast to the state's dtype and device."""
+
+    def __init__(self, path, like: torch.Tensor):
+        self.path, self.dtype, self.device = path, like.dtype, like.device
+        self.shape = path.shape
+        self.levy_area_approximation = path.levy_area_approximation
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        out = self.path(ta, tb, return_U=return_U, return_A=return_A)
+        if isinstance(out, tuple):
+            return tuple(o.to(device=self.device, dtype=self.dtype) for o in out)
+        return out.to(device=self.device, dtype=self.dtype)
+
+
+@register
+class TorchSDE(Sampler):
+    name = "torchsde"
+    stochastic = True
+
+    def __init__(self, solver: str = "euler"):
+        if solver not in METHODS:
+            raise ValueError(f"solver: unknown torchsde method {solver!r}; known methods: {', '.join(METHODS)}")
+        self.method = solver
+        self.sde_type, self.order, self.calls_per_step = METHODS[solver]
+
+    def expected_nfe(self, steps: int) -> int:
+        # reversible Heun evaluates the drift once at the start to seed its extra state
+        return self.calls_per_step * steps + (1 if self.method == "reversible_heun" else 0)
+
+    def run(self, model, x, times, ctx):
+        import torchsde
+
+        shape = x.shape
+        t_start = float(times[0])
+        rsde = _GridSDE(model.sde.reverse_sde(model.score, shape[1:], t_start=t_start), self.sde_type)
+        path = self._path(x, times, ctx)
+        us = (t_start - times).to(torch.float64)  # flipped time, increasing from 0
+        y = x.reshape(shape[0], -1)
+        extra = None
+        for i in range(len(times) - 1):
+            u = us[i:i + 2]
+            rsde.new_interval()
+            # dt above the interval: the solver's step is min(u0 + dt, u1) - u0, one step landing on u1
+            ys, extra = torchsde.sdeint(rsde, y, u, bm=path, method=self.method, dt=2 * float(u[1] - u[0]),
+                                        adaptive=False, extra=True, extra_solver_state=extra)
+            y = ys[-1]
+            ctx.step(i, y.reshape(shape))
+        return y.reshape(shape)
+
+    def _path(self, x, times, ctx):
+        import torchsde
+
+        need = _LEVY_AREA.get(self.method)
+        if isinstance(ctx.noise, BrownianNoise):
+            path = ctx.noise.path
+            if need and path.levy_area_approximation not in need:
+                raise ValueError(f"brownian: method {self.method!r} needs a Brownian path with levy_area_approximation "
+                                 f"in {need}, got {path.levy_area_approximation!r}; build it with "
+                                 f"brownian_path(..., levy_area_approximation='space-time')")
+            if path.dtype != x.dtype or path.device != x.device:
+                path = _CastPath(path, x)
+            return path
+        gen = ctx.generator
+        entropy = None
+        if gen is not None:
+            entropy = int(torch.randint(0, 2**62, (), generator=gen, device=gen.device))
+        return torchsde.BrownianInterval(t0=0.0, t1=float(times[0] - times[-1]), size=(x.shape[0], math.prod(x.shape[1:])),
+                                         dtype=x.dtype, device=x.device, entropy=entropy,
+                                         levy_area_approximation=need[0] if need else "none")
