@@ -1,0 +1,210 @@
+"""The trainer: exact resume, atomic checkpoints, strict loading, logs, labels, and that it learns."""
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import scoresde as sd
+from scoresde.config import TrainConfig
+from scoresde.training import CHECKPOINT_NAME, LOG_NAME, TensorData, Trainer, load_checkpoint, load_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny networks: one thread is fastest, and it avoids OpenMP spin-waits on a loaded CI machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def small(**kw):
+    base = dict(steps=100, batch_size=64, width=32, depth=1, emb_dim=16, ckpt_every=25, warmup=10,
+                progress=False, tensorboard=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_halves_with_resume_equal_one_run_bit_for_bit(tmp_path):
+    cfg = small()
+    straight = Trainer(cfg, tmp_path / "a")
+    rec_a = straight.train()
+    first = Trainer(cfg.replace(steps=50), tmp_path / "b")
+    rec_b = first.train()
+    del first
+    resumed = Trainer(cfg, tmp_path / "b", resume=True)
+    assert resumed.step == 50
+    rec_b += resumed.train()
+    assert [r.loss for r in rec_a] == [r.loss for r in rec_b]
+    assert [r.grad_norm for r in rec_a] == [r.grad_norm for r in rec_b]
+    assert _states_equal(straight.net.state_dict(), resumed.net.state_dict())
+    assert _states_equal(straight.ema.state_dict(), resumed.ema.state_dict())
+    assert torch.equal(straight.generator.get_state(), resumed.generator.get_state())
+    # the CSV log of the resumed run is the uninterrupted one (step by step), wall time aside
+    rows = lambda p: [r[:4] + r[5:] for r in csv.reader(open(p / LOG_NAME))]  # noqa: E731
+    assert rows(tmp_path / "a") == rows(tmp_path / "b") and len(rows(tmp_path / "a")) == 101
+
+
+def test_resume_drops_log_rows_written_after_the_checkpoint(tmp_path):
+    cfg = small(steps=30, ckpt_every=20)
+    Trainer(cfg, tmp_path).train()
+    # simulate a crash after step 30 was logged but with the checkpoint still at 20
+    ckpt = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    Trainer(cfg.replace(steps=20), tmp_path / "at20").train()
+    (tmp_path / CHECKPOINT_NAME).write_bytes((tmp_path / "at20" / CHECKPOINT_NAME).read_bytes())
+    assert ckpt["step"] == 30
+    t = Trainer(cfg, tmp_path, resume=True)
+    assert t.step == 20
+    t.train()
+    steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / LOG_NAME))]
+    assert steps == list(range(1, 31))
+
+
+def test_checkpoint_contents_and_strict_loading(tmp_path):
+    cfg = small(steps=5, ckpt_every=5)
+    t = Trainer(cfg, tmp_path)
+    t.train()
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt["step"] == 5 and ckpt["world_size"] == 1
+    assert set(ckpt["rng"]["global"]) == {"torch", "cuda", "python", "numpy"}
+    assert TrainConfig.from_dict(ckpt["config"]) == t.config  # the resolved config
+    assert t.config.sigma_data is not None and math.isfinite(t.config.sigma_data)
+    assert json.loads((tmp_path / "config.json").read_text()) == ckpt["config"]
+    # an unexpected key is refused
+    ckpt["extra"] = 1
+    torch.save(ckpt, tmp_path / "extra.pt")
+    with pytest.raises(ValueError, match="unexpected keys.*extra"):
+        load_checkpoint(tmp_path / "extra.pt")
+
+
+def test_bad_checkpoints_are_clear_errors_and_the_good_one_survives(tmp_path, monkeypatch):
+    cfg = small(steps=10, ckpt_every=10)
+    Trainer(cfg, tmp_path).train()
+    good = (tmp_path / CHECKPOINT_NAME).read_bytes()
+    with pytest.raises(ValueError, match="does not exist"):
+        Trainer(cfg, tmp_path / "new", resume=tmp_path / "nope.pt")
+    (tmp_path / "corrupt.pt").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match="corrupt"):
+        Trainer(cfg, tmp_path / "new", resume=tmp_path / "corrupt.pt")
+    with pytest.raises(ValueError, match="lr: checkpoint 0.002 vs now 0.001"):
+        Trainer(cfg.replace(lr=1e-3), tmp_path, resume=True)
+    with pytest.raises(ValueError, match="already holds a checkpoint"):
+        Trainer(cfg, tmp_path)
+    # a crash in the middle of writing the next checkpoint leaves the previous one intact
+    t = Trainer(cfg.replace(steps=20), tmp_path, resume=True)
+
+    def crash(obj, fh, *a, **k):
+        fh.write(b"partial")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        t.train()
+    monkeypatch.undo()
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
+    assert load_checkpoint(tmp_path)["step"] == 10
+
+
+def test_learns_the_score_of_gaussian_data():
+    # x0 ~ N(mu, c^2 I): the exact eps-prediction is known; training must cut its weighted error
+    # E_t E||eps_hat - eps*||^2 far below the error at initialisation (eps_hat = 0 there).
+    sde = sd.VPSDE()
+    gauss = sd.toy.GaussianMixture([1.0], [[1.0, -0.5]], 0.2**2)
+    data = TensorData(gauss.sample(4096, generator=torch.Generator().manual_seed(0)))
+    t = Trainer(small(steps=400, lr=5e-3, ema_decay=0.9), data=data)
+
+    def err():
+        g = torch.Generator().manual_seed(1)
+        x0 = gauss.sample(2000, generator=g)
+        tt = sde.t_min + (sde.T - sde.t_min) * torch.rand(2000, generator=g)
+        x = sde.perturb(x0, tt, torch.randn(x0.shape, generator=g))
+        with torch.no_grad():
+            model = t.score_model()
+            return float((model.eps(x, tt) + sde.sigma(tt)[:, None] * gauss.score(x, tt, sde)).pow(2).sum(1).mean())
+
+    before = err()
+    t.train()
+    after = err()
+    # observed ~150x after 400 steps; 10x leaves a wide margin for platform rounding differences
+    assert after < before / 10, (before, after)
+
+
+@pytest.mark.parametrize("param,weighting,time_sampling,importance", [
+    ("x0", "likelihood", "stratified", True), ("score", "min_snr", "antithetic", False),
+    ("v", "sigma2", "uniform", False)])
+def test_variants_train_with_finite_losses(param, weighting, time_sampling, importance):
+    cfg = small(steps=10, parameterization=param, weighting=weighting, time_sampling=time_sampling,
+                importance=importance, sde="ve" if param == "score" else "vp")
+    recs = Trainer(cfg).train()
+    assert len(recs) == 10 and all(math.isfinite(r.loss) and math.isfinite(r.grad_norm) for r in recs)
+
+
+def test_conditional_training_with_label_dropout(tmp_path):
+    cfg = small(steps=5, conditional=True, label_dropout=0.25, ckpt_every=5)
+    t = Trainer(cfg, tmp_path)
+    assert t.config.num_classes == 8 and t.net.null_label == 8
+    n_null = sum(int((t._batch()[1] == 8).sum()) for _ in range(20))
+    n = 20 * cfg.batch_size
+    # binomial(1280, 0.25): sd ~ 15.5; 5 sd
+    assert abs(n_null - 0.25 * n) < 5 * math.sqrt(n * 0.25 * 0.75)
+    t.train()
+    model, cfg2 = load_model(tmp_path, label=3)
+    x, tt = torch.randn(4, 2), torch.full((4,), 0.5)
+    y = torch.full((4,), 3)
+    torch.testing.assert_close(model.predict(x, tt), t.ema.module(x, tt, y))
+    with pytest.raises(ValueError, match="label"):
+        load_model(tmp_path, label=8)
+    with pytest.raises(ValueError, match="conditional"):
+        Trainer(small(data="checkerboard", conditional=True))
+
+
+def test_load_model_gives_the_ema_network(tmp_path):
+    t = Trainer(small(steps=20, ckpt_every=20), tmp_path)
+    t.train()
+    model, cfg = load_model(tmp_path)
+    x, tt = torch.randn(5, 2), torch.rand(5) * 0.9 + 0.05
+    torch.testing.assert_close(model.eps(x, tt), t.score_model().eps(x, tt), rtol=0, atol=0)
+    raw, _ = load_model(tmp_path / CHECKPOINT_NAME, ema=False)
+    torch.testing.assert_close(raw.eps(x, tt), t.score_model(ema=False).eps(x, tt), rtol=0, atol=0)
+
+
+def test_tensor_files_as_data(tmp_path):
+    x = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
+    np.save(tmp_path / "d.npy", x)
+    torch.save({"x": torch.from_numpy(x), "y": torch.arange(100) % 5}, tmp_path / "d.pt")
+    t = Trainer(small(steps=3, data=str(tmp_path / "d.npy")))
+    assert t.net.dim == 3 and len(t.train()) == 3
+    t = Trainer(small(steps=3, data=str(tmp_path / "d.pt"), conditional=True))
+    assert t.config.num_classes == 5 and len(t.train()) == 3
+    with pytest.raises(ValueError, match="does not exist"):
+        Trainer(small(data=str(tmp_path / "none.npy")))
+    with pytest.raises(ValueError, match="neither a toy set"):
+        Trainer(small(data="mnist"))
+
+
+def test_config_files_and_validation(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"width": 16, "lr": 1e-3}))
+    assert TrainConfig.from_file(tmp_path / "c.json") == TrainConfig(width=16, lr=1e-3)
+    (tmp_path / "c.yaml").write_text("width: 16\nsde: ve\n")
+    assert TrainConfig.from_file(tmp_path / "c.yaml").sde == "ve"
+    (tmp_path / "bad.json").write_text(json.dumps({"width": 16, "lrr": 1, "depthh": 2}))
+    with pytest.raises(ValueError, match="unknown keys 'depthh', 'lrr'"):
+        TrainConfig.from_file(tmp_path / "bad.json")
+    for field, value in [("sde", "vpp"), ("steps", 0), ("lr", -1.0), ("ema_decay", 1.0), ("weighting", "l2")]:
+        with pytest.raises(ValueError, match=field):
+            TrainConfig(**{field: value})
+
+
+def test_trainer_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    Trainer(small(steps=2)).train()
+    torch.testing.assert_close(torch.rand(3), expected)
