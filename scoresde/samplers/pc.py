@@ -23,8 +23,9 @@ The correctors (z fresh N(0, I) noise, off the Brownian path; ``r`` = ``snr``):
 
 * ``'langevin'`` (Alg. 4): ``x <- x + e s(x, t) + sqrt(2 e) z`` with score_sde's step-size rule
   ``e = 2 a_i (r ||z|| / ||s(x, t)||)^2``, ``a_i = (alpha_{t_i} / alpha_{t_{i+1}})^2`` (score_sde's
-  ``alpha_i = 1 - beta_i`` for VP, 1 for VE). Norms are per sample (score_sde averages them over the
-  batch, which makes each sample depend on the rest of the batch);
+  ``alpha_i = 1 - beta_i`` for VP, 1 for VE). The norms are averaged over the batch, as in score_sde
+  (a per-sample ||s|| vanishes at a mode and gives an unbounded step), so a sample's step depends on
+  the rest of its batch;
 * ``'annealed_langevin'`` (Song & Ermon 2019, Alg. 1 as in score_sde): the same move with the step
   ``e = 2 a_i (r sigma_t)^2``.
 
@@ -39,7 +40,7 @@ import math
 
 import torch
 
-from .._tensor import append_dims, check_finite_number
+from .._tensor import check_finite_number
 from .base import Sampler, register
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral", "none")
@@ -105,9 +106,11 @@ class PredictorCorrector(Sampler):
         score = model.score(x, t)
         z = ctx.randn_like(x)
         if self.corrector == "langevin":
-            tiny = torch.finfo(x.dtype).tiny  # a zero score would give an infinite step
-            ratio = z.flatten(1).norm(dim=1) / score.flatten(1).norm(dim=1).clamp_min(tiny)
-            eps = append_dims(2 * a_i * (self.snr * ratio) ** 2, x.ndim)
+            # batch-averaged norms, as score_sde: a per-sample ||s|| vanishes at a mode of p_t and
+            # would give that sample an unbounded step
+            tiny = torch.finfo(x.dtype).tiny
+            ratio = z.flatten(1).norm(dim=1).mean() / score.flatten(1).norm(dim=1).mean().clamp_min(tiny)
+            eps = 2 * a_i * (self.snr * ratio) ** 2
             return x + eps * score + torch.sqrt(2 * eps) * z
         eps = 2 * a_i * (self.snr * sigma_t) ** 2
         return x + eps * score + math.sqrt(2 * eps) * z
