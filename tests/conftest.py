@@ -6,7 +6,9 @@ import torch
 import scoresde as sd
 
 matplotlib.use("Agg")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Tiny tensors gain nothing from intra-op threads, and a busy machine makes spinning OpenMP threads
+# cost 100x on them: the suite runs single-threaded.
+torch.set_num_threads(1)
 
 SDE_FACTORIES = {
     "vp": lambda: sd.VPSDE(),
