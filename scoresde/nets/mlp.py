@@ -9,14 +9,23 @@ r"""A time-conditioned residual MLP for low-dimensional data.
 with the noise level fed as ``tau = lambda(t)`` (the half log-SNR, the same scale for every SDE;
 Kingma et al. 2021) or ``tau = t / T``. The input is scaled to unit variance,
 ``c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2)`` (Karras et al. 2022, "EDM", table 1), which
-matters for VE SDEs whose x_t reaches sigma_max = 50. The raw output F is turned into the
-chosen parameterisation with the scaling that keeps the training target O(1) for each SDE:
+matters for VE SDEs whose x_t reaches sigma_max = 50. The raw output F is preconditioned as in
+Karras et al. (2022, "EDM", eq. 7), written with (alpha, sigma) so it suits every SDE of the family:
 
-* ``'eps'``, ``'v'``, ``'velocity'``: F as it is;
-* ``'score'``: ``F / sigma(t)`` (Song et al. 2021's ``scale_by_sigma``: F then estimates ``-eps``);
-* ``'x0'``: ``c_skip x + c_out F`` with ``c_skip = alpha sigma_data^2 / (alpha^2 sigma_data^2 + sigma^2)``,
-  ``c_out = sigma sigma_data / sqrt(alpha^2 sigma_data^2 + sigma^2)`` (EDM's preconditioning in
-  (alpha, sigma) form: the Wiener filter of a N(0, sigma_data^2) x0 plus a unit-variance correction).
+.. math::
+    \hat x_0 = c_{skip} x + c_{out} F, \quad c_{skip} = \alpha \sigma_d^2 c_{in}^2, \quad
+    c_{out} = -\sigma \sigma_d c_{in}; \qquad
+    \hat\varepsilon = \sigma c_{in}^2 x + \alpha \sigma_d c_{in} F,
+
+a consistent pair (``alpha x0_hat + sigma eps_hat = x``). ``F = 0`` is the exact denoiser of
+``N(0, sigma_data^2 I)`` data (the Wiener filter), so the network starts from a sensible score at
+every t and learns a unit-scale correction; neither x0_hat nor eps_hat divides by a vanishing alpha
+or sigma (VP and flow near T, all SDEs near 0), which keeps probability-flow trajectories bounded
+even where F is poor. The output is then expressed in ``parameterization``: ``eps_hat``,
+``x0_hat``, ``score = -eps_hat / sigma``, ``v = alpha eps_hat - sigma x0_hat`` or
+``velocity = alpha' x0_hat + sigma' eps_hat``. The choice of parameterisation thus fixes what the
+network reports (and, through :class:`~scoresde.models.ScoreModel`, how samplers read it), while
+the loss weighting decides which errors training emphasises.
 
 Class conditioning (for classifier-free guidance, Ho & Salimans 2022): with ``num_classes = K``
 the label embedding table has K + 1 rows; row ``K`` (:attr:`null_label`) is the "no label" token
@@ -133,17 +142,26 @@ class ScoreMLP(nn.Module):
         elif y is not None:
             raise ValueError("y: this network is unconditional (num_classes=None); pass y=None")
         e = nn.functional.silu(e)
-        # EDM-style input scaling: unit variance under a N(0, sigma_data^2) data model
+        # EDM input scaling: unit variance under a N(0, sigma_data^2) data model
         s_in = torch.rsqrt(alpha**2 * self.sigma_data**2 + sigma**2)
         h = self.inp(x.reshape(B, self.dim) * s_in[:, None])
         for block in self.blocks:
             h = block(h, e)
         F = self.out(nn.functional.silu(self.out_norm(h))).reshape(x.shape)
+        sd = self.sigma_data
+        a, s, c = (append_dims(v, x.ndim) for v in (alpha, sigma, s_in))
         p = self.parameterization
-        if p == "score":
-            return F / append_dims(sigma, x.ndim)
+        if p in ("eps", "score", "v", "velocity"):
+            eps = s * c**2 * x + a * sd * c * F
+            if p == "eps":
+                return eps
+            if p == "score":
+                return -c**2 * x - (a * sd * c / s) * F
+        x0 = a * sd**2 * c**2 * x - s * sd * c * F
         if p == "x0":
-            c_skip = alpha * self.sigma_data**2 * s_in**2
-            c_out = sigma * self.sigma_data * s_in
-            return append_dims(c_skip, x.ndim) * x + append_dims(c_out, x.ndim) * F
-        return F
+            return x0
+        if p == "v":
+            return a * eps - s * x0
+        d_alpha = a * append_dims(self.sde.f(t), x.ndim)
+        d_sigma = append_dims(self.sde.dsigma_dt(t), x.ndim)
+        return d_alpha * x0 + d_sigma * eps
