@@ -34,8 +34,8 @@ refused for discrete data evaluated without dequantisation, where a density has 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
