@@ -141,6 +141,23 @@ def test_fitted_order_ve():
     assert abs(slope - 3) < 0.3, f"slope {slope:.2f}, errors {errs}"
 
 
+def test_warm_up_caps_third_order_when_starting_at_high_snr():
+    # The converse of the warm-up argument above: started at T = 0.3 (alpha_T = 0.63) the first-order
+    # first step's O(alpha_T^2 h^2) error is no longer negligible and 3M measures order 2.
+    sde, T = sd.VPSDE(), 0.3
+    mix = toy.mixture("gaussian_mixture_2d")
+    model = mix.model(sde)
+    alpha_T, sigma_T = (float(v) for v in sde.alpha_sigma(torch.tensor(T, dtype=torch.float64)))
+    gen = torch.Generator().manual_seed(0)
+    x_T = alpha_T * mix.sample(64, generator=gen, dtype=torch.float64) + sigma_T * torch.randn(
+        64, 2, generator=gen, dtype=torch.float64)  # a draw from the true marginal at T
+    ref = sde.probability_flow(model.score).solve(x_T, [T, sde.t_min], method="dopri5")[-1]
+    errs = [float((sample(model, sde, "dpm_solver++", n, x_T=x_T, T=T, order=3, lower_order_final=False).samples
+                   - ref).norm(dim=1).median()) for n in STEPS]
+    slope = -np.polyfit(np.log(STEPS), np.log(errs), 1)[0]
+    assert abs(slope - 2) < 0.3, f"slope {slope:.2f}, errors {errs}"
+
+
 def test_published_third_order_multistep_is_second_order():
     # The same run with the published x0'' coefficient (half the Taylor one) converges at order 2;
     # ours at 3, and at 96 steps it is already ~3 times more accurate.

@@ -49,7 +49,8 @@ warm up with orders 1 and 2, since no history exists yet. Their local errors are
 (``x0_theta = E[x0] + O(alpha_T)``), so they carry a factor ``alpha_T^2`` (data) or ``alpha_T``
 (noise), ~4e-5 and ~7e-3 for the default VP SDE: by this estimate third order is what one
 measures up to ~1e4 steps (tests/test_dpm_solver.py measures it at 24-96).
-A schedule that starts at high SNR (small T) loses that factor, and the warm-up caps the order at 2.
+A run that starts at high SNR loses that factor, and the warm-up caps the order at 2 (measured
+at T = 0.3, alpha_T = 0.63).
 
 Third order is an asymptotic statement. At low step counts the published, halved ``x0''`` term
 acts as damping and is often the more accurate (on the 2D mixture, VP, log-SNR grid: mean endpoint
