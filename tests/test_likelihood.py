@@ -195,3 +195,46 @@ def test_bad_points_raise(x):
     sde, mix = sd.VPSDE(), toy.gaussian_mixture_2d()
     with pytest.raises(ValueError, match="x"):
         log_likelihood(mix.model(sde), x)
+
+
+# ----- the command line -----------------------------------------------------------------------
+def test_nll_command_matches_the_exact_density(tmp_path, capsys):
+    from scoresde.cli import main
+
+    csv = tmp_path / "nll.csv"
+    assert main(["nll", "--data", "gaussian_mixture_2d", "--n", "8", "--exact-prior", "--bpd", "--rtol", "1e-7",
+                 "--atol", "1e-7", "--out", str(csv)]) == 0
+    assert "NFE" in capsys.readouterr().out
+    lines = csv.read_text().splitlines()
+    assert lines[0] == "nll,bpd,exact_nll" and len(lines) == 9
+    for row in lines[1:]:
+        nll, bpd, exact = (float(v) for v in row.split(","))
+        assert abs(nll - exact) < 1e-3 and abs(bpd - nll / (2 * math.log(2))) < 1e-9
+
+
+def test_nll_command_on_integer_points_and_bad_input(tmp_path, capsys):
+    from scoresde.cli import main
+
+    pts = tmp_path / "p.pt"
+    torch.save(torch.randint(-2, 3, (4, 2)), pts)
+    assert main(["nll", "--data", "gaussian_mixture_2d", "--points", str(pts), "--bpd"]) == 0
+    assert "(dequantised)" in capsys.readouterr().out
+    assert main(["nll", "--data", "gaussian_mixture_2d", "--points", str(pts), "--bpd", "--no-dequantize"]) == 2
+    assert "--bpd" in capsys.readouterr().err
+    assert main(["nll", "--data", "checkerboard"]) == 2
+    assert main(["nll", "--n-probes", "0", "--estimator", "hutchinson", "--n", "2"]) == 2
+    assert "n_probes" in capsys.readouterr().err
+    assert main(["nll", "--points", str(tmp_path / "missing.pt")]) == 2
+
+
+def test_nll_command_on_a_trained_run(tmp_path, capsys):
+    from scoresde.cli import main
+    from scoresde.config import TrainConfig
+    from scoresde.training import Trainer
+
+    cfg = TrainConfig(data="gaussian_mixture_2d", steps=3, batch_size=32, width=16, depth=1, emb_dim=8, ckpt_every=3,
+                      warmup=1, progress=False, tensorboard=False)
+    Trainer(cfg, out=tmp_path).train()
+    assert main(["nll", "--ckpt", str(tmp_path), "--data", "gaussian_mixture_2d", "--n", "4", "--float32"]) == 0
+    out = capsys.readouterr().out
+    assert "trained run" in out and "exact NLL" in out
