@@ -135,6 +135,12 @@ class ExponentialIntegrator(Sampler):
     """
 
     orders: ClassVar[tuple[int, ...]] = (1, 2, 3)
+    # The option sets the registry-wide conformance tests run: every order, variant and final-step
+    # option, and the Taylor third-order singlestep. Not thresholding: it changes the ODE (clips x0
+    # to [-1, 1]), so it cannot reproduce data outside that range; tests/test_dpm_solver.py covers it.
+    conformance_options: ClassVar[tuple[dict, ...]] = tuple(
+        {"order": k, "variant": v, "lower_order_final": lof} for k in (1, 2, 3) for v in VARIANTS for lof in (False, True)
+    ) + ({"order": 3, "variant": "singlestep", "solver_type": "taylor", "lower_order_final": False},)
 
     def __init__(self, order: int = 2, variant: str = "multistep", lower_order_final: bool = True,
                  solver_type: str = "dpmsolver"):
