@@ -1,0 +1,182 @@
+r"""Discretisation error against the number of steps, with the fitted empirical order.
+
+For every sampler and step count N, start from the *same* ``x_T`` (and, for a stochastic sampler,
+the same torchsde Brownian path) and measure
+
+* the **endpoint error** ``E_N = mean_b |x_N^(b) - x_ref^(b)|`` against a reference solution of the
+  same dynamics from the same start: the probability-flow ODE (dopri5, tight tolerance) for a
+  deterministic sampler, the reverse SDE on the same Brownian path (fine Euler-Maruyama) for a
+  stochastic one (:mod:`scoresde.studies.common`);
+* the **distribution error**: exact W2 and sliced W2 against fresh data samples, beside the
+  two-sample floor, and for a mixture the mean exact log-density ``E log p_0(x_N)``.
+
+A sampler of global order p has ``E_N ~ C N^{-p}``, so the log-log slope over the asymptotic range
+estimates ``-p`` (diffrax's ``test_ode_order``; Hairer, Norsett & Wanner, *Solving ODEs I*, II.4).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..models import ScoreModel
+from ..samplers import brownian_path, sample
+from ..sde import SDE
+from .common import (
+    Method,
+    OrderFit,
+    Reference,
+    check_grids,
+    check_steps,
+    distribution_error,
+    endpoint_error,
+    fit_order,
+    parse_methods,
+    quiet_brownian,
+    reference_pf_ode,
+    reference_reverse_sde,
+    sliced_w2,
+    w2_exact,
+)
+
+__all__ = ["error_vs_steps", "ErrorVsSteps"]
+
+
+@dataclass
+class ErrorVsSteps:
+    """Rows (one per method, grid and step count), fitted orders, references and noise floors."""
+
+    rows: list[dict]
+    fits: dict[tuple[str, str], OrderFit | None]
+    declared: dict[str, float | None]
+    references: dict[str, Reference]
+    floors: dict[str, float] = field(default_factory=dict)
+    data_log_density: float | None = None
+    config: dict = field(default_factory=dict)
+
+    def fit_rows(self) -> list[dict]:
+        """One row per (method, grid): the declared order beside the fitted one."""
+        out = []
+        for (label, grid), fit in self.fits.items():
+            out.append({"method": label, "grid": grid, "declared_order": self.declared[label],
+                        "fitted_order": None if fit is None else fit.order,
+                        "fit_stderr": None if fit is None else fit.stderr,
+                        "fit_steps": "" if fit is None else " ".join(map(str, fit.steps_used))})
+        return out
+
+    def table(self) -> str:
+        """A plain-text table of the rows and the fitted orders."""
+        cols = ["method", "grid", "steps", "nfe", "endpoint_error", "w2", "mean_log_density"]
+        cols = [c for c in cols if any(c in r for r in self.rows)]
+        lines = ["  ".join(f"{c:>16}" for c in cols)]
+        for r in self.rows:
+            lines.append("  ".join(f"{_cell(r.get(c)):>16}" for c in cols))
+        lines.append("")
+        lines.append(f"{'method':>24}  {'grid':>8}  {'declared':>8}  {'fitted':>14}")
+        for r in self.fit_rows():
+            fitted = "n/a" if r["fitted_order"] is None else f"{r['fitted_order']:.2f} +- {r['fit_stderr']:.2f}"
+            lines.append(f"{r['method']:>24}  {r['grid']:>8}  {_cell(r['declared_order']):>8}  {fitted:>14}")
+        if self.floors:
+            lines.append("")
+            lines.append("two-sample floor: " + ", ".join(f"{k} {v:.4g}" for k, v in self.floors.items())
+                         + ("" if self.data_log_density is None else f"; data mean log-density {self.data_log_density:.4f}"))
+        for key, ref in self.references.items():
+            lines.append(f"reference ({key}): {ref.kind}, own error <= {ref.error:.2e}")
+        return "\n".join(lines)
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def error_vs_steps(model: ScoreModel, methods, steps, *, grids="logsnr", x_T: Tensor | None = None,
+                   n: int = 512, data: Tensor | None = None, data_fn: Callable[[int, torch.Generator], Tensor] | None = None,
+                   mixture=None, seed: int = 0, distribution: bool = True, ref_tol: float = 1e-12,
+                   ref_sde_steps: int = 2048, t_min: float | None = None, progress: bool = False) -> ErrorVsSteps:
+    """Run every method at every step count from the same start and measure the errors.
+
+    Args:
+        model: the score model (e.g. ``mixture.model(sde)``); its SDE is the one sampled.
+        methods: sampler specs (see :func:`scoresde.studies.common.parse_method`).
+        steps: strictly increasing step counts.
+        grids: one grid name or several (``scoresde.grids.available()``).
+        x_T: the common start (float64 recommended); default ``n`` prior draws from ``seed``.
+        data / data_fn / mixture: data samples for the distribution error (``data_fn(n, generator)``
+            draws them, ``mixture`` gives both data and the exact log-density). Without any of
+            these only the endpoint error is measured.
+        distribution: measure W2 / sliced W2 / log-density (the costly part on large batches).
+        ref_tol: dopri5 tolerance of the PF-ODE reference; ``ref_sde_steps``: Euler-Maruyama steps
+            of the reverse-SDE reference for stochastic samplers.
+    Returns:
+        :class:`ErrorVsSteps`.
+    """
+    methods: list[Method] = parse_methods(methods)
+    steps = check_steps(steps)
+    grids = check_grids(grids)
+    sde: SDE = model.sde
+    t_min = float(sde.t_min if t_min is None else t_min)
+    gen = torch.Generator().manual_seed(seed)
+    if x_T is None:
+        x_T = sde.prior_sample((int(n), mixture.dim if mixture is not None else 2), generator=gen, dtype=torch.float64)
+    t_start = float(sde.T)
+
+    # data for the distribution error, and the two-sample floor from an independent second draw
+    floors: dict[str, float] = {}
+    data_logp = None
+    if distribution and data is None and (data_fn is not None or mixture is not None):
+        draw = data_fn if data_fn is not None else (lambda k, g: mixture.sample(k, generator=g, dtype=torch.float64))
+        data = draw(x_T.shape[0], gen).to(x_T)
+        data2 = draw(x_T.shape[0], gen).to(x_T)
+        floors = {"w2": w2_exact(data, data2), "sliced_w2": sliced_w2(data, data2)}
+        if mixture is not None:
+            data_logp = float(mixture.log_prob(data2.double().cpu()).mean())
+    distribution = distribution and data is not None
+
+    references: dict[str, Reference] = {"pf_ode": reference_pf_ode(model, x_T, t_start, t_min, tol=ref_tol)}
+    bm = None
+    if any(m.instance().stochastic for m in methods):
+        # one Brownian path on [0, T - t_min] in flipped time, shared by every stochastic run
+        times = torch.tensor([t_start, t_min], dtype=torch.float64)
+        bm = brownian_path(times, x_T.shape, seed=seed + 1, dtype=x_T.dtype, device=x_T.device)
+        references["reverse_sde"] = reference_reverse_sde(model, x_T, t_start, t_min, bm, steps=ref_sde_steps)
+
+    rows: list[dict] = []
+    declared: dict[str, float | None] = {}
+    total = len(methods) * len(grids) * len(steps)
+    bar = tqdm(total=total, desc="error vs steps", disable=not progress)
+    for m in methods:
+        inst = m.instance()
+        declared[m.label] = inst.order
+        ref = references["reverse_sde" if inst.stochastic else "pf_ode"]
+        for grid in grids:
+            for N in steps:
+                with quiet_brownian():
+                    res = sample(model, sde, m.name, N, x_T=x_T, grid=grid, t_min=t_min,
+                                 brownian=bm if inst.stochastic else None,
+                                 generator=torch.Generator().manual_seed(seed + 2), **m.opts)
+                row = {"method": m.label, "sampler": m.name, "grid": grid, "steps": N, "nfe": res.nfe,
+                       "declared_order": inst.order, "stochastic": inst.stochastic,
+                       "reference": "reverse_sde" if inst.stochastic else "pf_ode",
+                       "endpoint_error": endpoint_error(res.samples, ref.x)}
+                if distribution:
+                    row.update(distribution_error(res.samples, data, mixture))
+                rows.append(row)
+                bar.update(1)
+    bar.close()
+
+    fits = {}
+    for m in methods:
+        for grid in grids:
+            sel = [r for r in rows if r["method"] == m.label and r["grid"] == grid]
+            ref = references[sel[0]["reference"]]
+            fits[(m.label, grid)] = fit_order([r["steps"] for r in sel], [r["endpoint_error"] for r in sel],
+                                              floor=ref.error)
+    config = {"sde": repr(sde), "n": int(x_T.shape[0]), "seed": seed, "t_min": t_min, "ref_tol": ref_tol}
+    return ErrorVsSteps(rows, fits, declared, references, floors, data_logp, config)
