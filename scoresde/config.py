@@ -117,7 +117,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Build from a mapping; unknown keys raise a ValueError that names them."""
         if not isinstance(d, dict):
             raise ValueError(f"config: expected a mapping of fields, got {type(d).__name__}")
@@ -128,7 +128,7 @@ class TrainConfig:
         return cls(**d)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "TrainConfig":
+    def from_file(cls, path: str | Path) -> TrainConfig:
         """Read a JSON (``.json``) or YAML (``.yaml``/``.yml``, needs PyYAML) config file."""
         path = Path(path)
         if not path.is_file():
@@ -149,10 +149,10 @@ class TrainConfig:
             raise ValueError(f"config: expected a .json, .yaml or .yml file, got {str(path)!r}")
         return cls.from_dict(d or {})
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
-    def mismatches(self, other: "TrainConfig", ignore=RESUME_FREE_FIELDS) -> dict[str, tuple[Any, Any]]:
+    def mismatches(self, other: TrainConfig, ignore=RESUME_FREE_FIELDS) -> dict[str, tuple[Any, Any]]:
         """Fields (outside ``ignore``) whose values differ: ``{name: (self's, other's)}``."""
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}

@@ -36,8 +36,7 @@ marginal of t.
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, Union
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -51,7 +50,7 @@ __all__ = ["WEIGHTINGS", "TIME_SAMPLINGS", "dsm_loss", "sample_times", "loss_wei
 WEIGHTINGS = ("sigma2", "likelihood", "min_snr", "snr")
 TIME_SAMPLINGS = ("uniform", "stratified", "antithetic")
 
-Weighting = Union[str, Callable[[Tensor], Tensor]]
+Weighting = str | Callable[[Tensor], Tensor]
 
 
 def _check_weighting(weighting: Weighting) -> None:

@@ -343,6 +343,7 @@ class Trainer:
         self.step = 0
         self.history: list[StepRecord] = []
         self._buckets = torch.linspace(self.sde.t_min, self.sde.T, cfg.t_buckets + 1, dtype=torch.float64)
+        self._edges: Tensor | None = None
 
         if resume:
             src = self.out if resume is True else Path(resume)
@@ -435,7 +436,7 @@ class Trainer:
         # per-t-bucket sums and counts, then one transfer (and one all-reduce) for all statistics
         with torch.no_grad():
             K = cfg.t_buckets
-            idx = torch.bucketize(t.detach().double(), self._buckets.to(t.device)[1:-1])
+            idx = torch.bucketize(t.detach().double(), self._inner_edges(t.device))
             sums = torch.zeros(K, dtype=torch.float64, device=t.device).index_add_(0, idx, losses.detach().double())
             counts = torch.bincount(idx, minlength=K).double()
             stats = torch.cat([loss.detach().double().reshape(1), sums, counts])
@@ -443,8 +444,13 @@ class Trainer:
                 dist.all_reduce(stats)
                 stats[0] /= self.world_size
             stats = stats.tolist()
-        buckets = [s / c if c > 0 else float("nan") for s, c in zip(stats[1:K + 1], stats[K + 1:])]
+        buckets = [s / c if c > 0 else float("nan") for s, c in zip(stats[1:K + 1], stats[K + 1:], strict=True)]
         return StepRecord(self.step, stats[0], lr, float(grad_norm), buckets)
+
+    def _inner_edges(self, device) -> Tensor:
+        if self._edges is None or self._edges.device != device:
+            self._edges = self._buckets[1:-1].to(device)
+        return self._edges
 
     # ----- the loop --------------------------------------------------------------------------------
     def _bucket_names(self) -> list[str]:
@@ -508,7 +514,7 @@ class Trainer:
                         tb.add_scalar("loss", rec.loss, rec.step)
                         tb.add_scalar("lr", rec.lr, rec.step)
                         tb.add_scalar("grad_norm", rec.grad_norm, rec.step)
-                        for name, b in zip(self._bucket_names(), rec.bucket_losses):
+                        for name, b in zip(self._bucket_names(), rec.bucket_losses, strict=True):
                             if b == b:
                                 tb.add_scalar(f"loss_by_t/{name}", b, rec.step)
                 bar.update(1)

@@ -208,3 +208,27 @@ def test_trainer_leaves_global_rng_alone():
     torch.manual_seed(123)
     Trainer(small(steps=2)).train()
     torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_tensorboard_used_when_installed(tmp_path, monkeypatch):
+    # a stand-in SummaryWriter: the trainer must log loss, lr, grad norm and the t-buckets through it
+    import sys
+    import types
+    calls = []
+
+    class Writer:
+        def __init__(self, logdir):
+            calls.append(("init", logdir))
+
+        def add_scalar(self, tag, value, step):
+            calls.append((tag, step))
+
+        def close(self):
+            calls.append(("close", None))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    Trainer(small(steps=3, tensorboard=True), tmp_path).train()
+    tags = {c[0] for c in calls}
+    assert calls[0] == ("init", str(tmp_path / "tb")) and calls[-1] == ("close", None)
+    assert {"loss", "lr", "grad_norm"} <= tags and sum(t.startswith("loss_by_t/") for t in tags) >= 1
+    assert [c[1] for c in calls if c[0] == "loss"] == [1, 2, 3]
