@@ -29,6 +29,11 @@ def test_train_resume_and_sample(tmp_path, capsys):
     assert cfg.steps == 20 and cfg.width == 16 and cfg.sigma_data is not None
     assert main(["train", "--steps", "30", "--out", str(run), "--resume", *SMALL]) == 0
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 30
+    # without flags a resume takes the run's saved config; a changed setting is refused by name
+    assert main(["train", "--steps", "35", "--out", str(run), "--resume", "--no-progress"]) == 0
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 35
+    assert main(["train", "--steps", "40", "--out", str(run), "--resume", "--width", "8"]) == 2
+    assert "width: checkpoint 16 vs now 8" in capsys.readouterr().err
     out, png = tmp_path / "s.pt", tmp_path / "s.png"
     assert main(["sample", "--ckpt", str(run), "--method", "ddim", "--steps", "5", "--n", "300", "--out", str(out),
                  "--plot", str(png)]) == 0

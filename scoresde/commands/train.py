@@ -1,7 +1,8 @@
 """``scoresde train``: train a score network by denoising score matching (see :mod:`scoresde.training`).
 
 Every :class:`~scoresde.config.TrainConfig` field is a flag; ``--config FILE`` (JSON or YAML) gives a
-base that explicit flags override. Launch on several processes with ``torchrun``, e.g.
+base that explicit flags override; with ``--resume`` and no ``--config`` the base is the run's saved
+config, so ``scoresde train --out RUN --resume --steps N`` extends a run. Launch on several processes with ``torchrun``, e.g.
 ``torchrun --nproc_per_node 2 -m scoresde train ...`` (gloo on CPU, nccl with ``--device cuda``).
 """
 from __future__ import annotations
@@ -49,8 +50,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _config(args):
     from ..config import TrainConfig
+    from ..training import load_checkpoint
 
-    base = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    if args.config:
+        base = TrainConfig.from_file(args.config)
+    elif args.resume:  # continue with the run's own settings; flags given now still override them
+        base = TrainConfig.from_dict(load_checkpoint(args.out if args.resume is True else args.resume)["config"])
+    else:
+        base = TrainConfig()
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if getattr(args, f.name) is not None}
     return base.replace(**overrides)
