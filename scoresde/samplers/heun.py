@@ -36,6 +36,7 @@ class Heun(Sampler):
     name = "heun"
     calls_per_step = 2
     order = 2
+    conformance_options = [{}, {"euler_last": False}, {"S_churn": 10.0}]
 
     def __init__(self, euler_last: bool = True, S_churn: float = 0.0, S_tmin: float = 0.0,
                  S_tmax: float = math.inf, S_noise: float = 1.0):

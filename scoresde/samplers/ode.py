@@ -15,6 +15,8 @@ The class is ``adaptive`` so that ``steps`` may be None; give ``steps`` with a f
 """
 from __future__ import annotations
 
+import torch
+
 from .._tensor import check_finite_number
 from .base import Sampler, register
 
@@ -28,10 +30,25 @@ def _known() -> str:
     return ", ".join(list(FIXED_METHODS) + list(ADAPTIVE_METHODS))
 
 
+def _finite_score(score, times):
+    """The score, checked for non-finite values: an adaptive solver fed NaN only shrinks its step
+    until it underflows, so the failure is reported here, at the time it happens."""
+    def checked(x, t):
+        s = score(x, t)
+        if not torch.isfinite(s).all():
+            tf = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)
+            i = max(int((times > tf).sum()) - 1, 0)
+            raise FloatingPointError(f"ode: non-finite score in grid step {i} at t = {tf:.6g} (adaptive solve); "
+                                     "the model returned NaN/inf")
+        return s
+    return checked
+
+
 @register
 class ODE(Sampler):
     name = "ode"
     adaptive = True  # for the adaptive methods; a fixed-step method steps on the grid
+    conformance_options = [{"solver": s} for s in ("euler", "midpoint", "heun3", "rk4", "dopri5", "bosh3")]
 
     def __init__(self, solver: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5):
         if solver not in FIXED_METHODS and solver not in ADAPTIVE_METHODS:
@@ -52,15 +69,16 @@ class ODE(Sampler):
         return {**super().describe(), "adaptive": self.is_adaptive, "method": self.method}
 
     def run(self, model, x, times, ctx):
-        flow = model.sde.probability_flow(model.score)
         nfe0 = model.nfe
         ctx.stats.update(method=self.method, rtol=self.rtol, atol=self.atol)
         if self.is_adaptive:
+            flow = model.sde.probability_flow(_finite_score(model.score, times))
             xs = flow.solve(x, times, method=self.method, rtol=self.rtol, atol=self.atol)
             for i in range(len(times) - 1):
                 ctx.step(i, xs[i + 1])
             x = xs[-1]
         else:
+            flow = model.sde.probability_flow(model.score)
             # one odeint call per interval: one step each (the grid is the output times) and no
             # (len(times), *x.shape) stack of states held in memory
             for i in range(len(times) - 1):

@@ -27,6 +27,7 @@ class ScipyODE(Sampler):
     name = "scipy_ode"
     adaptive = True
     calls_per_step = 1
+    conformance_options = [{"solver": s} for s in ("RK45", "DOP853", "LSODA")]
 
     def __init__(self, solver: str = "RK45", rtol: float = 1e-5, atol: float = 1e-5):
         if solver not in METHODS:
@@ -50,7 +51,12 @@ class ScipyODE(Sampler):
             xt = torch.from_numpy(y).to(device=device, dtype=dtype).reshape(shape)
             with torch.no_grad():
                 d = flow(torch.tensor(t, dtype=torch.float64), xt)
-            return d.reshape(-1).to(torch.float64).cpu().numpy()
+            d = d.reshape(-1).to(torch.float64).cpu().numpy()
+            if not np.isfinite(d).all():  # solve_ivp would only shrink its step until it gives up
+                i = max(int((t_eval > t).sum()) - 1, 0)
+                raise FloatingPointError(f"scipy_ode: non-finite drift in grid step {i} at t = {t:.6g} "
+                                         f"({self.method}); the model returned NaN/inf")
+            return d
 
         B, D = shape[0], math.prod(shape[1:])
         extra = {}
