@@ -11,7 +11,7 @@ What varies per sampler is read from the sampler class itself:
   them itself in a class attribute ``conformance_options`` (a list of option dicts); otherwise they
   are derived from its constructor: ``order`` over ``cls.orders`` (or whichever of 1..3 the
   constructor accepts), both values of every boolean option whose name mentions "final" (crossed
-  with the orders), every other boolean option flipped once, and the string-valued choices listed
+  with the orders), every other boolean option flipped once, and the discrete choices listed
   in :data:`CHOICES` below (crossed with the orders), keeping only the options the class accepts.
 
 The exact models: the Gaussian-mixture oracle on ``(B, 2)``, and a single Gaussian
@@ -34,9 +34,11 @@ from scoresde.samplers import SAMPLERS, Sampler, available, get_sampler, registe
 
 NAMES = available()
 
-# String-valued options and the values worth crossing with every order (unknown option names are
-# ignored, so this table may name options of samplers that have not landed).
+# Options with a few discrete values worth crossing with every order (option names a sampler does
+# not have, and values its constructor rejects, are skipped, so the table may name options of samplers
+# that have not landed).
 CHOICES = {
+    "eta": [0.0, 1.0],
     "variant": ["multistep", "singlestep", "bh1", "bh2"],
     "prediction": ["data", "noise", "x0", "eps"],
     "predictor": ["euler_maruyama", "reverse_diffusion", "ancestral"],
@@ -137,9 +139,10 @@ def test_registry_has_the_reference_sampler():
 # ----- the contract, on both shapes and both dtypes ------------------------------------------------
 @pytest.mark.parametrize("name,opts", VARIANTS, ids=VARIANT_IDS)
 def test_contract(name, opts, vp):
-    for (model, shape), dtype, final in zip(
-            [(mixture_model(vp), (3, 2)), (gaussian_image_model(vp), (2, 1, 4, 4))],
-            [torch.float64, torch.float32], [False, True]):
+    cases = itertools.product([(mixture_model(vp), (3, 2)), (gaussian_image_model(vp), (2, 1, 4, 4))],
+                              [torch.float64, torch.float32])
+    for i, ((model, shape), dtype) in enumerate(cases):
+        final = i in (1, 2)  # each shape and each dtype once with and once without the final denoising
         steps = 6
         x_T, res = run(name, opts, vp, model, steps, shape, dtype=dtype, final_denoise=final, return_trajectory=True)
         sampler = SAMPLERS[name](**opts)
@@ -197,11 +200,11 @@ def test_no_nan_for_any_step_count(name, opts, vp):
                 assert res.nfe == expected + int(final), (steps, final, res.nfe, expected)
 
 
-def _slow_unless_default(n, o):
-    return pytest.param(n, o, marks=() if o == option_variants(SAMPLERS[n])[0] else pytest.mark.slow, id=f"{n}[{_id(o)}]")
+THOUSAND = ([pytest.param(n, {}, id=f"{n}[default]") for n in NAMES]
+            + [pytest.param(n, o, marks=pytest.mark.slow, id=f"{n}[{_id(o)}]") for n, o in VARIANTS if o])
 
 
-@pytest.mark.parametrize("name,opts", [_slow_unless_default(n, o) for n, o in VARIANTS])
+@pytest.mark.parametrize("name,opts", THOUSAND)
 def test_no_nan_at_1000_steps(name, opts, vp):
     # tiny steps near t_min (sigma ~ 1e-2) stress divisions by sigma and tiny h = lam_s - lam_t
     _, res = run(name, opts, vp, mixture_model(vp), 1000, (1, 2), final_denoise=True)
@@ -235,15 +238,12 @@ def _moments_within_sampling_error(x, mean, cov, n_se=5.0):
     return bool(ok_mean and ok_cov), (m, emp_cov, se_mean, se_cov)
 
 
-def _dist_params():
-    out = []
-    for n in NAMES:
-        o = option_variants(SAMPLERS[n])[0]
-        out.append(pytest.param(n, o, id=f"{n}[{_id(o)}]"))
-    return out
+DISTRIBUTION = ([pytest.param(n, {}, id=f"{n}[default]") for n in NAMES]
+                + [pytest.param(n, o, marks=pytest.mark.slow, id=f"{n}[{_id(o)}]") for n, o in VARIANTS
+                   if o and not o.get("thresholding")])  # thresholding clips x0 on purpose: another distribution
 
 
-@pytest.mark.parametrize("name,opts", _dist_params())
+@pytest.mark.parametrize("name,opts", DISTRIBUTION)
 def test_reproduces_the_mixture(name, opts, vp):
     """With the exact score, the samples at t_min follow p_{t_min}: its mean and covariance (exact,
     :meth:`GaussianMixture.marginal_moments`) within 5 standard errors of n = 2000, and a sliced W2
@@ -329,10 +329,9 @@ def test_bad_x_T(vp):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_nan_model_names_step_time_and_sampler(name, vp):
-    opts = option_variants(SAMPLERS[name])[0]
     model = sd.ScoreModel(lambda x, t: torch.full_like(x, float("nan")), vp, "eps")
     with pytest.raises(FloatingPointError) as e:
-        _call(vp, method=name, model=model, **opts)
+        _call(vp, method=name, model=model)
     msg = str(e.value)
     assert name in msg and "step" in msg and "t =" in msg, msg
 
