@@ -7,16 +7,20 @@ the grid: ``sdeint`` is called once per grid interval ``[t_start - t_i, t_start 
 solver step each; the solver's extra state, e.g. reversible Heun's, is carried from one call to the
 next), so non-uniform grids are honoured without torchsde's linear interpolation between steps.
 
-Option ``solver`` (``sample``'s ``method`` names the sampler), strong / weak order for our additive noise, model calls per step):
-``euler`` (1 / 1, 1), ``milstein`` (1 / 1, 1; equals Euler-Maruyama here, g does not depend on x),
-``srk`` (1.5 / 1.5, 4: the diagonal-noise SRI scheme of Rossler 2010, one call per stage, needs a Brownian path with
-``levy_area_approximation='space-time'``), ``reversible_heun`` (1 / 1, 1 plus 1 at the start; a
-Stratonovich scheme, valid because with additive noise the Ito and Stratonovich SDEs coincide).
-Reversible Heun is only conditionally stable: like leapfrog, its parasitic mode grows on strongly
-contracting drifts, and the reverse drift near t_min contracts at a rate ~ g^2 / sigma^2. Measured on
-VP with a Gaussian target (RMS error against a fine EM solution on the same path, uniform grid):
-60, 14, 1.7, 0.21, 0.025 at N = 16, 32, 64, 128, 256 (EM: 0.22 ... 0.013), i.e. useless below
-~100 steps, then converging fast.
+Option ``solver`` (named so because ``sample``'s ``method`` names the sampler); for our additive
+noise, strong / weak order and model calls per step:
+
+* ``euler``: 1 / 1, 1 call;
+* ``milstein``: 1 / 1, 1 call (equal to Euler-Maruyama here: g does not depend on x);
+* ``srk``: 1.5 / 1.5, 4 calls (the diagonal-noise SRI scheme of Rossler 2010, one call per stage:
+  drifts are memoised, see :class:`_GridSDE`); needs a path with ``levy_area_approximation='space-time'``;
+* ``reversible_heun``: 1 / 1, 1 call plus 1 at the start (a Stratonovich scheme, valid because with
+  additive noise the Ito and Stratonovich SDEs coincide). It is only conditionally stable: like
+  leapfrog, its parasitic mode grows on strongly contracting drifts, and the reverse drift near t_min
+  contracts at a rate ~ g^2 / sigma^2. Measured on VP with a Gaussian target (RMS error against a fine
+  EM solution on the same path, uniform grid): 60, 14, 1.7, 0.21, 0.025 at N = 16, 32, 64, 128, 256
+  (EM: 0.22 ... 0.013), i.e. useless below ~100 steps, then converging fast.
+
 The declared ``order`` is the weak order.
 
 Noise: the user's torchsde Brownian path when ``sample`` got ``brownian=`` (its dtype/device cast to
