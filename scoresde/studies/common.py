@@ -9,8 +9,8 @@ r"""What every study shares: method specs, input checks, reference solutions, di
   reverse SDE on the *same* torchsde Brownian path, by Euler-Maruyama on a much finer uniform grid
   (:func:`reference_reverse_sde`): for these SDEs the noise is additive (g depends on t only), so
   Euler-Maruyama converges strongly with order 1 and a fine grid is an honest reference.
-* Distances between samples and data: exact W2 by optimal transport (POT's ``emd2``) and the
-  sliced W2 (POT's ``sliced_wasserstein_distance``), each reported beside the *two-sample floor*,
+* Distances between samples and data: exact W2 by optimal transport and the sliced W2
+  (:mod:`scoresde.metrics`), each reported beside the *two-sample floor*,
   the same distance between two independent data draws of the same size (no sampler can beat it
   with that many points).
 """
@@ -21,9 +21,10 @@ import csv
 import math
 import os
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -136,7 +137,7 @@ def check_steps(steps, name: str = "steps") -> list[int]:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < 1:
             raise ValueError(f"{name}: expected positive integers, got {v!r} in {values}")
     values = [int(v) for v in values]
-    if any(b <= a for a, b in zip(values, values[1:])):
+    if any(b <= a for a, b in zip(values, values[1:], strict=False)):
         raise ValueError(f"{name}: must be strictly increasing, got {values}")
     return values
 
@@ -181,6 +182,34 @@ def quiet_brownian():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Should have t", category=UserWarning)
         yield
+
+
+@contextlib.contextmanager
+def staged_output(out):
+    """Yield a temporary folder inside ``out``; on success move its files into ``out``, on failure
+    remove it (and ``out`` itself if this call created it), so no half-written files remain.
+
+    The list yielded second collects the final paths once the block has finished.
+    """
+    import shutil
+    import tempfile
+
+    out = Path(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    written: list[Path] = []
+    try:
+        yield tmp, written
+        for f in sorted(tmp.iterdir()):
+            f.replace(out / f.name)
+            written.append(out / f.name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ----- references -------------------------------------------------------------------------------
@@ -287,22 +316,19 @@ def endpoint_error(x: Tensor, ref: Tensor) -> float:
 
 # ----- distances between point clouds --------------------------------------------------------
 def w2_exact(x: Tensor, y: Tensor) -> float:
-    """Exact W2 between two empirical measures with uniform weights (POT's network simplex)."""
-    import ot
+    """Exact W2 between two empirical measures with uniform weights (:func:`scoresde.metrics.wasserstein2`)."""
+    from ..metrics import wasserstein2
 
-    a = x.detach().flatten(1).double().cpu().numpy()
-    b = y.detach().flatten(1).double().cpu().numpy()
-    cost = ot.dist(a, b)  # squared Euclidean
-    return math.sqrt(max(float(ot.emd2([], [], cost, numItermax=1_000_000)), 0.0))
+    return wasserstein2(x.detach().flatten(1).double(), y.detach().flatten(1).double())
 
 
 def sliced_w2(x: Tensor, y: Tensor, *, n_projections: int = 256, seed: int = 0) -> float:
-    """Sliced W2 (random directions, fixed ``seed`` so that every comparison uses the same ones)."""
-    import ot
+    """Sliced W2 along directions fixed by ``seed``, so every comparison uses the same ones."""
+    from ..metrics import sliced_wasserstein
 
-    a = x.detach().flatten(1).double().cpu().numpy()
-    b = y.detach().flatten(1).double().cpu().numpy()
-    return float(ot.sliced_wasserstein_distance(a, b, n_projections=n_projections, p=2, seed=seed))
+    gen = torch.Generator().manual_seed(seed)
+    return sliced_wasserstein(x.detach().flatten(1).double().cpu(), y.detach().flatten(1).double().cpu(),
+                              n_projections=n_projections, generator=gen)
 
 
 def distribution_error(samples: Tensor, data: Tensor, mixture=None) -> dict[str, float]:
@@ -338,7 +364,7 @@ def fit_order(steps: Sequence[int], errors: Sequence[float], *, floor: float = 0
     """
     from scipy.stats import linregress
 
-    pts = [(n, e) for n, e in zip(steps, errors) if math.isfinite(e) and e > max(10 * floor, 1e-300)]
+    pts = [(n, e) for n, e in zip(steps, errors, strict=False) if math.isfinite(e) and e > max(10 * floor, 1e-300)]
     pts = pts[-max_points:]
     if len(pts) < min_points:
         return None

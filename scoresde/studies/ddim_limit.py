@@ -124,7 +124,7 @@ class DDIMLimit:
 
 def ddim_convergence(sdes: dict[str, SDE], mixture, steps=(8, 16, 32, 64, 128, 256), *, n: int = 256,
                      grid: str = "logsnr", seed: int = 0, pairs=((1.0, 0.5), (0.5, 0.1), (0.1, 0.01)),
-                     progress: bool = False) -> DDIMLimit:
+                     ref_tol: float = 1e-12, progress: bool = False) -> DDIMLimit:
     """For each SDE: the one-step identity and DDIM(eta=0) error against steps vs the dopri5 reference.
 
     The start ``x_T`` is drawn in float64 from each SDE's prior with the same generator seed.
@@ -141,7 +141,8 @@ def ddim_convergence(sdes: dict[str, SDE], mixture, steps=(8, 16, 32, 64, 128, 2
             n, mixture.dim, generator=gen, dtype=torch.float64)
         for row in ddim_identity(model, x_mid, pairs):
             identity.append({**row, "sde": name})
-        conv[name] = error_vs_steps(model, ["ddim"], steps, grids=grid, x_T=x_T, distribution=False, seed=seed)
+        conv[name] = error_vs_steps(model, ["ddim"], steps, grids=grid, x_T=x_T, distribution=False, seed=seed,
+                                    ref_tol=ref_tol)
     return DDIMLimit(identity, conv)
 
 

@@ -15,8 +15,8 @@ estimates ``-p`` (diffrax's ``test_ode_order``; Hairer, Norsett & Wanner, *Solvi
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor

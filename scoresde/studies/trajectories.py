@@ -71,9 +71,9 @@ def _log_density_on_mesh(mixture, sde: SDE, times, xs: Tensor, ys: Tensor) -> Te
     return torch.stack([mixture.log_prob_t(pts, float(t), sde).reshape(X.shape) for t in times])
 
 
-def trajectories(mixture, sde: SDE, *, n_paths: int = 12, steps: int = 10, sde_steps: int = 500,
+def trajectories(mixture, sde: SDE, *, n_paths: int = 12, steps: int = 10, sde_steps: int = 250,
                  snapshot_times=None, n_frames: int = 40, n_samples: int = 2000, sample_method: str | None = None,
-                 extent: float = 3.5, mesh: int = 120, score_mesh: int = 15, seed: int = 0) -> Trajectories:
+                 extent: float = 3.5, mesh: int = 200, score_mesh: int = 15, seed: int = 0) -> Trajectories:
     """Compute everything the trajectory figures show, for a 2D mixture under ``sde``.
 
     Args:

@@ -1,0 +1,287 @@
+"""Figures from study results. Every function takes data and returns a matplotlib Figure (or an
+animation); none of them trains or samples.
+
+The inputs are the result objects of :mod:`scoresde.studies` (their rows are plain dicts of numbers).
+"""
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+__all__ = ["plot_error_vs_steps", "plot_ddim_limit", "plot_trajectories", "animate_trajectories",
+           "plot_grid_comparison"]
+
+_MARKERS = "osD^v<>pPX*h"
+
+
+def _colors(n: int):
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _ref_slope(ax, x, y_anchor, order, color, x_anchor):
+    """A dashed line C x^-order through (x_anchor, y_anchor) over the range of x."""
+    xs = np.array([min(x), max(x)], dtype=float)
+    ax.plot(xs, y_anchor * (xs / x_anchor) ** (-order), "--", color=color, lw=1.0, alpha=0.6)
+
+
+def plot_error_vs_steps(study, *, title: str | None = None) -> Figure:
+    """Endpoint error against steps and NFE (log-log, fitted slopes in the legend, dashed declared
+    slopes), and the distribution error against NFE beside the two-sample floor when measured."""
+    rows = study.rows
+    labels = list(dict.fromkeys(r["method"] for r in rows))
+    grids = list(dict.fromkeys(r["grid"] for r in rows))
+    has_dist = any("w2" in r for r in rows)
+    has_logp = any("mean_log_density" in r for r in rows)
+    ncols = 2 + int(has_dist) + int(has_logp)
+    fig, axes = plt.subplots(1, ncols, figsize=(4.6 * ncols, 4.4), squeeze=False)
+    axes = axes[0]
+    colors = dict(zip(labels, _colors(len(labels)), strict=False))
+    styles = dict(zip(grids, ["-", ":", "-.", (0, (5, 1))], strict=False))
+    for k, label in enumerate(labels):
+        for grid in grids:
+            sel = [r for r in rows if r["method"] == label and r["grid"] == grid]
+            if not sel:
+                continue
+            steps = np.array([r["steps"] for r in sel], float)
+            nfe = np.array([r["nfe"] for r in sel], float)
+            err = np.array([r["endpoint_error"] for r in sel], float)
+            fit = study.fits.get((label, grid))
+            declared = study.declared.get(label)
+            stoch = sel[0].get("stochastic", False)
+            name = label + (f" [{grid}]" if len(grids) > 1 else "") + (" (strong)" if stoch else "")
+            fit_txt = "fit n/a" if fit is None else f"fit {fit.order:.2f}"
+            dec_txt = "?" if declared is None else f"{declared:g}"
+            kw = dict(color=colors[label], marker=_MARKERS[k % len(_MARKERS)], ms=4, ls=styles[grid], lw=1.5)
+            axes[0].loglog(steps, err, label=f"{name}: order {dec_txt}, {fit_txt}", **kw)
+            axes[1].loglog(nfe, err, **kw)
+            if declared and grid == grids[0]:
+                _ref_slope(axes[0], steps, err[-1], float(declared), colors[label], steps[-1])
+            if has_dist:
+                axes[2].loglog(nfe, [r["w2"] for r in sel], **kw)
+            if has_logp:
+                axes[-1].semilogx(nfe, [r["mean_log_density"] for r in sel], **kw)
+    for ref in study.references.values():
+        axes[0].axhline(max(ref.error, 1e-16), color="0.5", lw=0.8, ls=":")
+    axes[0].set(xlabel="steps", ylabel="mean endpoint error |x_N - x_ref|",
+                title="endpoint error vs steps\n(dashed: declared order; dotted: reference error)")
+    axes[1].set(xlabel="NFE (model calls)", ylabel="mean endpoint error", title="endpoint error vs NFE")
+    if has_dist:
+        if "w2" in study.floors:
+            axes[2].axhline(study.floors["w2"], color="k", ls="--", lw=1, label="two-sample floor")
+            axes[2].legend(fontsize=8, loc="upper right")
+        axes[2].set(xlabel="NFE", ylabel="exact W2 to data", title="distribution error vs NFE")
+    if has_logp:
+        if study.data_log_density is not None:
+            axes[-1].axhline(study.data_log_density, color="k", ls="--", lw=1, label="data (exact)")
+            axes[-1].legend(fontsize=8, loc="lower right")
+        lo = min(r["mean_log_density"] for r in rows)
+        hi = study.data_log_density if study.data_log_density is not None else max(r["mean_log_density"] for r in rows)
+        axes[-1].set_ylim(max(lo, hi - 6), hi + 0.5)
+        axes[-1].set(xlabel="NFE", ylabel="mean log p_0(samples)", title="exact log-density of samples")
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.25)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=min(3, len(labels) * len(grids)),
+               fontsize=8, frameon=False)
+    n_leg_rows = math.ceil(len(labels) * len(grids) / 3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.05 + 0.045 * n_leg_rows, 1, 1))
+    return fig
+
+
+def plot_ddim_limit(limit, eta=None, *, title: str | None = None) -> Figure:
+    """DDIM(eta=0) error vs steps per SDE with the fitted slope and a dashed -1 slope; the one-step
+    identity as text; and, with ``eta``, the eta family's distribution error against steps."""
+    ncols = 1 + (2 if eta is not None else 0)
+    fig, axes = plt.subplots(1, ncols, figsize=(4.8 * ncols, 4.4), squeeze=False)
+    axes = axes[0]
+    ax = axes[0]
+    colors = _colors(len(limit.convergence))
+    slopes = limit.slopes()
+    for k, (name, study) in enumerate(limit.convergence.items()):
+        steps = np.array([r["steps"] for r in study.rows], float)
+        err = np.array([r["endpoint_error"] for r in study.rows], float)
+        s = slopes[name]
+        ax.loglog(steps, err, marker=_MARKERS[k], color=colors[k], ms=4,
+                  label=f"{name}: slope {s:.3f}" if s is not None else f"{name}: slope n/a")
+    study0 = next(iter(limit.convergence.values()))
+    steps0 = np.array([r["steps"] for r in study0.rows], float)
+    err0 = np.array([r["endpoint_error"] for r in study0.rows], float)
+    ax.loglog(steps0, err0[0] * 1.6 * steps0[0] / steps0, "k--", lw=1, label="C / N")
+    worst = max(r["rel_diff"] for r in limit.identity)
+    eps = limit.identity[0]["machine_eps"]
+    worst_f = max(r["factor_rel_diff"] for r in limit.identity)
+    ax.text(0.03, 0.03, f"one DDIM step vs exponential Euler:\nmax rel. diff {worst:.1e} (eps {eps:.1e})\n"
+            f"coefficient vs quadrature: {worst_f:.1e}", transform=ax.transAxes, fontsize=8, va="bottom",
+            bbox=dict(boxstyle="round", fc="white", ec="0.7"))
+    ax.set(xlabel="steps N", ylabel="mean |x_N - x_ODE|", title="DDIM(eta=0) -> PF-ODE solution")
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(True, which="both", alpha=0.25)
+    if eta is not None:
+        etas = list(dict.fromkeys(r["eta"] for r in eta.rows))
+        cmap = plt.get_cmap("viridis")
+        for k, e in enumerate(etas):
+            sel = [r for r in eta.rows if r["eta"] == e]
+            c = cmap(k / max(1, len(etas) - 1))
+            steps = [r["steps"] for r in sel]
+            axes[1].semilogx(steps, [r["mean_log_density"] for r in sel], marker="o", ms=4, color=c, label=f"eta={e:g}")
+            axes[2].loglog(steps, [r["w2"] for r in sel], marker="o", ms=4, color=c, label=f"eta={e:g}")
+        if eta.data_log_density is not None:
+            axes[1].axhline(eta.data_log_density, color="k", ls="--", lw=1, label="data (exact)")
+        lo = min(r["mean_log_density"] for r in eta.rows)
+        hi = eta.data_log_density if eta.data_log_density is not None else max(r["mean_log_density"] for r in eta.rows)
+        axes[1].set_ylim(max(lo, hi - 6), hi + 0.5)
+        if "w2" in eta.floors:
+            axes[2].axhline(eta.floors["w2"], color="k", ls="--", lw=1, label="two-sample floor")
+        axes[1].set(xlabel="steps", ylabel="mean log p_0(samples)", title="eta family: exact log-density")
+        axes[2].set(xlabel="steps", ylabel="exact W2 to data", title="eta family: W2 (0: ODE, 1: DDPM)")
+        for a in axes[1:]:
+            a.legend(fontsize=8)
+            a.grid(True, which="both", alpha=0.25)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _density(ax, log_density, ext, **kw):
+    from matplotlib.colors import PowerNorm
+
+    dens = np.exp(log_density.numpy())
+    # a power norm lifts the tails so narrow modes and the broad prior both show
+    return ax.imshow(dens, origin="lower", extent=ext, cmap="Greys", aspect="equal", interpolation="bilinear",
+                     norm=PowerNorm(0.5, vmin=0, vmax=dens.max()), **kw)
+
+
+def _state_at(times, states, t):
+    from .studies.trajectories import state_at
+
+    return state_at(times, states, t)
+
+
+def plot_trajectories(traj, *, title: str | None = None) -> Figure:
+    """Snapshots of p_t with its score field and every method's particles (top row); the paths over
+    the data density (bottom left); a scatter of samples against data (bottom right)."""
+    n_snap = len(traj.snapshot_times)
+    fig = plt.figure(figsize=(3.1 * n_snap, 3.1 + 6.0))
+    gs = fig.add_gridspec(2, n_snap, height_ratios=[1, 1.9])
+    xs, ys = (v.numpy() for v in traj.mesh)
+    ext = (xs[0], xs[-1], ys[0], ys[-1])
+    labels = list(traj.paths)
+    colors = dict(zip(labels, ["tab:red", "k", "tab:blue", "tab:green", "tab:purple", "tab:orange"], strict=False))
+    qx, qy = (v.numpy() for v in traj.score_mesh)
+    QX, QY = np.meshgrid(qx, qy)
+    for j, t in enumerate(traj.snapshot_times):
+        ax = fig.add_subplot(gs[0, j])
+        _density(ax, traj.log_density[j], ext)
+        sc = traj.scores[j].numpy()
+        mag = np.linalg.norm(sc, axis=-1, keepdims=True)
+        unit = sc / np.maximum(mag, 1e-12)  # directions only: the magnitude spans decades near the modes
+        ax.quiver(QX, QY, unit[..., 0], unit[..., 1], color="tab:cyan", scale=30, width=0.004, alpha=0.7)
+        for label in labels:
+            times, states = traj.paths[label]
+            p = _state_at(times, states, t).numpy()
+            ax.scatter(p[:, 0], p[:, 1], s=12, color=colors[label], edgecolor="white", lw=0.4, zorder=3)
+        ax.set_title(f"p_t and score, t = {t:.3g}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax = fig.add_subplot(gs[1, : max(1, n_snap - 2)])
+    _density(ax, traj.log_density[-1], ext)
+    for label in labels:
+        times, states = traj.paths[label]
+        s = states.numpy()
+        rough = label == "reverse SDE"
+        z = 4 if label == "PF ODE" else 2  # the exact ODE path on top, thin, so the samplers' corners show
+        n_show = min(4, s.shape[1]) if rough else s.shape[1]  # rough paths: a few, or they hide the rest
+        for j in range(n_show):
+            ax.plot(s[:, j, 0], s[:, j, 1], color=colors[label], lw=0.6 if rough else (1.0 if z == 4 else 1.6),
+                    alpha=0.55 if rough else 0.9, marker="o" if s.shape[0] <= 60 else None, ms=2.5, zorder=z,
+                    label=(f"{label} ({n_show} paths)" if rough else label) if j == 0 else None)
+        ax.scatter(s[-1, :n_show, 0], s[-1, :n_show, 1], color=colors[label], s=14, zorder=3)
+    x0 = traj.paths[labels[0]][1][0].numpy()
+    ax.scatter(x0[:, 0], x0[:, 1], marker="*", s=90, color="gold", edgecolor="k", zorder=4, label="common x_T")
+    ax.set(xlim=ext[:2], ylim=ext[2:], title="paths from the same x_T over the data density p_{t_min}")
+    ax.legend(fontsize=8, loc="upper left", framealpha=0.9)
+    ax2 = fig.add_subplot(gs[1, max(1, n_snap - 2):])
+    if traj.data is not None:
+        d = traj.data.numpy()
+        ax2.scatter(d[:, 0], d[:, 1], s=2, color="0.6", alpha=0.5, label="data")
+    for label, smp in traj.samples.items():
+        s = smp.numpy()
+        ax2.scatter(s[:, 0], s[:, 1], s=2, color="tab:green", alpha=0.5, label=label)
+    ax2.set(xlim=ext[:2], ylim=ext[2:], aspect="equal", title="samples vs data")
+    ax2.legend(fontsize=8, loc="upper left", markerscale=4, framealpha=0.9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def animate_trajectories(traj, *, interval: int = 120):
+    """A matplotlib ``FuncAnimation`` of p_t with the particles of every method moving from T to t_min
+    (save it with ``PillowWriter`` for a GIF)."""
+    from matplotlib.animation import FuncAnimation
+
+    xs, ys = (v.numpy() for v in traj.mesh)
+    ext = (xs[0], xs[-1], ys[0], ys[-1])
+    labels = list(traj.paths)
+    colors = dict(zip(labels, ["tab:red", "k", "tab:blue", "tab:green", "tab:purple", "tab:orange"], strict=False))
+    fig, ax = plt.subplots(figsize=(5, 5))
+    im = _density(ax, traj.frame_log_density[0], ext)
+    dots = {label: ax.scatter([], [], s=22, color=colors[label], edgecolor="white", lw=0.5, label=label, zorder=3)
+            for label in labels}
+    ax.legend(fontsize=7, loc="upper left", framealpha=0.9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    title = ax.set_title("")
+
+    def update(k):
+        t = traj.frame_times[k]
+        dens = np.exp(traj.frame_log_density[k].numpy())
+        im.set_data(dens)
+        im.norm.vmax = dens.max()
+        for label in labels:
+            times, states = traj.paths[label]
+            dots[label].set_offsets(_state_at(times, states, t).numpy())
+        title.set_text(f"p_t and particles, t = {t:.3g}")
+        return [im, title, *dots.values()]
+
+    fig.tight_layout()
+    return FuncAnimation(fig, update, frames=len(traj.frame_times), interval=interval, blit=False)
+
+
+def plot_grid_comparison(comp, *, title: str | None = None) -> Figure:
+    """Held-out endpoint error against the NFE budget, one panel per sampler, one line per grid,
+    the optimised grid in black; the gain over the best named grid is annotated."""
+    methods = list(dict.fromkeys(r["method"] for r in comp.rows))
+    grids = list(dict.fromkeys(r["grid"] for r in comp.rows if r["grid"] != "optimised"))
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.8 * len(methods), 4.4), squeeze=False)
+    colors = dict(zip(grids, _colors(len(grids)), strict=False))
+    gains = {(g["method"], g["nfe"]): g for g in comp.gains()}
+    for ax, method in zip(axes[0], methods, strict=False):
+        for k, grid in enumerate(grids + ["optimised"]):
+            sel = sorted((r for r in comp.rows if r["method"] == method and r["grid"] == grid),
+                         key=lambda r: r["nfe_budget"])
+            if not sel:
+                continue
+            opt = grid == "optimised"
+            ax.semilogy([r["nfe"] for r in sel], [r["error_test"] for r in sel], marker=_MARKERS[k % len(_MARKERS)],
+                        color="k" if opt else colors[grid], lw=2.4 if opt else 1.3, ms=5,
+                        label="optimised (held-out x_T)" if opt else grid)
+            if opt:
+                for r in sel:
+                    g = gains.get((method, r["nfe_budget"]))
+                    if g and "gain" in g:
+                        ax.annotate(f"x{g['gain']:.1f}", (r["nfe"], r["error_test"]), textcoords="offset points",
+                                    xytext=(0, -13), ha="center", fontsize=8)
+        ax.set(xlabel="NFE budget", ylabel="mean endpoint error vs PF ODE", title=method)
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
