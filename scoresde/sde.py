@@ -125,6 +125,10 @@ class SDE(ABC):
             hi = torch.where(above, hi, mid)
         return (0.5 * (lo + hi)).to(lam.dtype)
 
+    def breakpoints(self) -> Tensor:
+        """Times in (0, T) where f or g^2 is not smooth (none for closed-form schedules)."""
+        return torch.zeros(0, dtype=torch.float64)
+
     def dsigma_dt(self, t) -> Tensor:
         """d sigma / dt, from g^2 = d sigma^2/dt - 2 f sigma^2."""
         t = as_time(t)
@@ -528,6 +532,10 @@ class DiscreteVPSDE(_VariancePreserving):
         j = torch.clamp(j, 0, self.N - 1)
         return j.to(log_alpha.dtype) / self.N + (log_alpha - la[j]) / slope[j]
 
+    def breakpoints(self) -> Tensor:
+        """The knots j/N: log alpha is piecewise linear, so f jumps there."""
+        return torch.arange(1, self.N, dtype=torch.float64) / self.N
+
     def discrete_time(self, t) -> Tensor:
         """The discrete step index (as a float) a network trained on this schedule expects."""
         return self.N * as_time(t) - 1
@@ -564,6 +572,13 @@ class ProbabilityFlowODE(torch.nn.Module):
         times = torch.as_tensor(times, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
         times = times.to(x.device)
         if method in ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "tsit5"):
+            lo, hi = sorted((float(times[0]), float(times[-1])))
+            kinks = self.sde.breakpoints()
+            kinks = kinks[(kinks > lo) & (kinks < hi)].to(device=times.device, dtype=times.dtype)
+            # Non-smooth schedules (DiscreteVPSDE) have a kink at every knot; an error-controlled solver
+            # that does not know them shrinks its steps to nothing there, so it is told to jump over them.
+            if kinks.numel():
+                options = {"jump_t": kinks, **options}
             options = {"step_t": times[-1:], **options}
         kwargs = {"options": options} if options else {}
         return torchdiffeq.odeint(self, x, times, method=method, rtol=rtol, atol=atol, **kwargs)
