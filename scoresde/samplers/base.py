@@ -58,15 +58,15 @@ def get_sampler(method) -> type[Sampler]:
 class Sampler:
     """Base class of all samplers.
 
-    Class attributes: ``name`` (registry key), ``adaptive`` (chooses its own steps; ``steps`` may
-    then be None). Attributes an instance may set in ``__init__`` from its options: ``stochastic``
-    (draws noise; a class default), ``order`` (theoretical global order of the deterministic error, or the weak order for SDE
+    Class attribute: ``name`` (registry key). Attributes an instance may set in ``__init__`` from
+    its options (class defaults otherwise): ``adaptive`` (chooses its own steps; ``steps`` may then
+    be None), ``stochastic`` (draws noise), ``order`` (theoretical global order of the deterministic error, or the weak order for SDE
     samplers; None when it has none) and ``calls_per_step`` (model evaluations per grid step).
     """
 
     name: ClassVar[str] = ""
     stochastic: bool = False
-    adaptive: ClassVar[bool] = False
+    adaptive: bool = False
     order: float | None = None
     calls_per_step: int = 1
 
@@ -247,9 +247,9 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
                          f"its options are: {', '.join(allowed) or '(none)'}")
     sampler = cls(**options)
 
-    if steps is None and not cls.adaptive and not isinstance(grid, (Tensor, list, tuple)):
+    if steps is None and not sampler.adaptive and not isinstance(grid, (Tensor, list, tuple)):
         raise ValueError(f"steps: {cls.name!r} needs a number of steps (a positive integer)")
-    if steps is None and cls.adaptive and not isinstance(grid, (Tensor, list, tuple)):
+    if steps is None and sampler.adaptive and not isinstance(grid, (Tensor, list, tuple)):
         steps = 1  # an adaptive solver only needs the two ends
     times = _grids.make_grid(grid, sde, steps, t_min=t_min, T=T)
 

@@ -47,7 +47,6 @@ def _finite_score(score, times):
 @register
 class ODE(Sampler):
     name = "ode"
-    adaptive = True  # for the adaptive methods; a fixed-step method steps on the grid
     conformance_options = [{"solver": s} for s in ("euler", "midpoint", "heun3", "rk4", "dopri5", "bosh3")]
 
     def __init__(self, solver: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5):
@@ -56,7 +55,7 @@ class ODE(Sampler):
         self.method = solver
         self.rtol = check_finite_number("rtol", rtol, positive=True)
         self.atol = check_finite_number("atol", atol, positive=True)
-        self.is_adaptive = solver in ADAPTIVE_METHODS
+        self.adaptive = self.is_adaptive = solver in ADAPTIVE_METHODS
         if self.is_adaptive:
             self.order, self.calls_per_step = ADAPTIVE_METHODS[solver], 1
         else:
