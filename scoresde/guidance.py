@@ -37,9 +37,11 @@ modified score (Song et al. 2021, sec. 5 and app. I):
     truth the approximations are measured against.
 
 Guided models evaluate the base model inside ``torch.enable_grad`` where they need gradients, so
-samplers may run them under ``torch.no_grad``. Each guided model counts its own calls in ``nfe``;
-the base model's counter counts the network evaluations underneath (one per guided call, also for
-classifier-free guidance, which batches its two predictions into one call of ``fn``).
+samplers may run them under ``torch.no_grad``. Each guided model counts its own calls in ``nfe``,
+and each costs one call of the network underneath (counted again by a base :class:`ScoreModel`):
+classifier-free guidance batches its conditional and unconditional predictions into one call of
+``fn`` on 2B points; classifier guidance adds one classifier forward and backward pass; the
+gradient-based variants add one backward pass through the network.
 """
 from __future__ import annotations
 
