@@ -22,6 +22,18 @@ def _colors(n: int):
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+def _int_ticks(ax, values):
+    """Plain integer ticks at the measured step counts / NFEs on a log x-axis (no 3x10^1 clutter)."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
+
+    vals = sorted({int(v) for v in values})
+    if len(vals) > 8:  # keep about 8 labels
+        vals = vals[:: math.ceil(len(vals) / 8)]
+    ax.xaxis.set_major_locator(FixedLocator(vals))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _ref_slope(ax, x, y_anchor, order, color, x_anchor):
     """A dashed line C x^-order through (x_anchor, y_anchor) over the range of x."""
     xs = np.array([min(x), max(x)], dtype=float)
@@ -36,9 +48,10 @@ def plot_error_vs_steps(study, *, title: str | None = None) -> Figure:
     grids = list(dict.fromkeys(r["grid"] for r in rows))
     has_dist = any("w2" in r for r in rows)
     has_logp = any("mean_log_density" in r for r in rows)
-    ncols = 2 + int(has_dist) + int(has_logp)
-    fig, axes = plt.subplots(1, ncols, figsize=(4.6 * ncols, 4.4), squeeze=False)
-    axes = axes[0]
+    npanels = 2 + int(has_dist) + int(has_logp)
+    nrows = 1 if npanels <= 2 else 2
+    fig, axes = plt.subplots(nrows, 2, figsize=(11, 4.6 * nrows), squeeze=False)
+    axes = axes.flatten()[:npanels]
     colors = dict(zip(labels, _colors(len(labels)), strict=False))
     styles = dict(zip(grids, ["-", ":", "-.", (0, (5, 1))], strict=False))
     for k, label in enumerate(labels):
@@ -64,16 +77,18 @@ def plot_error_vs_steps(study, *, title: str | None = None) -> Figure:
                 axes[2].loglog(nfe, [r["w2"] for r in sel], **kw)
             if has_logp:
                 axes[-1].semilogx(nfe, [r["mean_log_density"] for r in sel], **kw)
+    lo = min(r["endpoint_error"] for r in rows if r["endpoint_error"] > 0) / 5
     for ref in study.references.values():
-        axes[0].axhline(max(ref.error, 1e-16), color="0.5", lw=0.8, ls=":")
+        if ref.error > lo:  # draw a reference's own error only where it is within the plotted range
+            axes[0].axhline(ref.error, color="0.5", lw=0.8, ls=":")
     axes[0].set(xlabel="steps", ylabel="mean endpoint error |x_N - x_ref|",
-                title="endpoint error vs steps\n(dashed: declared order; dotted: reference error)")
+                title="endpoint error vs steps (dashed: declared order)")
     axes[1].set(xlabel="NFE (model calls)", ylabel="mean endpoint error", title="endpoint error vs NFE")
     if has_dist:
         if "w2" in study.floors:
             axes[2].axhline(study.floors["w2"], color="k", ls="--", lw=1, label="two-sample floor")
             axes[2].legend(fontsize=8, loc="upper right")
-        axes[2].set(xlabel="NFE", ylabel="exact W2 to data", title="distribution error vs NFE")
+        axes[2].set(xlabel="NFE", ylabel="exact W2 to data", title="exact W2 to fresh data vs NFE")
     if has_logp:
         if study.data_log_density is not None:
             axes[-1].axhline(study.data_log_density, color="k", ls="--", lw=1, label="data (exact)")
@@ -82,14 +97,18 @@ def plot_error_vs_steps(study, *, title: str | None = None) -> Figure:
         hi = study.data_log_density if study.data_log_density is not None else max(r["mean_log_density"] for r in rows)
         axes[-1].set_ylim(max(lo, hi - 6), hi + 0.5)
         axes[-1].set(xlabel="NFE", ylabel="mean log p_0(samples)", title="exact log-density of samples")
-    for ax in axes:
+    ticks = sorted({r["steps"] for r in rows})
+    while ticks[-1] < max(r["nfe"] for r in rows):  # NFE axes: the step ticks, doubled up to the largest NFE
+        ticks.append(2 * ticks[-1])
+    for k, ax in enumerate(axes):
         ax.grid(True, which="both", alpha=0.25)
+        _int_ticks(ax, ticks if k else [r["steps"] for r in rows])
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=min(3, len(labels) * len(grids)),
-               fontsize=8, frameon=False)
+               fontsize=8.5, frameon=False)
     n_leg_rows = math.ceil(len(labels) * len(grids) / 3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.05 + 0.045 * n_leg_rows, 1, 1))
+    fig.tight_layout(rect=(0, (0.03 + 0.028 * n_leg_rows) * (2 / nrows), 1, 1))
     return fig
 
 
@@ -119,6 +138,7 @@ def plot_ddim_limit(limit, eta=None, *, title: str | None = None) -> Figure:
             f"coefficient vs quadrature: {worst_f:.1e}", transform=ax.transAxes, fontsize=8, va="bottom",
             bbox=dict(boxstyle="round", fc="white", ec="0.7"))
     ax.set(xlabel="steps N", ylabel="mean |x_N - x_ODE|", title="DDIM(eta=0) -> PF-ODE solution")
+    _int_ticks(ax, steps0)
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(True, which="both", alpha=0.25)
     if eta is not None:
@@ -142,6 +162,7 @@ def plot_ddim_limit(limit, eta=None, *, title: str | None = None) -> Figure:
         for a in axes[1:]:
             a.legend(fontsize=8)
             a.grid(True, which="both", alpha=0.25)
+            _int_ticks(a, [r["steps"] for r in eta.rows])
     if title:
         fig.suptitle(title)
     fig.tight_layout()
