@@ -238,3 +238,25 @@ def test_nll_command_on_a_trained_run(tmp_path, capsys):
     assert main(["nll", "--ckpt", str(tmp_path), "--data", "gaussian_mixture_2d", "--n", "4", "--float32"]) == 0
     out = capsys.readouterr().out
     assert "trained run" in out and "exact NLL" in out
+
+
+@pytest.mark.parametrize("estimator", ["exact", "hutchinson"])
+def test_image_shaped_points(estimator):
+    # N(0, s^2 I) on (B, 1, 2, 2): score -x / (alpha^2 s^2 + sigma^2), log p_t Gaussian in closed form.
+    sde, s2 = sd.VPSDE(), 0.5
+
+    def var(t):
+        a, s = sde.alpha_sigma(t)
+        return a**2 * s2 + s**2
+
+    def log_p(z, t):
+        v = var(torch.as_tensor(t, dtype=z.dtype))
+        return -0.5 * (z.flatten(1).pow(2).sum(1) / v + z[0].numel() * torch.log(2 * math.pi * v))
+
+    model = sd.ScoreModel(lambda x, t: -x / var(t).reshape(-1, 1, 1, 1), sde, "score")
+    x = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    res = log_likelihood(model, x, estimator=estimator, n_probes=2, generator=torch.Generator().manual_seed(1),
+                         rtol=1e-8, atol=1e-8, prior_log_prob=lambda z: log_p(z, sde.T))
+    # The Jacobian is a multiple of I, so eps^T J eps = tr J exactly for Rademacher probes: both are exact.
+    torch.testing.assert_close(res.log_likelihood, log_p(x, sde.t_min), rtol=0, atol=1e-5)
+    assert res.latent.shape == x.shape and res.dim == 4
