@@ -82,3 +82,15 @@ def test_study_bad_input(tmp_path, capsys):
     assert main(["study", "error-vs-steps", "--data", "two_moons", "--out", str(tmp_path / "x")]) == 2
     assert "no exact mixture" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_demo_with_a_short_trained_model(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(["demo", "--quick", "--quiet", "--no-gif", "--train-steps", "20", "--methods", "ddim",
+               "--steps", "4", "8", "16", "--n", "16", "--out", str(out)])
+    assert rc == 0
+    with open(out / "error_vs_steps.csv") as fh:
+        models = {r["model"] for r in csv.DictReader(fh)}
+    assert models == {"exact", "learned MLP (20 steps)"}
+    assert "learned model" in capsys.readouterr().out
