@@ -114,7 +114,7 @@ def parse_methods(specs, *, allow_adaptive: bool = False) -> list[Method]:
         raise ValueError(f"methods: expected at least one sampler; known samplers: {', '.join(available())}")
     if not allow_adaptive:
         for m in methods:
-            if m.cls.adaptive:
+            if getattr(m.instance(), "adaptive", False):  # an instance may decide from its options
                 raise ValueError(f"methods: {m.name!r} is adaptive (it chooses its own steps), so a step count "
                                  "does not apply; use a fixed-step sampler here")
     labels = [m.label for m in methods]
