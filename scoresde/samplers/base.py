@@ -118,7 +118,11 @@ class BrownianNoise:
         self.t_start = float(t_start)
 
     def increment(self, t: float, t_next: float, like: Tensor) -> Tensor:
-        dw = self.path(self.t_start - t, self.t_start - t_next)
+        # Clamp into the path's span: times that went through float32 can land a rounding error outside.
+        lo, hi = float(getattr(self.path, "_start", -math.inf)), float(getattr(self.path, "_end", math.inf))
+        s_a = min(max(self.t_start - t, lo), hi)
+        s_b = min(max(self.t_start - t_next, lo), hi)
+        dw = self.path(s_a, s_b)
         return dw.reshape(like.shape).to(like.dtype)
 
 
