@@ -26,6 +26,18 @@ SDES = {
 }
 
 
+# Heavier parts load on first use: `scoresde.training`, `scoresde.likelihood`, ... (PEP 562).
+_LAZY_MODULES = ("config", "guidance", "likelihood", "losses", "metrics", "nets", "plotting", "studies", "training")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_MODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def make_sde(name: str, **kwargs) -> SDE:
     """Build an SDE by its short name (see :data:`SDES`)."""
     if name not in SDES:
@@ -36,5 +48,5 @@ def make_sde(name: str, **kwargs) -> SDE:
 __all__ = [
     "SDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "DiscreteVPSDE", "FlowMatchingSDE",
     "ProbabilityFlowODE", "ReverseSDE", "ScoreModel", "PARAMETERIZATIONS", "SampleResult", "sample",
-    "grids", "toy", "SDES", "make_sde", "__version__",
+    "grids", "toy", "SDES", "make_sde", "__version__", *_LAZY_MODULES,
 ]
