@@ -29,7 +29,7 @@ DPI = 110
 
 def default_methods() -> list[str]:
     """The fixed-step sampler zoo that is registered now (deterministic and stochastic)."""
-    wanted = ["ddim", "heun", "dpm_solver", "dpm_solver++", "dpm_solver++:order=3", "unipc:order=3",
+    wanted = ["ddim", "heun", "dpm_solver", "dpm_solver++", "dpm_solver++:order=3,lower_order_final=False", "unipc:order=3",
               "euler_maruyama", "ddpm"]
     return [m for m in wanted if m.partition(":")[0] in available()]
 
