@@ -14,7 +14,8 @@ import torchdiffeq
 
 import scoresde as sd
 from scoresde.samplers import sample
-from scoresde.samplers.unipc import UniPC, _dynamic_threshold, phi, unipc_weights
+from scoresde.samplers._thresholding import dynamic_threshold
+from scoresde.samplers.unipc import UniPC, phi, unipc_weights
 
 # Why these step ranges are asymptotic: on the default VP SDE lambda runs from -5.0 (T = 1) to 4.6
 # (t_min = 1e-3), and the error of each sample is fitted on its own; the test takes the median of
@@ -282,10 +283,10 @@ def test_every_sde_converges(sde):
 # --------------------------------------------------------------------------------------------
 def test_dynamic_threshold_rule():
     x0 = torch.tensor([[3.0, 0.5], [0.2, -0.4]], dtype=torch.float64)
-    out = _dynamic_threshold(x0, 1.0, math.inf)
+    out = dynamic_threshold(x0, 1.0, math.inf)
     # row 0: s = max|x0| = 3, so x0 / 3; row 1: s = max(0.4, 1) = 1, unchanged
     torch.testing.assert_close(out, torch.tensor([[1.0, 0.5 / 3], [0.2, -0.4]], dtype=torch.float64))
-    out = _dynamic_threshold(x0, 1.0, 2.0)  # s capped at 2: clip to [-2, 2], then / 2
+    out = dynamic_threshold(x0, 1.0, 2.0)  # s capped at 2: clip to [-2, 2], then / 2
     torch.testing.assert_close(out[0], torch.tensor([1.0, 0.25], dtype=torch.float64))
 
 

@@ -21,23 +21,11 @@ from __future__ import annotations
 
 import math
 
-import torch
-from torch import Tensor
-
-from .._tensor import append_dims
+from ._thresholding import check_threshold_options, dynamic_threshold
 from .base import register
 from .dpm_solver import ExponentialIntegrator
 
 __all__ = ["DPMSolverPP", "dynamic_threshold"]
-
-
-def dynamic_threshold(x0: Tensor, percentile: float, max_value: float) -> Tensor:
-    """Saharia et al.'s dynamic thresholding of a batch of data predictions (see the module docstring)."""
-    flat = x0.reshape(x0.shape[0], -1).abs()
-    # torch.quantile needs float32/float64.
-    q = torch.quantile(flat if flat.dtype in (torch.float32, torch.float64) else flat.float(), percentile, dim=1)
-    s = append_dims(q.clamp(min=1.0, max=max_value).to(x0.dtype), x0.ndim)
-    return torch.maximum(torch.minimum(x0, s), -s) / s
 
 
 @register
@@ -58,15 +46,7 @@ class DPMSolverPP(ExponentialIntegrator):
         super().__init__(order, variant, lower_order_final, solver_type)
         if not isinstance(thresholding, bool):
             raise ValueError(f"thresholding: expected True or False, got {thresholding!r}")
-        try:
-            percentile, max_value = float(percentile), float(max_value)
-        except (TypeError, ValueError):
-            raise ValueError(f"percentile/max_value: expected numbers, got percentile={percentile!r}, "
-                             f"max_value={max_value!r}") from None
-        if not 0.0 < percentile <= 1.0:
-            raise ValueError(f"percentile: expected a quantile level in (0, 1], got {percentile!r}")
-        if not max_value >= 1.0:  # also rejects NaN
-            raise ValueError(f"max_value: expected a number >= 1 (inf: no cap), got {max_value!r}")
+        percentile, max_value = check_threshold_options(percentile, max_value)
         self.thresholding = thresholding
         self.percentile = percentile
         self.max_value = max_value

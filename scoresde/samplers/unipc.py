@@ -65,10 +65,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from .._tensor import append_dims
+from ._thresholding import check_threshold_options, dynamic_threshold
 from .base import Sampler, register
 
 __all__ = ["UniPC", "phi", "unipc_weights"]
@@ -112,14 +111,6 @@ def unipc_weights(r: list[float], hh: float, B: float, exact: bool = False) -> l
     return np.linalg.solve(np.array(R), np.array(b)).tolist()
 
 
-def _dynamic_threshold(x0: Tensor, percentile: float, max_value: float) -> Tensor:
-    flat = x0.reshape(x0.shape[0], -1).abs()
-    # torch.quantile accepts float32/float64 only
-    q = torch.quantile(flat if flat.dtype in (torch.float32, torch.float64) else flat.float(), percentile, dim=1)
-    s = append_dims(q.clamp(min=1.0, max=max_value).to(x0.dtype), x0.ndim)
-    return torch.maximum(torch.minimum(x0, s), -s) / s
-
-
 def _check_bool(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name}: expected True or False, got {value!r}")
@@ -158,15 +149,7 @@ class UniPC(Sampler):
         if self.thresholding and prediction != "data":
             raise ValueError("thresholding: dynamic thresholding clips the data prediction; "
                              f"use prediction='data' (got prediction={prediction!r})")
-        try:
-            percentile, max_value = float(percentile), float(max_value)
-        except (TypeError, ValueError):
-            raise ValueError(f"percentile/max_value: expected numbers, got percentile={percentile!r}, "
-                             f"max_value={max_value!r}") from None
-        if not 0.0 < percentile <= 1.0:
-            raise ValueError(f"percentile: expected a quantile level in (0, 1], got {percentile!r}")
-        if not max_value >= 1.0:  # also rejects NaN
-            raise ValueError(f"max_value: expected a number >= 1 (inf: no cap), got {max_value!r}")
+        percentile, max_value = check_threshold_options(percentile, max_value)
         self.order_p = int(order)
         self.variant, self.prediction = variant, prediction
         self.percentile, self.max_value = percentile, max_value
@@ -199,7 +182,7 @@ class UniPC(Sampler):
         if self.prediction == "noise":
             return model.to_eps(out, x, t)
         x0 = model.to_x0(out, x, t)
-        return _dynamic_threshold(x0, self.percentile, self.max_value) if self.thresholding else x0
+        return dynamic_threshold(x0, self.percentile, self.max_value) if self.thresholding else x0
 
     def run(self, model, x, times, ctx):
         sde = model.sde
