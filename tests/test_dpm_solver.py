@@ -20,14 +20,6 @@ from scoresde.samplers.dpm_solver_pp import DPMSolverPP, dynamic_threshold
 NAMES = ("dpm_solver", "dpm_solver++")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Thousands of tiny (64 x 2) evaluations: intra-op threads only add synchronisation, and on a
-    # busy 2-core machine BLAS spin-waiting made these tests ~20x slower with 2 threads.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _setup(sde, batch=64, seed=0):

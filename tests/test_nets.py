@@ -7,15 +7,6 @@ from scoresde.nets import NETS, ScoreMLP, build_net
 from scoresde.toy import GaussianMixture
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny networks: one thread is fastest, and it avoids OpenMP spin-waits on a loaded CI machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _randomise_output(net, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

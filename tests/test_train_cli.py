@@ -13,12 +13,6 @@ from scoresde.config import TrainConfig
 SMALL = ["--width", "16", "--depth", "1", "--emb-dim", "8", "--batch-size", "32", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_train_resume_and_sample(tmp_path, capsys):

@@ -12,15 +12,6 @@ from scoresde.config import TrainConfig
 from scoresde.training import CHECKPOINT_NAME, LOG_NAME, TensorData, Trainer, load_checkpoint, load_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny networks: one thread is fastest, and it avoids OpenMP spin-waits on a loaded CI machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def small(**kw):
     base = dict(steps=100, batch_size=64, width=32, depth=1, emb_dim=16, ckpt_every=25, warmup=10,
                 progress=False, tensorboard=False)

@@ -37,14 +37,6 @@ def fitted_order(errors, steps) -> float:
     return float(np.median(slopes))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The oracle calls torch.softmax on tiny tensors; with 2 intra-op threads on a loaded machine
-    # each call costs ~20 ms in thread wake-ups (measured), 100 times the single-thread cost.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def reference(model, sde, x_T, T, t_min):
