@@ -38,7 +38,6 @@ class DDIM(Sampler):
         for i in range(len(times) - 1):
             t = float(times[i])
             x0 = model.x0(x, t)
-            eps = (x - float(alpha[i]) * x0) / float(sigma[i])
             h = float(lam[i + 1] - lam[i])
             s_next, a_next = float(sigma[i + 1]), float(alpha[i + 1])
             if self.eta == 0:
@@ -48,6 +47,7 @@ class DDIM(Sampler):
                 c = self.eta * s_next * math.sqrt(-math.expm1(-2 * h))
                 if c > s_next:
                     raise ValueError(f"eta: {self.eta} is too large; the step's noise exceeds sigma_s (eta <= 1 is safe)")
+                eps = (x - float(alpha[i]) * x0) / float(sigma[i])
                 x = a_next * x0 + math.sqrt(s_next**2 - c**2) * eps + c * ctx.normal(i, x)
             ctx.step(i, x)
         return x
