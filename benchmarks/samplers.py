@@ -390,7 +390,7 @@ def optimised_grid_runs(mix, sde, x_T, nfe, quick):
     """Each OPT_GRID_CONFIGS sampler on a grid optimised for the endpoint error on a calibration batch
     drawn with CALIB_SEED (independent of ``x_T``), then evaluated from ``x_T``: (label, samples, t_start,
     t_end, nfe, grid times)."""
-    from scoresde.studies.grid_opt import _logits_of_grid, grid_from_logits, optimise_grid
+    from scoresde.studies.grid_opt import optimise_grid
 
     n_cal, max_evals = (256, 600) if quick else (500, 1500)
     T, t_min = float(sde.T), float(sde.t_min)
@@ -410,12 +410,6 @@ def optimised_grid_runs(mix, sde, x_T, nfe, quick):
             times = sd_grids.make_grid(g, sde, steps)
             cal[g] = (mean_err(sample(model, sde, name, x_T=x_cal, grid=times, **opts).samples, ref_cal), times)
         init = min(cal.values(), key=lambda v: v[0])[1]
-        w = _logits_of_grid(sde, init)
-        w = w - w.mean()
-        if float(w.abs().max()) < 1e-3:
-            # Equal log-SNR gaps give logits ~1e-16 after centring, and scipy's Nelder-Mead then builds a
-            # degenerate initial simplex (relative 5% steps of ~0) and stops at once: tilt them slightly.
-            init = grid_from_logits(sde, w + 0.1 * torch.linspace(-1, 1, steps, dtype=torch.float64), t_min, T)
         best, _, _ = optimise_grid(model, (name, opts), steps, x_cal, ref_cal, init=init, max_evals=max_evals)
         res = sample(model, sde, name, x_T=x_T, grid=best, **opts)
         lab = (f"{label(name, opts)} | optimised grid (calibrated on separate x_T: seed {CALIB_SEED}, n={n_cal}, "

@@ -174,10 +174,10 @@ def check_writable_dir(path) -> Path:
 
 @contextlib.contextmanager
 def quiet_brownian():
-    """Silence torchsde's "Should have tb<=t1" warnings.
+    """Silence torchsde's "Should have tb<=t1" warnings around direct ``torchsde.sdeint`` calls.
 
-    ``BrownianInterval`` keeps its end time in float32 precision, so a query at exactly
-    ``T - t_min`` in float64 lands a rounding error past it; the increment is still right.
+    Its own stepping can land a rounding error past the path's end; the increment is still right.
+    (Runs through :func:`scoresde.sample` need no silencing: ``BrownianNoise`` clamps its queries.)
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Should have t", category=UserWarning)

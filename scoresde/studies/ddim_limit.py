@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from ..models import ScoreModel
 from ..samplers import sample
 from ..sde import SDE
-from .common import check_steps, distribution_error, quiet_brownian, sde_name, sliced_w2, w2_exact
+from .common import check_steps, distribution_error, sde_name, sliced_w2, w2_exact
 from .error_vs_steps import ErrorVsSteps, error_vs_steps
 
 __all__ = ["exp_euler_step", "ddim_identity", "ddim_convergence", "eta_family", "DDIMLimit", "EtaFamily"]
@@ -183,9 +183,8 @@ def eta_family(model: ScoreModel, mixture, etas=(0.0, 0.25, 0.5, 0.75, 1.0), ste
     bar = tqdm(total=len(etas) * len(steps), desc="eta family", disable=not progress)
     for eta in etas:
         for N in steps:
-            with quiet_brownian():
-                res = sample(model, sde, "ddim", N, x_T=x_T, grid=grid, eta=eta,
-                             generator=torch.Generator().manual_seed(seed + 1))
+            res = sample(model, sde, "ddim", N, x_T=x_T, grid=grid, eta=eta,
+                         generator=torch.Generator().manual_seed(seed + 1))
             rows.append({"eta": eta, "steps": N, "nfe": res.nfe, **distribution_error(res.samples, data, mixture)})
             bar.update(1)
     bar.close()

@@ -35,7 +35,6 @@ from .common import (
     endpoint_error,
     fit_order,
     parse_methods,
-    quiet_brownian,
     reference_pf_ode,
     reference_reverse_sde,
     sliced_w2,
@@ -157,10 +156,9 @@ def error_vs_steps(model: ScoreModel, methods, steps, *, grids="logsnr", x_T: Te
         ref = references["reverse_sde" if inst.stochastic else "pf_ode"]
         for grid in grids:
             for N in steps:
-                with quiet_brownian():
-                    res = sample(model, sde, m.name, N, x_T=x_T, grid=grid, t_min=t_min,
-                                 brownian=bm if inst.stochastic else None,
-                                 generator=torch.Generator().manual_seed(seed + 2), **m.opts)
+                res = sample(model, sde, m.name, N, x_T=x_T, grid=grid, t_min=t_min,
+                             brownian=bm if inst.stochastic else None,
+                             generator=torch.Generator().manual_seed(seed + 2), **m.opts)
                 row = {"method": m.label, "sampler": m.name, "grid": grid, "steps": N, "nfe": res.nfe,
                        "declared_order": inst.order, "stochastic": inst.stochastic,
                        "reference": "reverse_sde" if inst.stochastic else "pf_ode",
