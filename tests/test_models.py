@@ -94,3 +94,23 @@ def test_bad_input():
         sd.ScoreModel(lambda x, t: x[:, :1], sde).eps(torch.zeros(2, 2), 0.5)
     with pytest.raises(ValueError, match="t"):
         sd.ScoreModel(lambda x, t: x, sde).eps(torch.zeros(2, 2), torch.zeros(3))
+
+
+@pytest.mark.parametrize("param", ["eps", "x0", "v", "score"])
+def test_grid_lookup_gives_the_computed_conversions(any_sde, param):
+    # inside model.grid(times) scalar-time conversions look alpha, sigma up; the values must be the
+    # ones computed outside the block (to float64 rounding), and other times still work
+    mix = toy.gaussian_mixture_2d()
+    model = sd.ScoreModel(lambda x_, t_: exact_views(mix, any_sde, x_, t_)[param], any_sde, param)
+    x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    times = torch.linspace(any_sde.T, any_sde.t_min, 7, dtype=torch.float64)
+    outside = [(model.x0(x, t), model.score(x, t)) for t in times.tolist()]
+    with model.grid(times):
+        assert len(model._table) == 7
+        inside = [(model.x0(x, t), model.score(x, t)) for t in times.tolist()]
+        off_grid = model.x0(x, 0.5 * any_sde.T)
+    assert model._table == {}
+    for (a0, a1), (b0, b1) in zip(outside, inside, strict=True):
+        torch.testing.assert_close(b0, a0, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(b1, a1, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(off_grid, model.x0(x, 0.5 * any_sde.T), rtol=0, atol=0)

@@ -336,6 +336,22 @@ def test_nan_model_names_step_time_and_sampler(name, vp):
     assert name in msg and "step" in msg and "t =" in msg, msg
 
 
+@pytest.mark.parametrize("bad", [float("inf"), -float("inf"), float("nan")])
+def test_a_single_non_finite_entry_is_caught_at_its_step(bad, vp):
+    # one bad entry in a large batch, from the third call on: the per-step check names step 2
+    calls = []
+
+    def fn(x, t):
+        calls.append(1)
+        out = torch.zeros_like(x)
+        if len(calls) == 3:
+            out[17, 1] = bad
+        return out
+
+    with pytest.raises(FloatingPointError, match="after step 2"):
+        _call(vp, method="ddim", steps=6, model=sd.ScoreModel(fn, vp, "x0"), shape=(64, 2))
+
+
 def test_a_sampler_class_in_place_of_a_name(vp):
     class ProbabilityFlowEuler(Sampler):
         """Euler on the probability-flow ODE (not registered: passed as a class)."""
