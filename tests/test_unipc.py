@@ -97,12 +97,12 @@ def test_phi_matches_its_integral(k, z):
 
 @pytest.mark.parametrize("hh", [-0.7, 0.05, 1.3])
 def test_weights_solve_the_order_conditions(hh):
-    r = [-1.0, -2.3, 1.0]
     B = math.expm1(hh)
-    rho = unipc_weights(r, hh, B)
-    for k in range(1, 4):
-        lhs = sum(rm ** (k - 1) * p for rm, p in zip(r, rho, strict=True))
-        assert lhs == pytest.approx(hh * phi(k + 1, hh) * math.factorial(k) / B, rel=1e-12, abs=1e-14)
+    for r in ([-1.0, 1.0], [-1.0, -2.3, 1.0], [-1.0, -2.3, -3.1, 1.0]):  # K = 2, 3 (closed forms), 4 (general)
+        rho = unipc_weights(r, hh, B)
+        for k in range(1, len(r) + 1):
+            lhs = sum(rm ** (k - 1) * p for rm, p in zip(r, rho, strict=True))
+            assert lhs == pytest.approx(hh * phi(k + 1, hh) * math.factorial(k) / B, rel=1e-12, abs=1e-14)
     assert unipc_weights([1.0], hh, B) == [0.5]  # the published one-term shortcut
     assert unipc_weights([1.0], hh, B, exact=True)[0] == pytest.approx(hh * phi(2, hh) / B, rel=1e-14)
 

@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
+import torch
 from torch import Tensor
 
 from ._thresholding import check_threshold_options, dynamic_threshold
@@ -101,14 +101,50 @@ def unipc_weights(r: list[float], hh: float, B: float, exact: bool = False) -> l
 
     With one node and ``exact=False`` the published ``rho = 1/2`` (the limit of ``b_1`` as h -> 0).
     """
+    return _weights(r, _rhs(hh, B, len(r)), exact)
+
+
+def _rhs(hh: float, B: float, K: int) -> list[float]:
+    """``b_k = hh phi_{k+1}(hh) k!/B``, ``k = 1..K``."""
+    return [hh * phi(k + 1, hh) * math.factorial(k) / B for k in range(1, K + 1)]
+
+
+def _weights(r: list[float], b: list[float], exact: bool) -> list[float]:
+    """Solve ``sum_m rho_m r_m^{k-1} = b_k`` (the first ``len(r)`` of ``b``) by Lagrange's formula.
+
+    ``L_m(u) = prod_{n != m} (u - r_n)/(r_m - r_n) = sum_j c_{mj} u^j`` interpolates every
+    ``u^k``, k < K, exactly, so ``sum_m c_{mj} r_m^k = delta_{jk}`` and ``rho_m = sum_j c_{mj} b_{j+1}``.
+    Written out for K <= 3 (all UniPC uses), so a step costs a few float operations, not a linear solve.
+    """
     K = len(r)
-    if K == 0:
-        return []
-    if K == 1 and not exact:
-        return [0.5]
-    b = [hh * phi(k + 1, hh) * math.factorial(k) / B for k in range(1, K + 1)]
-    R = [[rm ** (k - 1) for rm in r] for k in range(1, K + 1)]
-    return np.linalg.solve(np.array(R), np.array(b)).tolist()
+    if K == 1:
+        return [b[0] if exact else 0.5]
+    if K == 2:
+        (r1, r2), (b1, b2) = r, b[:2]
+        return [(b2 - r2 * b1) / (r1 - r2), (b2 - r1 * b1) / (r2 - r1)]
+    if K == 3:
+        b1, b2, b3 = b[:3]
+        return [(b3 - (r_a + r_b) * b2 + r_a * r_b * b1) / ((r_m - r_a) * (r_m - r_b))
+                for r_m, r_a, r_b in ((r[0], r[1], r[2]), (r[1], r[0], r[2]), (r[2], r[0], r[1]))]
+    rho = []
+    for m, r_m in enumerate(r):
+        c, den = [1.0], 1.0  # coefficients of prod_{n != m} (u - r_n), lowest degree first
+        for n, r_n in enumerate(r):
+            if n != m:
+                c = [a - r_n * b_ for a, b_ in zip([0.0, *c], [*c, 0.0], strict=True)]
+                den *= r_m - r_n
+        rho.append(sum(c_j * b_j for c_j, b_j in zip(c, b, strict=False)) / den)
+    return rho
+
+
+def _combine(base: Tensor, terms: list[Tensor], weights: list[float]) -> Tensor:
+    """``base + sum_m w_m term_m`` as one fused multiply-add per term, on a fresh tensor."""
+    if not terms:
+        return base
+    out = torch.add(base, terms[0], alpha=weights[0])
+    for term, w in zip(terms[1:], weights[1:], strict=True):
+        out.add_(term, alpha=w)
+    return out
 
 
 def _check_bool(name: str, value) -> bool:
@@ -186,15 +222,17 @@ class UniPC(Sampler):
 
     def run(self, model, x, times, ctx):
         sde = model.sde
+        t_grid = times.tolist()
         lam = sde.lam(times).tolist()
         alpha_t, sigma_t = (v.tolist() for v in sde.alpha_sigma(times))
         data = self.prediction == "data"
+        bh1 = self.variant == "bh1"
         steps = len(times) - 1
         orders = self.step_orders(steps)
         corrected: list[bool] = []
 
         # history of (lam, m) at the grid times, newest last; m evaluated at the predictor's state
-        hist: list[tuple[float, Tensor]] = [(lam[0], self._evaluate(model, x, float(times[0])))]
+        hist: list[tuple[float, Tensor]] = [(lam[0], self._evaluate(model, x, t_grid[0]))]
         for i in range(steps):
             p = orders[i]
             h = lam[i + 1] - lam[i]
@@ -204,26 +242,28 @@ class UniPC(Sampler):
             else:
                 ratio, c = alpha_t[i + 1] / alpha_t[i], sigma_t[i + 1]
             h_phi_1 = math.expm1(hh)
-            B = hh if self.variant == "bh1" else math.expm1(hh)
+            B = hh if bh1 else h_phi_1
             lam_s, m_s = hist[-1]
             prev = hist[-p:-1][::-1] if p > 1 else []  # the p - 1 previous outputs, newest first
             r = [(lam_m - lam_s) / h for lam_m, _ in prev]
-            D = [(m_m - m_s) / r_m for (_, m_m), r_m in zip(prev, r, strict=True)]
-
-            base = ratio * x - (c * h_phi_1) * m_s
-            x_pred = base
-            for rho, d in zip(unipc_weights(r, hh, B, self.exact_weights), D, strict=True):
-                x_pred = x_pred - (c * B * rho) * d
+            # the D_m = m_{s_m} - m_s; their 1/r_m goes into the scalar weight -c B rho_m / r_m
+            D = [m_m - m_s for _, m_m in prev]
 
             last = i == steps - 1
             use_c = self.corrector and (not last or self.final_corrector)
+            b = _rhs(hh, B, p if use_c else p - 1)  # the predictor's system is the corrector's first p - 1 rows
+
+            base = x.mul(ratio).add_(m_s, alpha=-c * h_phi_1)  # sigma_t/sigma_s x_s - alpha_t h phi_1 m_s
+            rho = _weights(r, b, self.exact_weights) if r else []
+            x_pred = _combine(base, D, [-c * B * rho_m / r_m for rho_m, r_m in zip(rho, r, strict=True)])
+
             if use_c or not last:
-                m_t = self._evaluate(model, x_pred, float(times[i + 1]))
+                m_t = self._evaluate(model, x_pred, t_grid[i + 1])
                 hist = (hist + [(lam[i + 1], m_t)])[-self.order_p:]
             if use_c:
-                x = base
-                for rho, d in zip(unipc_weights(r + [1.0], hh, B, self.exact_weights), D + [m_t - m_s], strict=True):
-                    x = x - (c * B * rho) * d
+                r_c = r + [1.0]
+                rho = _weights(r_c, b, self.exact_weights)
+                x = _combine(base, D + [m_t - m_s], [-c * B * rho_m / r_m for rho_m, r_m in zip(rho, r_c, strict=True)])
             else:
                 x = x_pred
             corrected.append(use_c)
