@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from .._tensor import check_finite_number
 from .base import Sampler, register
 
@@ -33,21 +35,20 @@ class DDIM(Sampler):
 
     def run(self, model, x, times, ctx):
         sde = model.sde
-        lam = sde.lam(times)
-        alpha, sigma = sde.alpha_sigma(times)
+        t_grid, lam = times.tolist(), sde.lam(times).tolist()
+        alpha, sigma = (v.tolist() for v in sde.alpha_sigma(times))
         for i in range(len(times) - 1):
-            t = float(times[i])
-            x0 = model.x0(x, t)
-            h = float(lam[i + 1] - lam[i])
-            s_next, a_next = float(sigma[i + 1]), float(alpha[i + 1])
+            x0 = model.x0(x, t_grid[i])
+            h = lam[i + 1] - lam[i]
+            s_next, a_next = sigma[i + 1], alpha[i + 1]
             if self.eta == 0:
                 # sigma_s/sigma_t x_t - alpha_s expm1(-h) x0: the exact exponential-integrator form
-                x = (s_next / float(sigma[i])) * x - a_next * math.expm1(-h) * x0
+                x = x.mul(s_next / sigma[i]).add_(x0, alpha=-a_next * math.expm1(-h))
             else:
                 c = self.eta * s_next * math.sqrt(-math.expm1(-2 * h))
                 if c > s_next:
                     raise ValueError(f"eta: {self.eta} is too large; the step's noise exceeds sigma_s (eta <= 1 is safe)")
-                eps = (x - float(alpha[i]) * x0) / float(sigma[i])
-                x = a_next * x0 + math.sqrt(s_next**2 - c**2) * eps + c * ctx.normal(i, x)
+                eps = torch.add(x, x0, alpha=-alpha[i]).div_(sigma[i])
+                x = eps.mul_(math.sqrt(s_next**2 - c**2)).add_(x0, alpha=a_next).add_(ctx.normal(i, x), alpha=c)
             ctx.step(i, x)
         return x

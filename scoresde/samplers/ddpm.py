@@ -31,14 +31,15 @@ class DDPM(Sampler):
 
     def run(self, model, x, times, ctx):
         sde = model.sde
-        lam = sde.lam(times)
-        alpha, sigma = sde.alpha_sigma(times)
+        t_grid, lam = times.tolist(), sde.lam(times).tolist()
+        alpha, sigma = (v.tolist() for v in sde.alpha_sigma(times))
         for i in range(len(times) - 1):
-            x0 = model.x0(x, float(times[i]))
-            h = float(lam[i + 1] - lam[i])
+            x0 = model.x0(x, t_grid[i])
+            h = lam[i + 1] - lam[i]
             one_minus = -math.expm1(-2 * h)  # 1 - e^{-2h} without cancellation for small h
-            s_t, s_s, a_s = float(sigma[i]), float(sigma[i + 1]), float(alpha[i + 1])
-            mean = (s_s / s_t) * math.exp(-h) * x + (a_s * one_minus) * x0
-            x = mean + (s_s * math.sqrt(one_minus)) * ctx.normal(i, x)
+            s_t, s_s, a_s = sigma[i], sigma[i + 1], alpha[i + 1]
+            # mean + noise as multiply-adds on one fresh tensor
+            x = x.mul((s_s / s_t) * math.exp(-h)).add_(x0, alpha=a_s * one_minus)
+            x.add_(ctx.normal(i, x), alpha=s_s * math.sqrt(one_minus))
             ctx.step(i, x)
         return x

@@ -31,12 +31,14 @@ class EulerMaruyama(Sampler):
 
     def run(self, model, x, times, ctx):
         sde = model.sde
-        f, g2 = sde.f(times), sde.g2(times)
+        t_grid, f, g2 = times.tolist(), sde.f(times).tolist(), sde.g2(times).tolist()
         for i in range(len(times) - 1):
-            t = float(times[i])
-            dt = float(times[i + 1]) - t
-            f_t, g2_t = float(f[i]), float(g2[i])
+            t = t_grid[i]
+            dt = t_grid[i + 1] - t
+            f_t, g2_t = f[i], g2[i]
             score = model.score(x, t)
-            x = x + (f_t * x - g2_t * score) * dt + math.sqrt(g2_t) * ctx.brownian_increment(i, x)
+            # (1 + f dt) x - g^2 dt s + g dw as multiply-adds on one fresh tensor
+            x = x.mul(1 + f_t * dt).add_(score, alpha=-g2_t * dt)
+            x.add_(ctx.brownian_increment(i, x), alpha=math.sqrt(g2_t))
             ctx.step(i, x)
         return x

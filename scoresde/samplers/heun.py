@@ -64,25 +64,30 @@ class Heun(Sampler):
         sde = model.sde
         n = len(times) - 1
         alpha, sigma = sde.alpha_sigma(times)
-        s = sigma / alpha
+        s = (sigma / alpha).tolist()
+        t_grid, alpha = times.tolist(), alpha.tolist()
         s_top = float(torch.exp(-sde.lam(torch.tensor(float(sde.T), dtype=torch.float64))))
         gamma = min(self.S_churn / n, math.sqrt(2) - 1)
-        y = x / float(alpha[0])
+        y = x / alpha[0]
         for i in range(n):
-            t_i, s_i, a_i = float(times[i]), float(s[i]), float(alpha[i])
+            t_i, s_i, a_i = t_grid[i], s[i], alpha[i]
             if gamma > 0 and self.S_tmin <= s_i <= self.S_tmax:
                 s_hat = min(s_i * (1 + gamma), s_top)
                 if s_hat > s_i:
-                    y = y + (math.sqrt(s_hat**2 - s_i**2) * self.S_noise) * ctx.normal(i, y)
+                    y = torch.add(y, ctx.normal(i, y), alpha=math.sqrt(s_hat**2 - s_i**2) * self.S_noise)
                     t_i = min(float(sde.t_of_lam(torch.tensor(-math.log(s_hat), dtype=torch.float64))), float(sde.T))
                     s_i, a_i = s_hat, float(sde.alpha(torch.tensor(t_i, dtype=torch.float64)))
-            t_next, s_next, a_next = float(times[i + 1]), float(s[i + 1]), float(alpha[i + 1])
+                    x = None
+            if x is None:
+                x = a_i * y
+            t_next, s_next, a_next = t_grid[i + 1], s[i + 1], alpha[i + 1]
             ds = s_next - s_i
-            d = model.eps(a_i * y, t_i)
-            y_next = y + ds * d
+            d = model.eps(x, t_i)
+            y_next = torch.add(y, d, alpha=ds)
             if i < n - 1 or not self.euler_last:
                 d_next = model.eps(a_next * y_next, t_next)
-                y_next = y + (0.5 * ds) * (d + d_next)
+                y_next = torch.add(y, d, alpha=0.5 * ds).add_(d_next, alpha=0.5 * ds)
             y = y_next
-            ctx.step(i, a_next * y)
-        return float(alpha[-1]) * y
+            x = a_next * y  # the state, and the next step's model input unless churn moves y
+            ctx.step(i, x)
+        return x
