@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 from .._tensor import check_finite_number
 from .base import Sampler, register
@@ -81,28 +82,34 @@ class PredictorCorrector(Sampler):
     def run(self, model, x, times, ctx):
         sde = model.sde
         n = len(times) - 1
+        t_grid = times.tolist()
         lam = sde.lam(times)
         alpha, sigma = sde.alpha_sigma(times)
-        f, g2 = sde.f(times), sde.g2(times)
+        a_ratios = (alpha[:-1] / alpha[1:]).tolist()  # a = alpha_t / alpha_s of the transition s -> t
+        # G^2 = sigma_t^2 (1 - e^{-2h}) of each transition
+        G2s = (sigma[:-1] ** 2 * -torch.expm1(-2 * (lam[1:] - lam[:-1]))).tolist()
+        sigma, f, g2 = sigma.tolist(), sde.f(times).tolist(), sde.g2(times).tolist()
         for i in range(n):
-            a_ratio = float(alpha[i] / alpha[i + 1])  # a = alpha_t / alpha_s of the transition s -> t
+            a_ratio = a_ratios[i]
             j = i + 1 if self.predictor == "none" else i
             for _ in range(self._n_corr):
-                x = self._correct(model, x, float(times[j]), float(sigma[j]), a_ratio**2, ctx)
+                x = self._correct(model, x, t_grid[j], sigma[j], a_ratio**2, ctx)
             if self.predictor != "none":
-                t, dt = float(times[i]), float(times[i + 1] - times[i])
+                t, dt = t_grid[i], t_grid[i + 1] - t_grid[i]
                 score = model.score(x, t)
+                # the mean as multiply-adds on one fresh tensor, then the noise added to it in place
                 if self.predictor == "euler_maruyama":
-                    mean = x + (float(f[i]) * x - float(g2[i]) * score) * dt
-                    noise = math.sqrt(float(g2[i])) * ctx.brownian_increment(i, x)
+                    x = x.mul(1 + f[i] * dt).add_(score, alpha=-g2[i] * dt)
+                    noise, scale = ctx.brownian_increment(i, x), math.sqrt(g2[i])
                 else:
-                    G2 = float(sigma[i]) ** 2 * -math.expm1(-2 * float(lam[i + 1] - lam[i]))
+                    G2 = G2s[i]
                     if self.predictor == "reverse_diffusion":
-                        mean = (2 - a_ratio) * x + G2 * score
+                        x = x.mul(2 - a_ratio).add_(score, alpha=G2)
                     else:
-                        mean = (x + G2 * score) / a_ratio
-                    noise = math.sqrt(G2) * ctx.normal(i, x)
-                x = mean if (self.denoise_last_step and i == n - 1) else mean + noise
+                        x = torch.add(x, score, alpha=G2).div_(a_ratio)
+                    noise, scale = ctx.normal(i, x), math.sqrt(G2)
+                if not (self.denoise_last_step and i == n - 1):
+                    x.add_(noise, alpha=scale)
             ctx.step(i, x)
         return x
 
@@ -113,8 +120,18 @@ class PredictorCorrector(Sampler):
             # batch-averaged norms, as score_sde: a per-sample ||s|| vanishes at a mode of p_t and
             # would give that sample an unbounded step
             tiny = torch.finfo(x.dtype).tiny
-            ratio = z.flatten(1).norm(dim=1).mean() / score.flatten(1).norm(dim=1).mean().clamp_min(tiny)
+            ratio = float(_mean_norm(z) / _mean_norm(score).clamp_min(tiny))
             eps = 2 * a_i * (self.snr * ratio) ** 2
-            return x + eps * score + torch.sqrt(2 * eps) * z
-        eps = 2 * a_i * (self.snr * sigma_t) ** 2
-        return x + eps * score + math.sqrt(2 * eps) * z
+        else:
+            eps = 2 * a_i * (self.snr * sigma_t) ** 2
+        return torch.add(x, score, alpha=eps).add_(z, alpha=math.sqrt(2 * eps))
+
+
+def _mean_norm(v: Tensor) -> Tensor:
+    """Mean over the batch of the per-sample Euclidean norms of ``v``."""
+    flat = v.flatten(1)
+    if flat.dtype in (torch.float32, torch.float64):
+        # sum of squares as a matrix-vector product: a norm over a short last dimension (2-D data)
+        # is a slow reduction on a CPU, the product is not
+        return flat.square().mv(flat.new_ones(flat.shape[1])).sqrt_().mean()
+    return flat.norm(dim=1).mean()  # half precision: no squares that overflow
