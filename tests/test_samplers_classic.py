@@ -113,6 +113,19 @@ def test_adaptive_ode_outputs_on_grid_and_counts(pf_problem):
     assert get_sampler("ode")(solver="dopri5").expected_nfe(5) is None
 
 
+@pytest.mark.parametrize("method,options", [("ode", {"solver": "dopri5"}), ("ode", {"solver": "bosh3"}),
+                                            ("scipy_ode", {"solver": "RK45"}), ("scipy_ode", {"solver": "LSODA"})])
+def test_adaptive_steps_do_not_depend_on_the_output_times(pf_problem, method, options):
+    # unobserved interior grid times are not asked of the solver; its steps, and so its result, are
+    # those of the run that records the whole trajectory (up to the rounding of the dense output)
+    sde, model, x_T, _ = pf_problem
+    plain = sample(model, sde, method, 9, x_T=x_T[:8], rtol=1e-6, atol=1e-6, **options)
+    traj = sample(model, sde, method, 9, x_T=x_T[:8], rtol=1e-6, atol=1e-6, return_trajectory=True, **options)
+    assert traj.trajectory.shape == (10, 8, 2) and torch.equal(traj.trajectory[-1], traj.samples)
+    torch.testing.assert_close(plain.samples, traj.samples, rtol=0, atol=1e-12)
+    assert plain.nfe == traj.nfe
+
+
 # ---------------------------------------------------------------------------------------------
 # Reverse SDE: weak order on a Gaussian target, strong order on a shared Brownian path
 # ---------------------------------------------------------------------------------------------

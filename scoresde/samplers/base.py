@@ -187,6 +187,15 @@ class SamplingContext:
         self.trajectory: list[Tensor] = []
         self._bar = tqdm(total=len(times) - 1, desc=sampler.name, disable=not progress, leave=False)
 
+    @property
+    def observed(self) -> bool:
+        """Whether anyone looks at the state of every grid step (a trajectory or a progress bar).
+
+        When not, a solver whose grid states are only interpolated outputs (the adaptive ODE solvers)
+        may solve between the two ends and report the last step alone.
+        """
+        return self._record or self._progress
+
     def start(self, x: Tensor) -> None:
         if self._record:
             self.trajectory.append(x.detach().clone())

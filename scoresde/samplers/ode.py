@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from .._tensor import check_finite_number
-from .base import Sampler, register
+from ..sde import ProbabilityFlowODE
+from .base import Sampler, _all_finite, register
 
 # method -> (order, model calls per step)
 FIXED_METHODS = {"euler": (1, 1), "midpoint": (2, 2), "heun2": (2, 2), "heun3": (3, 3), "rk4": (4, 4)}
@@ -30,18 +31,40 @@ def _known() -> str:
     return ", ".join(list(FIXED_METHODS) + list(ADAPTIVE_METHODS))
 
 
-def _finite_score(score, times):
-    """The score, checked for non-finite values: an adaptive solver fed NaN only shrinks its step
-    until it underflows, so the failure is reported here, at the time it happens."""
-    def checked(x, t):
-        s = score(x, t)
-        if not torch.isfinite(s).all():
-            tf = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)
-            i = max(int((times > tf).sum()) - 1, 0)
-            raise FloatingPointError(f"ode: non-finite score in grid step {i} at t = {tf:.6g} (adaptive solve); "
+# fixed-step solves: intervals per odeint call (odeint's own set-up costs about a model call on a CPU;
+# the states of one call are held together)
+_CHUNK = 16
+
+
+class _Flow(ProbabilityFlowODE):
+    """The probability-flow drift ``f x - g^2 s / 2`` with f and g^2 as Python floats: looked up at the
+    grid times as odeint passes them (in x's dtype), computed otherwise, and one fused multiply-add.
+
+    With ``check`` (the message's prefix, e.g. the sampler's name), a non-finite drift raises: an
+    adaptive solver fed NaN only shrinks its step until it underflows, so the failure is reported
+    here, at the time it happens. ``t`` may be a number or a 0-d tensor.
+    """
+
+    def __init__(self, model, times: torch.Tensor, like: torch.Tensor, check: str | None = None):
+        super().__init__(model.sde, model.score)
+        self.times, self.check = times, check
+        t = times.to(like.dtype).to(torch.float64)
+        self._table = dict(zip(t.tolist(), zip(self.sde.f(t).tolist(), self.sde.g2(t).tolist(), strict=True),
+                               strict=True))
+
+    def forward(self, t, x):
+        tf = float(t)
+        coeffs = self._table.get(tf)
+        if coeffs is None:
+            t64 = torch.tensor(tf, dtype=torch.float64)
+            coeffs = float(self.sde.f(t64)), float(self.sde.g2(t64))
+        f, g2 = coeffs
+        d = x.mul(f).add_(self.score_fn(x, t), alpha=-0.5 * g2)
+        if self.check and not _all_finite(d):
+            i = max(int((self.times > tf).sum()) - 1, 0)
+            raise FloatingPointError(f"{self.check}: non-finite drift in grid step {i} at t = {tf:.6g}; "
                                      "the model returned NaN/inf")
-        return s
-    return checked
+        return d
 
 
 @register
@@ -70,18 +93,25 @@ class ODE(Sampler):
     def run(self, model, x, times, ctx):
         nfe0 = model.nfe
         ctx.stats.update(method=self.method, rtol=self.rtol, atol=self.atol)
-        if self.is_adaptive:
-            flow = model.sde.probability_flow(_finite_score(model.score, times))
-            xs = flow.solve(x, times, method=self.method, rtol=self.rtol, atol=self.atol)
-            for i in range(len(times) - 1):
-                ctx.step(i, xs[i + 1])
-            x = xs[-1]
-        else:
-            flow = model.sde.probability_flow(model.score)
-            # one odeint call per interval: one step each (the grid is the output times) and no
-            # (len(times), *x.shape) stack of states held in memory
-            for i in range(len(times) - 1):
-                x = flow.solve(x, times[i:i + 2], method=self.method)[-1]
-                ctx.step(i, x)
+        flow = _Flow(model, times, x, check=f"ode ({self.method}, adaptive solve)" if self.is_adaptive else None)
+        # alpha, sigma for the model's conversions at the grid times as the drift receives them
+        with model.grid(times.to(x.dtype)):
+            if self.is_adaptive:
+                # the interior grid times are only output times (interpolated, and ~25 us each in
+                # torchdiffeq): asked for when someone looks at them; the steps do not depend on them
+                out = times if ctx.observed else times[[0, -1]]
+                xs = flow.solve(x, out, method=self.method, rtol=self.rtol, atol=self.atol)
+                first = len(times) - len(out)
+                for k in range(1, len(xs)):
+                    ctx.step(first + k - 1, xs[k])
+                x = xs[-1]
+            else:
+                # one step per interval (the grid is the output times), _CHUNK intervals per odeint
+                # call: no (len(times), *x.shape) stack of states held in memory
+                for i0 in range(0, len(times) - 1, _CHUNK):
+                    xs = flow.solve(x, times[i0:i0 + _CHUNK + 1], method=self.method)
+                    for k in range(1, len(xs)):
+                        ctx.step(i0 + k - 1, xs[k])
+                    x = xs[-1]
         ctx.stats["nfe"] = model.nfe - nfe0
         return x
