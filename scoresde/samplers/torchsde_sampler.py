@@ -41,23 +41,40 @@ _LEVY_AREA = {"srk": ("space-time", "davie", "foster")}
 
 
 class _GridSDE(torch.nn.Module):
-    """The reverse SDE under the sde_type a method needs, with g in y's dtype, for one grid interval.
+    """The reverse SDE (:class:`scoresde.sde.ReverseSDE`, in the flipped time ``u = t_start - t``) under
+    the sde_type a method needs, with g in y's dtype, for one grid interval at a time.
 
     ``sdeint`` first calls ``f`` once to check shapes (torchsde's ``check_contract``); after
     ``new_interval()`` that probe is answered with zeros, so it costs no model call. Drifts are
     memoised within the interval by (time, state object): torchsde's SRK re-evaluates the drift of
     every earlier stage inside each later one (10 calls for its 4 stages); with the memo a step
-    costs one model call per stage.
+    costs one model call per stage. The coefficients f, g^2, g are Python floats, looked up at the
+    grid's flipped times ``us`` (where every solver evaluates first) and computed elsewhere.
     """
 
     noise_type = "diagonal"
 
-    def __init__(self, reverse_sde, sde_type: str):
+    def __init__(self, model, shape, t_start: float, us: torch.Tensor, sde_type: str):
         super().__init__()
-        self.rsde = reverse_sde
+        self.model, self.sde = model, model.sde
+        self.shape, self.t_start = tuple(shape), t_start
         self.sde_type = sde_type
         self._probe = False
         self._memo: list = []
+        t = t_start - us
+        f, g2 = self.sde.f(t).tolist(), self.sde.g2(t).tolist()
+        self._table = {u: (t_u, f_u, g2_u, math.sqrt(g2_u))
+                       for u, t_u, f_u, g2_u in zip(us.tolist(), t.tolist(), f, g2, strict=True)}
+
+    def _coeffs(self, u) -> tuple[float, float, float, float]:
+        key = float(u)
+        c = self._table.get(key)
+        if c is None:
+            t = self.t_start - key
+            t64 = torch.tensor(t, dtype=torch.float64)
+            f, g2 = float(self.sde.f(t64)), float(self.sde.g2(t64))
+            c = t, f, g2, math.sqrt(g2)
+        return c
 
     def new_interval(self):
         self._probe = True
@@ -71,12 +88,15 @@ class _GridSDE(torch.nn.Module):
         for u_m, y_m, out in self._memo:
             if y_m is y and u_m == key:
                 return out
-        out = self.rsde.f(u, y)
+        t, f, g2, _ = self._coeffs(key)
+        x = y.reshape(self.shape)
+        # in u the drift -(f x - g^2 s) changes sign; the diffusion g does not
+        out = x.mul(-f).add_(self.model.score(x, t), alpha=g2).reshape(y.shape)
         self._memo.append((key, y, out))
         return out
 
     def g(self, u, y):
-        return self.rsde.g(u, y).to(y.dtype)
+        return torch.tensor(self._coeffs(u)[3], dtype=y.dtype, device=y.device).expand_as(y)
 
 
 class _CastPath:
@@ -117,19 +137,22 @@ class TorchSDE(Sampler):
 
         shape = x.shape
         t_start = float(times[0])
-        rsde = _GridSDE(model.sde.reverse_sde(model.score, shape[1:], t_start=t_start), self.sde_type)
         path = self._path(x, times, ctx)
         us = (t_start - times).to(torch.float64)  # flipped time, increasing from 0
+        rsde = _GridSDE(model, shape, t_start, us, self.sde_type)
+        u_list = us.tolist()
         y = x.reshape(shape[0], -1)
         extra = None
-        for i in range(len(times) - 1):
-            u = us[i:i + 2]
-            rsde.new_interval()
-            # dt above the interval: the solver's step is min(u0 + dt, u1) - u0, one step landing on u1
-            ys, extra = torchsde.sdeint(rsde, y, u, bm=path, method=self.method, dt=2 * float(u[1] - u[0]),
-                                        adaptive=False, extra=True, extra_solver_state=extra)
-            y = ys[-1]
-            ctx.step(i, y.reshape(shape))
+        # alpha, sigma for the model's conversions at the grid times as the drift computes them
+        with model.grid(t_start - us):
+            for i in range(len(times) - 1):
+                rsde.new_interval()
+                # dt above the interval: the solver's step is min(u0 + dt, u1) - u0, one step landing on u1
+                ys, extra = torchsde.sdeint(rsde, y, us[i:i + 2], bm=path, method=self.method,
+                                            dt=2 * (u_list[i + 1] - u_list[i]), adaptive=False, extra=True,
+                                            extra_solver_state=extra)
+                y = ys[-1]
+                ctx.step(i, y.reshape(shape))
         return y.reshape(shape)
 
     def _path(self, x, times, ctx):
