@@ -29,6 +29,11 @@ Three parts, each printed as tables and written as CSV under ``--out``:
    between the same two ends (T, t_min); the grid is then frozen and evaluated on the benchmark's
    own x_T like every other run. Those rows are labelled "optimised grid (calibrated on separate
    x_T ...)", and the table also prints the best fixed-grid scoresde run and its ratio.
+   Last, a *fitted solver*: ``linear_multistep`` with its grid and its coefficients fitted by
+   gradient descent on the same calibration batch (scoresde.studies.solver_fit), frozen, then
+   evaluated from the benchmark's x_T. Calibrated solvers spend model calls offline (the fit's NFE
+   is in its result) and hold for one model, one step count and one pair of ends only; the table
+   prints each kind of scoresde run (fixed grid, optimised grid, fitted solver) with its own ratio.
 """
 from __future__ import annotations
 
@@ -418,6 +423,27 @@ def optimised_grid_runs(mix, sde, x_T, nfe, quick):
     return out
 
 
+def fitted_solver_runs(mix, sde, x_T, nfe, quick):
+    """A ``linear_multistep`` solver whose grid and coefficients are fitted by gradient descent
+    (scoresde.studies.solver_fit) on a calibration batch drawn with CALIB_SEED, independent of ``x_T``,
+    then frozen and evaluated from ``x_T``: (label, samples, t_start, t_end, nfe, grid times)."""
+    from scoresde.studies.solver_fit import fit_linear_multistep
+
+    n_cal, iterations = (256, 300) if quick else (1000, 300)
+    T, t_min = float(sde.T), float(sde.t_min)
+    model = sd.ScoreModel(lambda x, t: -sde.sigma(t)[:, None] * mix.score(x, t, sde), sde, "eps")
+    x_cal = torch.randn(n_cal, mix.dim, generator=torch.Generator().manual_seed(CALIB_SEED), dtype=torch.float64)
+    ref_cal = reference(mix, sde, x_cal, T, t_min)
+    # two starting grids; the one with the lower *calibration* loss after the fit is kept
+    fits = [fit_linear_multistep(model, nfe, x_cal, ref_cal, init_grid=g, iterations=iterations)
+            for g in ("logsnr", "quadratic")]
+    fs = min(fits, key=lambda f: f.calib_error)
+    res = fs.sample(model, x_T=x_T)
+    lab = (f"linear_multistep | fitted grid + coefficients (calibrated on separate x_T: seed {CALIB_SEED}, "
+           f"n={n_cal}, {iterations} Adam iterations from the {fs.config['init_grid']} grid)")
+    return [(lab, res.samples, res.t_start, res.t_end, res.nfe, " ".join(f"{float(t):.5g}" for t in fs.times))]
+
+
 def against_diffusers(args):
     try:
         import diffusers  # noqa: F401
@@ -442,9 +468,13 @@ def against_diffusers(args):
             t_opt = time.perf_counter()
             opt_runs = optimised_grid_runs(mix, sde, x_T, nfe, args.quick)
             t_opt = time.perf_counter() - t_opt
+            t_fit = time.perf_counter()
+            fit_runs = fitted_solver_runs(mix, sde, x_T, nfe, args.quick)
+            t_fit = time.perf_counter() - t_fit
             groups = (("diffusers", "diffusers", [r + ("",) for r in diffusers_runs(mix, sde, x_T, nfe, args.quick)]),
                       ("scoresde", "fixed", [r + ("",) for r in ours_runs(mix, sde, x_T, nfe, args.quick)]),
-                      ("scoresde", "optimised", opt_runs))
+                      ("scoresde", "optimised", opt_runs),
+                      ("scoresde", "fitted", fit_runs))
             for side, group, runs in groups:
                 for lab, x, t0, t1, used, times in runs:
                     e = err(x, t0, t1)
@@ -454,10 +484,10 @@ def against_diffusers(args):
                         if used <= nfe and (key not in best or e < best[key][1]):
                             best[key] = (lab, e, t0, t1)
             ratio = best["scoresde"][1] / best["diffusers"][1]
-            summary.append((pname, nfe, best, ratio, t_opt))
+            summary.append((pname, nfe, best, ratio, t_opt, t_fit))
     print("\n[diffusers] best endpoint error at a fixed NFE, DiscreteVPSDE() (1000-step linear), exact mixture eps "
           f"(batch {args.batch}); target ratio ours/theirs <= 0.5")
-    for pname, nfe, best, ratio, t_opt in summary:
+    for pname, nfe, best, ratio, t_opt, t_fit in summary:
         for side in ("scoresde", "diffusers"):
             lab, e, t0, t1 = best[side]
             print(f"  {pname:<16} NFE {nfe:>3}  {side:<9} {e:.3e}  t {t0:.4f} -> {t1:.4g}  {lab}")
@@ -469,12 +499,19 @@ def against_diffusers(args):
             lab, e, t0, t1 = best["optimised"]
             print(f"  {pname:<16} NFE {nfe:>3}    (scoresde, optimised grids only: {e:.3e}, ratio "
                   f"{e / best['diffusers'][1]:.3f}, {t_opt:.1f}s to calibrate)")
+        if "fitted" in best:
+            lab, e, t0, t1 = best["fitted"]
+            print(f"  {pname:<16} NFE {nfe:>3}    (scoresde, fitted solver only: {e:.3e}, ratio "
+                  f"{e / best['diffusers'][1]:.3f}, {t_fit:.1f}s to fit)")
     write_csv(Path(args.out) / "diffusers.csv", rows)
     write_csv(Path(args.out) / "diffusers_best.csv",
               [{"problem": p, "nfe": n, "ours": b["scoresde"][0], "ours_error": b["scoresde"][1],
                 "theirs": b["diffusers"][0], "theirs_error": b["diffusers"][1], "ratio": r,
                 "ours_fixed_grid": b["fixed"][0], "ours_fixed_grid_error": b["fixed"][1],
-                "ratio_fixed_grid": b["fixed"][1] / b["diffusers"][1]} for p, n, b, r, _ in summary])
+                "ratio_fixed_grid": b["fixed"][1] / b["diffusers"][1],
+                "ours_optimised_grid_error": b["optimised"][1] if "optimised" in b else math.nan,
+                "ours_fitted_solver_error": b["fitted"][1] if "fitted" in b else math.nan}
+               for p, n, b, r, _, _ in summary])
     return rows
 
 
