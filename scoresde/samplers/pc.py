@@ -119,19 +119,18 @@ class PredictorCorrector(Sampler):
         if self.corrector == "langevin":
             # batch-averaged norms, as score_sde: a per-sample ||s|| vanishes at a mode of p_t and
             # would give that sample an unbounded step
-            tiny = torch.finfo(x.dtype).tiny
-            ratio = float(_mean_norm(z) / _mean_norm(score).clamp_min(tiny))
-            eps = 2 * a_i * (self.snr * ratio) ** 2
+            z_norm, s_norm = _mean_norms(z, score)
+            eps = 2 * a_i * (self.snr * z_norm / max(s_norm, torch.finfo(x.dtype).tiny)) ** 2
         else:
             eps = 2 * a_i * (self.snr * sigma_t) ** 2
         return torch.add(x, score, alpha=eps).add_(z, alpha=math.sqrt(2 * eps))
 
 
-def _mean_norm(v: Tensor) -> Tensor:
-    """Mean over the batch of the per-sample Euclidean norms of ``v``."""
-    flat = v.flatten(1)
-    if flat.dtype in (torch.float32, torch.float64):
-        # sum of squares as a matrix-vector product: a norm over a short last dimension (2-D data)
+def _mean_norms(a: Tensor, b: Tensor) -> list[float]:
+    """Means over the batch of the per-sample Euclidean norms of ``a`` and ``b`` (one sync)."""
+    v = torch.stack([a.flatten(1), b.flatten(1)])
+    if v.dtype in (torch.float32, torch.float64):
+        # sums of squares as a matrix-vector product: a norm over a short last dimension (2-D data)
         # is a slow reduction on a CPU, the product is not
-        return flat.square().mv(flat.new_ones(flat.shape[1])).sqrt_().mean()
-    return flat.norm(dim=1).mean()  # half precision: no squares that overflow
+        return v.square_().matmul(v.new_ones(v.shape[-1])).sqrt_().mean(1).tolist()
+    return v.norm(dim=2).mean(1).tolist()  # half precision: no squares that overflow
