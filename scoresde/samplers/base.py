@@ -102,7 +102,9 @@ class GeneratorNoise:
         self.generator = generator
 
     def increment(self, t: float, t_next: float, like: Tensor) -> Tensor:
-        return self.normal(t, t_next, like).mul_(math.sqrt(abs(t - t_next)))
+        # the generator's standard normals times sqrt|dt|, scaled as they are drawn
+        z = torch.empty(like.shape, device=like.device, dtype=like.dtype)
+        return z.normal_(0.0, math.sqrt(abs(t - t_next)), generator=self.generator)
 
     def normal(self, t: float, t_next: float, like: Tensor) -> Tensor:
         """The increment over [t_next, t] divided by its standard deviation: a plain standard normal."""
