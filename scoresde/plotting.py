@@ -277,9 +277,11 @@ def animate_trajectories(traj, *, interval: int = 120):
 
 def plot_grid_comparison(comp, *, title: str | None = None) -> Figure:
     """Held-out endpoint error against the NFE budget, one panel per sampler, one line per grid,
-    the optimised grid in black; the gain over the best named grid is annotated."""
-    methods = list(dict.fromkeys(r["method"] for r in comp.rows))
-    grids = list(dict.fromkeys(r["grid"] for r in comp.rows if r["grid"] != "optimised"))
+    the optimised grid in black; the gain over the best named grid is annotated. Fitted-solver rows
+    (``fit_solver=True``) are drawn in every panel as a dashed grey line."""
+    fitted = sorted((r for r in comp.rows if r["grid"] == "fitted"), key=lambda r: r["nfe_budget"])
+    methods = list(dict.fromkeys(r["method"] for r in comp.rows if r["grid"] != "fitted"))
+    grids = list(dict.fromkeys(r["grid"] for r in comp.rows if r["grid"] not in ("optimised", "fitted")))
     fig, axes = plt.subplots(1, len(methods), figsize=(4.8 * len(methods), 4.4), squeeze=False)
     colors = dict(zip(grids, _colors(len(grids)), strict=False))
     gains = {(g["method"], g["nfe"]): g for g in comp.gains()}
@@ -299,6 +301,9 @@ def plot_grid_comparison(comp, *, title: str | None = None) -> Figure:
                     if g and "gain" in g:
                         ax.annotate(f"x{g['gain']:.1f}", (r["nfe"], r["error_test"]), textcoords="offset points",
                                     xytext=(0, -13), ha="center", fontsize=8)
+        if fitted:  # the same reference line in every panel
+            ax.semilogy([r["nfe"] for r in fitted], [r["error_test"] for r in fitted], color="0.45", ls="--", lw=1.8,
+                        marker="*", ms=8, label="fitted solver (grid + coefficients)")
         ax.set(xlabel="NFE budget", ylabel="mean endpoint error vs PF ODE", title=method)
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(fontsize=8)

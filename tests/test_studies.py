@@ -212,6 +212,23 @@ def test_optimised_grid_beats_named_grids_on_calibration(mix):
         grid_comparison(mix.model(sd.VPSDE()), ["ddim:eta=1.0"], [5])
 
 
+def test_grid_comparison_with_a_fitted_solver(mix):
+    # The fitted rows: one per budget, fitted on the calibration batch and measured on the test batch; the
+    # fit starts from DPM-Solver-2M on the log-SNR grid and keeps its best iterate, so on its own points it
+    # is never worse than that start (checked against the sampler directly).
+    from scoresde.studies.grid_opt import FITTED
+
+    model = mix.model(sd.VPSDE())
+    comp = grid_comparison(model, ["dpm_solver:order=2,lower_order_final=False"], [4], n_calib=32, n_test=32,
+                           optimise=False, ref_tol=1e-9, fit_solver=True, fit_iterations=40, grids=["logsnr"])
+    fitted = [r for r in comp.rows if r["grid"] == "fitted"]
+    assert [(r["method"], r["nfe"]) for r in fitted] == [(FITTED, 4)]
+    start = next(r for r in comp.rows if r["grid"] == "logsnr")
+    assert fitted[0]["error_calib"] <= start["error_calib"] + 1e-12
+    assert [g["method"] for g in comp.gains()] == [start["method"]]  # no gain row for the fitted solver
+    assert isinstance(plotting.plot_grid_comparison(comp), Figure)
+
+
 # ----- trajectories ------------------------------------------------------------------------------
 def test_trajectories_share_x_T_and_agree_at_the_end(mix, tmp_path):
     traj = trajectories(mix, sd.VPSDE(), n_paths=4, steps=20, sde_steps=40, n_frames=3, mesh=60, score_mesh=6,

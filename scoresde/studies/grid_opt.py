@@ -31,7 +31,9 @@ from ..models import ScoreModel
 from ..samplers import sample
 from .common import check_grids, check_steps, endpoint_error, parse_methods, reference_pf_ode
 
-__all__ = ["GridComparison", "grid_comparison", "grid_from_logits", "optimise_grid"]
+__all__ = ["FITTED", "GridComparison", "grid_comparison", "grid_from_logits", "optimise_grid"]
+
+FITTED = "linear_multistep (fitted)"  # the method label of the fitted-solver rows
 
 
 def grid_from_logits(sde, w: Tensor, t_min: float, T: float) -> Tensor:
@@ -97,7 +99,9 @@ class GridComparison:
         keys = sorted({(r["method"], r["nfe_budget"]) for r in self.rows})
         for method, nfe in keys:
             sel = [r for r in self.rows if r["method"] == method and r["nfe_budget"] == nfe]
-            named = [r for r in sel if r["grid"] != "optimised"]
+            named = [r for r in sel if r["grid"] not in ("optimised", "fitted")]
+            if not named:  # the fitted solver has no named grid to compare with
+                continue
             opt = [r for r in sel if r["grid"] == "optimised"]
             best = min(named, key=lambda r: r["error_calib"])  # chosen on calibration data, like the optimiser
             row = {"method": method, "nfe": nfe, "best_named_grid": best["grid"], "best_named_error": best["error_test"]}
@@ -109,11 +113,15 @@ class GridComparison:
 
 def grid_comparison(model: ScoreModel, methods=("ddim", "dpm_solver++"), nfes=(5, 6, 8, 10), *,
                     grids=None, optimise: bool = True, n_calib: int = 128, n_test: int = 256, seed: int = 0,
-                    max_evals: int = 200, dim: int = 2, ref_tol: float = 1e-12, progress: bool = False) -> GridComparison:
+                    max_evals: int = 200, dim: int = 2, ref_tol: float = 1e-12, fit_solver: bool = False,
+                    fit_iterations: int = 300, progress: bool = False) -> GridComparison:
     """Endpoint error of each (deterministic) method under each grid at each NFE budget.
 
     ``x_T`` for calibration and test are independent prior draws (seeds ``seed`` and ``seed + 1``);
-    the PF-ODE reference is solved for both.
+    the PF-ODE reference is solved for both. ``fit_solver=True`` adds, per NFE budget, a
+    ``linear_multistep`` solver whose grid and coefficients are fitted on the calibration batch
+    (:func:`scoresde.studies.solver_fit.fit_linear_multistep`, ``fit_iterations`` Adam steps), as
+    rows with method :data:`FITTED` and grid ``'fitted'``.
     """
     methods = parse_methods(methods)
     for m in methods:
@@ -153,6 +161,17 @@ def grid_comparison(model: ScoreModel, methods=("ddim", "dpm_solver++"), nfes=(5
                 rows.append({"method": m.label, "nfe_budget": nfe, "steps": steps, "nfe": res.nfe, "grid": "optimised",
                              "error_test": endpoint_error(res.samples, ref_test.x), "error_calib": e_cal,
                              "times": " ".join(f"{float(t):.5g}" for t in best)})
+    if fit_solver:
+        from .solver_fit import fit_linear_multistep
+
+        for nfe in nfes:
+            fs = fit_linear_multistep(model, nfe, x_cal, ref_cal.x, iterations=fit_iterations, x_valid=x_test,
+                                      ref_valid=ref_test.x)
+            optimised[(FITTED, nfe)] = fs.times
+            rows.append({"method": FITTED, "nfe_budget": nfe, "steps": nfe, "nfe": nfe, "grid": "fitted",
+                         "error_test": fs.valid_error, "error_calib": fs.calib_error,
+                         "times": " ".join(f"{float(t):.5g}" for t in fs.times)})
     bar.close()
-    config = {"sde": repr(sde), "n_calib": n_calib, "n_test": n_test, "seed": seed, "max_evals": max_evals}
+    config = {"sde": repr(sde), "n_calib": n_calib, "n_test": n_test, "seed": seed, "max_evals": max_evals,
+              "fit_solver": fit_solver, "fit_iterations": fit_iterations}
     return GridComparison(rows, optimised, max(ref_cal.error, ref_test.error), config)

@@ -103,14 +103,14 @@ def job_trajectories(out, mixture, sde: SDE, *, steps: int = 10, gif: bool = Tru
 
 def job_grid_comparison(out, model: ScoreModel, *, methods=("ddim", "dpm_solver++", "heun"), nfes=(4, 5, 6, 8, 10),
                         n_calib: int = 128, n_test: int = 256, max_evals: int = 200, seed: int = 0,
-                        name: str = "grid_comparison", progress: bool = False, **study_kw):
-    """Named grids and the optimised grid at small NFE budgets (held-out error)."""
+                        name: str = "grid_comparison", fit_solver: bool = True, progress: bool = False, **study_kw):
+    """Named grids, the optimised grid and a fitted solver at small NFE budgets (held-out error)."""
     from ..plotting import plot_grid_comparison
 
     out = Path(out)
     methods = [m for m in methods if not isinstance(m, str) or m.partition(":")[0] in available()]
     comp = grid_comparison(model, methods, nfes, n_calib=n_calib, n_test=n_test, max_evals=max_evals, seed=seed,
-                           progress=progress, **study_kw)
+                           fit_solver=fit_solver, progress=progress, **study_kw)
     fig = plot_grid_comparison(comp, title=f"step grids at a fixed NFE budget ({type(model.sde).__name__}, "
                                            f"held-out x_T; x: gain of the optimised grid)")
     paths = [_save(fig, out / f"{name}.png"), write_csv(comp.rows, out / f"{name}.csv"),
@@ -123,7 +123,7 @@ QUICK = {
     "error_vs_steps": {"ref_tol": 1e-8, "ref_sde_steps": 256},
     "ddim_limit": {"steps": (4, 8, 16), "n": 8, "eta_steps": (5, 10), "etas": (0.0, 1.0), "n_eta": 64, "ref_tol": 1e-7},
     "trajectories": {"n_paths": 3, "sde_steps": 40, "n_frames": 3, "mesh": 40, "score_mesh": 8, "n_samples": 100},
-    "grid_comparison": {"nfes": (5,), "n_calib": 16, "n_test": 16, "max_evals": 10, "ref_tol": 1e-7},
+    "grid_comparison": {"nfes": (5,), "n_calib": 16, "n_test": 16, "max_evals": 10, "ref_tol": 1e-7, "fit_iterations": 5},
 }
 
 
