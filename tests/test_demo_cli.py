@@ -66,7 +66,7 @@ def test_study_grids_quick(tmp_path, capsys):
     assert {"grid_comparison.png", "grid_comparison.csv", "grid_comparison_gains.csv"} <= {p.name for p in out.iterdir()}
     with open(out / "grid_comparison.csv") as fh:
         grids = {r["grid"] for r in csv.DictReader(fh)}
-    assert grids == {"uniform", "logsnr", "quadratic", "karras", "optimised"}
+    assert grids == {"uniform", "logsnr", "quadratic", "karras", "optimised", "fitted"}
     assert "gain=" in capsys.readouterr().out
 
 
