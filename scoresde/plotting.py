@@ -306,8 +306,10 @@ def plot_grid_comparison(comp, *, title: str | None = None) -> Figure:
                         marker="*", ms=8, label="fitted solver (grid + coefficients)")
         ax.set(xlabel="NFE budget", ylabel="mean endpoint error vs PF ODE", title=method)
         ax.grid(True, which="both", alpha=0.25)
-        ax.legend(fontsize=8)
+    # one legend under the panels: inside them it hides the lines at low error
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
