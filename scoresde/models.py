@@ -72,7 +72,9 @@ class ScoreModel:
     # ----- the one place the network is called ------------------------------------------------
     def predict(self, x: Tensor, t) -> Tensor:
         """Raw network output in the model's own parameterisation (one counted call)."""
-        t = batch_time(t, x)
+        # a number (the samplers' common case) is filled in directly: half the time of batch_time's 0-d
+        # tensor and expand
+        t = x.new_full((x.shape[0],), float(t)) if isinstance(t, (int, float)) else batch_time(t, x)
         t_in = self.sde.discrete_time(t) if self.time_input == "discrete" else t
         self.nfe += 1
         out = self.fn(x, t_in)
