@@ -7,8 +7,9 @@ Option ``solver``: any explicit torchdiffeq Runge-Kutta method (named ``solver``
 interval (order and model calls per step from the Butcher tableau: euler 1/1, midpoint 2/2, heun2 2/2,
 heun3 3/3, rk4 4/4 (torchdiffeq's 3/8-rule variant)). Adaptive methods (dopri5, dopri8, bosh3,
 fehlberg2, adaptive_heun) choose their own steps under ``rtol``/``atol``, report the state at the grid
-times (so ``steps`` may be None: then only the two ends), and land exactly on the last time (they never
-evaluate the drift beyond it); their cost is known only afterwards (``expected_nfe`` is None), and
+times (so ``steps`` may be None: then only the two ends; the interior times, interpolated outputs that
+do not change the steps, are asked for only when a trajectory or progress bar looks at them), and land
+exactly on the last time (they never evaluate the drift beyond it); their cost is known only afterwards (``expected_nfe`` is None), and
 torchdiffeq does not expose accepted/rejected step counts, so the stats record the NFE only.
 The class is ``adaptive`` so that ``steps`` may be None; give ``steps`` with a fixed-step solver
 (with None, :func:`sample` builds a one-step grid).

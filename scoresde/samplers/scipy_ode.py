@@ -7,7 +7,9 @@ and device, and the drift returned to scipy as float64. Samples are independent,
 block diagonal with (D, D) blocks: the implicit methods get that sparsity (Radau/BDF ``jac_sparsity``,
 LSODA's band ``D - 1``), so a finite-difference Jacobian costs about D model calls instead of B*D.
 Adaptive: ``expected_nfe`` is None; the stats carry the OdeResult's ``nfev``, ``njev``, ``nlu``,
-``status`` and ``message``. The state at each grid time comes from ``t_eval`` (dense output).
+``status`` and ``message``. The state at each grid time comes from ``t_eval`` (dense output), asked
+for only when a trajectory or progress bar looks at it (the steps do not depend on it; DOP853 pays
+extra drift evaluations for its dense output).
 """
 from __future__ import annotations
 
