@@ -104,20 +104,24 @@ class LinearMultistep(Sampler):
     def run(self, model, x, times, ctx):
         C = self.coefficient_matrix(model, times)
         steps = C.shape[0]
-        rows = C.tolist()
-        # the last step that uses each prediction: it is freed after that
-        last_use = [max((i for i in range(steps) if rows[i][j] != 0.0), default=-1) for j in range(steps)]
+        # the non-zero terms of each row, and the last step that uses each prediction (freed after it);
+        # from C's non-zeros, so a banded C (the default) costs O(steps), not O(steps^2), in Python
+        nz = C.nonzero().tolist()
+        values = C[C != 0].tolist()  # row-major, the order of nonzero()
+        terms: list[list[tuple[int, float]]] = [[] for _ in range(steps)]
+        last_use = [-1] * steps
+        for (i, j), c in zip(nz, values, strict=True):
+            terms[i].append((j, c))
+            last_use[j] = max(last_use[j], i)
         t_grid = times.tolist()
         alpha = model.sde.alpha_sigma(times)[0].tolist()
         eps: dict[int, Tensor] = {}
         for i in range(steps):
             eps[i] = model.eps(x, t_grid[i])
-            x = x * (alpha[i + 1] / alpha[i])
-            for j in sorted(eps):
-                if rows[i][j] != 0.0:
-                    x = x.add(eps[j], alpha=alpha[i + 1] * rows[i][j])
+            x = x.mul(alpha[i + 1] / alpha[i])  # a fresh tensor: the in-place adds below touch nothing else
+            for j, c in terms[i]:
+                x.add_(eps[j], alpha=alpha[i + 1] * c)
             for j in [j for j in eps if last_use[j] <= i]:
                 del eps[j]
             ctx.step(i, x)
         return x
-
