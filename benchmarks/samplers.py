@@ -12,8 +12,10 @@ Three parts, each printed as tables and written as CSV under ``--out``:
    A configuration runs the largest step count whose declared NFE fits the budget; the table shows
    the NFE it used.
 2. overhead.csv: the wall time of each sampler per model call against a bare loop that only calls
-   the same model (a small MLP) on the same batch (4096): ratio = wall / (nfe * t_call), all measured
-   in this run (min over repeats: the least-disturbed measurement on a shared machine). Target <= 1.05.
+   the same model (a small MLP) on the same batch (4096), on the very inputs the sampler gave it, per
+   step (the difference of two step counts), median over interleaved repeats; again with glibc's
+   malloc thresholds raised; and the sampler's own cost per call with a free model (the ratio it
+   implies). Target <= 1.05.
 3. diffusers.csv: at NFE 5 and 10 on DiscreteVPSDE() (1000-step linear DDPM schedule) with the exact
    mixture eps, the best scoresde configuration against the best of diffusers' DDIM,
    DPMSolverMultistep, UniPCMultistep and DEIS schedulers (spacings, orders, Karras sigmas, final
