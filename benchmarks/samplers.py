@@ -567,7 +567,7 @@ def against_diffusers(args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="a ~1 minute subset (fewer problems, NFEs, grids, smaller batch)")
+    p.add_argument("--quick", action="store_true", help="a ~2 minute subset (fewer problems, NFEs, grids, smaller batch)")
     p.add_argument("--device", default="cpu", help="device of the overhead measurement (cpu or cuda)")
     p.add_argument("--batch", type=int, default=None, help="batch of the accuracy runs (default 1000; quick 200)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for the CSV files")
