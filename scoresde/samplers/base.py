@@ -13,7 +13,7 @@ import inspect
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -24,7 +24,7 @@ from ..models import ScoreModel
 from ..sde import SDE
 
 __all__ = ["Sampler", "SampleResult", "SamplingContext", "register", "get_sampler", "available", "sample",
-           "SAMPLERS", "GeneratorNoise", "BrownianNoise", "brownian_path"]
+           "SAMPLERS", "GeneratorNoise", "BrownianNoise", "brownian_path", "GridPoint", "grid_points"]
 
 SAMPLERS: dict[str, type[Sampler]] = {}
 
@@ -227,6 +227,23 @@ class SamplingContext:
 
     def close(self):
         self._bar.close()
+
+
+class GridPoint(NamedTuple):
+    """A grid time with its SDE coefficients, as float64 Python numbers (no 0-d tensor per step)."""
+
+    t: float
+    lam: float
+    alpha: float
+    sigma: float
+
+
+def grid_points(sde: SDE, times: Tensor) -> list[GridPoint]:
+    """``times`` with lambda, alpha and sigma at each, from one vectorised evaluation of the SDE."""
+    times = torch.as_tensor(times, dtype=torch.float64)
+    lam = sde.lam(times)
+    alpha, sigma = sde.alpha_sigma(times)
+    return [GridPoint(*v) for v in zip(times.tolist(), lam.tolist(), alpha.tolist(), sigma.tolist(), strict=True)]
 
 
 def _all_finite(x: Tensor) -> bool:

@@ -17,7 +17,7 @@ import math
 import torch
 
 from .._tensor import check_finite_number
-from .base import Sampler, register
+from .base import Sampler, grid_points, register
 
 
 @register
@@ -34,21 +34,18 @@ class DDIM(Sampler):
         self.stochastic = eta > 0
 
     def run(self, model, x, times, ctx):
-        sde = model.sde
-        t_grid, lam = times.tolist(), sde.lam(times).tolist()
-        alpha, sigma = (v.tolist() for v in sde.alpha_sigma(times))
-        for i in range(len(times) - 1):
-            x0 = model.x0(x, t_grid[i])
-            h = lam[i + 1] - lam[i]
-            s_next, a_next = sigma[i + 1], alpha[i + 1]
+        pts = grid_points(model.sde, times)
+        for i, (p, q) in enumerate(zip(pts[:-1], pts[1:], strict=True)):
+            x0 = model.x0(x, p.t)
+            h = q.lam - p.lam
             if self.eta == 0:
                 # sigma_s/sigma_t x_t - alpha_s expm1(-h) x0: the exact exponential-integrator form
-                x = x.mul(s_next / sigma[i]).add_(x0, alpha=-a_next * math.expm1(-h))
+                x = x.mul(q.sigma / p.sigma).add_(x0, alpha=-q.alpha * math.expm1(-h))
             else:
-                c = self.eta * s_next * math.sqrt(-math.expm1(-2 * h))
-                if c > s_next:
+                c = self.eta * q.sigma * math.sqrt(-math.expm1(-2 * h))
+                if c > q.sigma:
                     raise ValueError(f"eta: {self.eta} is too large; the step's noise exceeds sigma_s (eta <= 1 is safe)")
-                eps = torch.add(x, x0, alpha=-alpha[i]).div_(sigma[i])
-                x = eps.mul_(math.sqrt(s_next**2 - c**2)).add_(x0, alpha=a_next).add_(ctx.normal(i, x), alpha=c)
+                eps = torch.add(x, x0, alpha=-p.alpha).div_(p.sigma)
+                x = eps.mul_(math.sqrt(q.sigma**2 - c**2)).add_(x0, alpha=q.alpha).add_(ctx.normal(i, x), alpha=c)
             ctx.step(i, x)
         return x

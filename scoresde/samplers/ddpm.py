@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from .base import Sampler, register
+from .base import Sampler, grid_points, register
 
 
 @register
@@ -30,16 +30,13 @@ class DDPM(Sampler):
     order = 1  # weak order
 
     def run(self, model, x, times, ctx):
-        sde = model.sde
-        t_grid, lam = times.tolist(), sde.lam(times).tolist()
-        alpha, sigma = (v.tolist() for v in sde.alpha_sigma(times))
-        for i in range(len(times) - 1):
-            x0 = model.x0(x, t_grid[i])
-            h = lam[i + 1] - lam[i]
+        pts = grid_points(model.sde, times)
+        for i, (p, q) in enumerate(zip(pts[:-1], pts[1:], strict=True)):
+            x0 = model.x0(x, p.t)
+            h = q.lam - p.lam
             one_minus = -math.expm1(-2 * h)  # 1 - e^{-2h} without cancellation for small h
-            s_t, s_s, a_s = sigma[i], sigma[i + 1], alpha[i + 1]
             # mean + noise as multiply-adds on one fresh tensor
-            x = x.mul((s_s / s_t) * math.exp(-h)).add_(x0, alpha=a_s * one_minus)
-            x.add_(ctx.normal(i, x), alpha=s_s * math.sqrt(one_minus))
+            x = x.mul((q.sigma / p.sigma) * math.exp(-h)).add_(x0, alpha=q.alpha * one_minus)
+            x.add_(ctx.normal(i, x), alpha=q.sigma * math.sqrt(one_minus))
             ctx.step(i, x)
         return x

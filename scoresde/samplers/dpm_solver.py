@@ -83,12 +83,12 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from .base import Sampler, register
+from .base import GridPoint, Sampler, grid_points, register
 
 __all__ = ["ExponentialIntegrator", "DPMSolver", "GridPoint", "psi"]
 
@@ -109,22 +109,6 @@ def psi(k: int, z: float) -> float:
             term *= z / j
         return total
     return math.expm1(z) - sum(z**j / math.factorial(j) for j in range(1, k))
-
-
-class GridPoint(NamedTuple):
-    """A time with its SDE coefficients (float64 Python numbers)."""
-
-    t: float
-    lam: float
-    alpha: float
-    sigma: float
-
-
-def grid_points(sde, times: Tensor) -> list[GridPoint]:
-    times = torch.as_tensor(times, dtype=torch.float64)
-    lam = sde.lam(times)
-    alpha, sigma = sde.alpha_sigma(times)
-    return [GridPoint(*v) for v in zip(times.tolist(), lam.tolist(), alpha.tolist(), sigma.tolist(), strict=True)]
 
 
 class _Weights:

@@ -68,7 +68,7 @@ import torch
 from torch import Tensor
 
 from ._thresholding import check_threshold_options, dynamic_threshold
-from .base import Sampler, register
+from .base import Sampler, grid_points, register
 
 __all__ = ["UniPC", "phi", "unipc_weights"]
 
@@ -221,10 +221,7 @@ class UniPC(Sampler):
         return dynamic_threshold(x0, self.percentile, self.max_value) if self.thresholding else x0
 
     def run(self, model, x, times, ctx):
-        sde = model.sde
-        t_grid = times.tolist()
-        lam = sde.lam(times).tolist()
-        alpha_t, sigma_t = (v.tolist() for v in sde.alpha_sigma(times))
+        pts = grid_points(model.sde, times)
         data = self.prediction == "data"
         bh1 = self.variant == "bh1"
         steps = len(times) - 1
@@ -232,34 +229,35 @@ class UniPC(Sampler):
         corrected: list[bool] = []
 
         # history of (lam, m) at the grid times, newest last; m evaluated at the predictor's state
-        hist: list[tuple[float, Tensor]] = [(lam[0], self._evaluate(model, x, t_grid[0]))]
+        hist: list[tuple[float, Tensor]] = [(pts[0].lam, self._evaluate(model, x, pts[0].t))]
         for i in range(steps):
-            p = orders[i]
-            h = lam[i + 1] - lam[i]
+            k = orders[i]
+            src, dst = pts[i], pts[i + 1]
+            h = dst.lam - src.lam
             hh = -h if data else h
             if data:
-                ratio, c = sigma_t[i + 1] / sigma_t[i], alpha_t[i + 1]
+                ratio, c = dst.sigma / src.sigma, dst.alpha
             else:
-                ratio, c = alpha_t[i + 1] / alpha_t[i], sigma_t[i + 1]
+                ratio, c = dst.alpha / src.alpha, dst.sigma
             h_phi_1 = math.expm1(hh)
             B = hh if bh1 else h_phi_1
             lam_s, m_s = hist[-1]
-            prev = hist[-p:-1][::-1] if p > 1 else []  # the p - 1 previous outputs, newest first
+            prev = hist[-k:-1][::-1] if k > 1 else []  # the k - 1 previous outputs, newest first
             r = [(lam_m - lam_s) / h for lam_m, _ in prev]
             # the D_m = m_{s_m} - m_s; their 1/r_m goes into the scalar weight -c B rho_m / r_m
             D = [m_m - m_s for _, m_m in prev]
 
             last = i == steps - 1
             use_c = self.corrector and (not last or self.final_corrector)
-            b = _rhs(hh, B, p if use_c else p - 1)  # the predictor's system is the corrector's first p - 1 rows
+            b = _rhs(hh, B, k if use_c else k - 1)  # the predictor's system is the corrector's first k - 1 rows
 
             base = x.mul(ratio).add_(m_s, alpha=-c * h_phi_1)  # sigma_t/sigma_s x_s - alpha_t h phi_1 m_s
             rho = _weights(r, b, self.exact_weights) if r else []
             x_pred = _combine(base, D, [-c * B * rho_m / r_m for rho_m, r_m in zip(rho, r, strict=True)])
 
             if use_c or not last:
-                m_t = self._evaluate(model, x_pred, t_grid[i + 1])
-                hist = (hist + [(lam[i + 1], m_t)])[-self.order_p:]
+                m_t = self._evaluate(model, x_pred, dst.t)
+                hist = (hist + [(dst.lam, m_t)])[-self.order_p:]
             if use_c:
                 r_c = r + [1.0]
                 rho = _weights(r_c, b, self.exact_weights)
