@@ -62,9 +62,10 @@ def test_clear_errors(tmp_path, capsys):
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_torchrun_two_processes_resume(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    base = ["torchrun", "--nproc_per_node", "2", "--master_port", "29611", "-m", "scoresde", "train", *SMALL]
+    # --standalone: torchrun picks a free port itself (fixed ports failed now and then when a previous
+    # run's socket was still in TIME_WAIT)
+    base = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "scoresde", "train", *SMALL]
     subprocess.run(base + ["--steps", "10", "--out", str(tmp_path / "r")], check=True, env=env, timeout=300)
-    base[4] = "29612"
     subprocess.run(base + ["--steps", "20", "--out", str(tmp_path / "r"), "--resume"], check=True, env=env, timeout=300)
     ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 20 and ckpt["world_size"] == 2 and len(ckpt["rng"]["generators"]) == 2
