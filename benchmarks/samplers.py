@@ -248,8 +248,8 @@ def overhead(args):
     per step (the target), not the one-off set-up of ``sample()`` (grid, checks), reported apart.
     The bare loop calls the MLP on exactly the inputs (x, t) the sampler gave it in those two runs (recorded
     in an untimed run first): an untrained MLP's cost depends on its inputs (the states of a sampler
-    driven by it grow to |x| ~ 1e3, where SiLU produces subnormal numbers and a call costs ~10% more than
-    on N(0, 1) inputs), so timing it on other inputs would charge that to the sampler.
+    driven by it grow to |x| ~ 1e3, where a call takes ~40% longer than on N(0, 1) inputs on this CPU; not
+    subnormals: flushing them changes nothing), so timing it on other inputs would charge that to the sampler.
     ``ratio_measured``: (sampler time at hi steps - at lo steps) / (bare loop over the hi run's inputs -
     over the lo run's), median over repeats (interleaved; noisy on a shared machine).
     ``overhead_us_per_call``: the sampler's own cost per model call with a free model (fn returns x),
