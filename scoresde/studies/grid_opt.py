@@ -31,9 +31,24 @@ from ..models import ScoreModel
 from ..samplers import sample
 from .common import check_grids, check_steps, endpoint_error, parse_methods, reference_pf_ode
 
-__all__ = ["FITTED", "GridComparison", "grid_comparison", "grid_from_logits", "optimise_grid"]
+__all__ = ["FITTED", "GridComparison", "grid_comparison", "grid_from_logits", "lam_from_logits", "logits_of_grid",
+           "optimise_grid"]
 
 FITTED = "linear_multistep (fitted)"  # the method label of the fitted-solver rows
+
+
+def lam_from_logits(w: Tensor, lam_T: float, lam_min: float) -> Tensor:
+    """``lam_i = lam_T + (lam_min - lam_T) sum_{j<i} softmax(w)_j``: a strictly increasing log-SNR grid with
+    both ends pinned, differentiable in ``w`` (the ends carry no gradient)."""
+    frac = torch.cat([w.new_zeros(1), torch.cumsum(torch.softmax(w, 0), 0)])
+    lam = lam_T + (lam_min - lam_T) * frac
+    return torch.cat([lam[:1].detach(), lam[1:-1], lam[-1:].detach()])
+
+
+def logits_of_grid(sde, times: Tensor) -> Tensor:
+    """Logits whose :func:`lam_from_logits` grid is ``times`` (the log of the log-SNR gaps)."""
+    lam = sde.lam(times.to(torch.float64))
+    return torch.log(torch.diff(lam).clamp_min(1e-12))
 
 
 def grid_from_logits(sde, w: Tensor, t_min: float, T: float) -> Tensor:
@@ -41,15 +56,9 @@ def grid_from_logits(sde, w: Tensor, t_min: float, T: float) -> Tensor:
     w = torch.as_tensor(w, dtype=torch.float64)
     lam_T = float(sde.lam(torch.tensor(T, dtype=torch.float64)))
     lam_0 = float(sde.lam(torch.tensor(t_min, dtype=torch.float64)))
-    frac = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.softmax(w, 0), 0)])
-    t = sde.t_of_lam(lam_T + (lam_0 - lam_T) * frac)
+    t = sde.t_of_lam(lam_from_logits(w, lam_T, lam_0))
     t[0], t[-1] = T, t_min
     return t
-
-
-def _logits_of_grid(sde, times: Tensor) -> Tensor:
-    lam = sde.lam(times.to(torch.float64))
-    return torch.log(torch.diff(lam).clamp_min(1e-12))
 
 
 def optimise_grid(model: ScoreModel, method, steps: int, x_calib: Tensor, ref_calib: Tensor, *,
@@ -63,7 +72,7 @@ def optimise_grid(model: ScoreModel, method, steps: int, x_calib: Tensor, ref_ca
     sde = model.sde
     m = parse_methods([method])[0]
     T, t_min = float(sde.T), float(sde.t_min)
-    w0 = torch.zeros(steps, dtype=torch.float64) if init is None else _logits_of_grid(sde, init)
+    w0 = torch.zeros(steps, dtype=torch.float64) if init is None else logits_of_grid(sde, init)
     w0 = w0 - w0.mean()
 
     def objective(w):

@@ -7,7 +7,8 @@ parameters, in the spirit of calibrated solvers (Shaul et al. 2023, "Bespoke Sol
 2024, "LD3"; Frankel et al. 2025, "S4S"):
 
 * the grid, through the log-SNR gaps: ``lam_i = lam_T + (lam_min - lam_T) sum_{j<i} softmax(w)_j``
-  (both ends pinned, always strictly increasing, as in :mod:`.grid_opt`);
+  (both ends pinned, always strictly increasing: :func:`.grid_opt.lam_from_logits`, the optimised grid's
+  parametrisation);
 * the coefficients, relative to DPM-Solver-2M's on the current grid,
   ``C = C_2M(lam) + R * d_i`` with ``d_i = e^{-lam_{i+1}} - e^{-lam_i}`` the DDIM weight of row ``i``,
   so ``R = 0`` is DPM-Solver-2M and ``R`` is scale-free.
@@ -34,6 +35,7 @@ from .. import grids as _grids
 from ..models import ScoreModel
 from ..samplers import sample
 from ..samplers.linear_multistep import ddim_increments, dpm_solver_2m_coefficients
+from .grid_opt import lam_from_logits, logits_of_grid
 
 __all__ = ["FittedSolver", "fit_linear_multistep", "integrate_linear_multistep"]
 
@@ -108,12 +110,6 @@ def integrate_linear_multistep(model: ScoreModel, x: Tensor, lam: Tensor, C: Ten
     return x
 
 
-def _lam_of_logits(w: Tensor, lam_T: float, lam_min: float) -> Tensor:
-    frac = torch.cat([w.new_zeros(1), torch.cumsum(torch.softmax(w, 0), 0)])
-    lam = lam_T + (lam_min - lam_T) * frac
-    return torch.cat([lam[:1].detach(), lam[1:-1], lam[-1:].detach()])
-
-
 def _mean_error(x: Tensor, ref: Tensor) -> Tensor:
     return (x - ref).flatten(1).norm(dim=1).mean()
 
@@ -157,12 +153,12 @@ def fit_linear_multistep(model: ScoreModel, steps: int, x_calib: Tensor, ref_cal
     lam0 = sde.lam(times0)
     lam_T, lam_min = float(lam0[0]), float(lam0[-1])
 
-    w = torch.log(torch.diff(lam0)).requires_grad_(fit_grid)
+    w = logits_of_grid(sde, times0).requires_grad_(fit_grid)
     R = torch.zeros(steps, steps, dtype=torch.float64, requires_grad=True)
     mask = torch.tril(torch.ones(steps, steps, dtype=torch.float64))
 
     def solver(w_, R_):
-        lam = _lam_of_logits(w_, lam_T, lam_min)
+        lam = lam_from_logits(w_, lam_T, lam_min)
         C = dpm_solver_2m_coefficients(lam) + (R_ * mask) * ddim_increments(lam)[:, None]
         return lam, C
 
