@@ -414,8 +414,26 @@ def diffusers_runs(mix, sde, x_T, nfe, quick):
     return out
 
 
+def oracle_eps_model(mix, sde):
+    """The exact mixture score as a noise-prediction model (the parameterisation the schedulers take)."""
+    return sd.ScoreModel(lambda x, t: -sde.sigma(t)[:, None] * mix.score(x, t, sde), sde, "eps")
+
+
+_CALIBRATION: dict = {}
+
+
+def calibration_batch(mix, sde, n):
+    """``n`` starting points drawn with CALIB_SEED (never the evaluation seed) and their reference endpoints
+    from T to t_min; solved once per (mixture, SDE, n) and shared by the grid optimiser and the solver fit."""
+    key = (id(mix), id(sde), n)
+    if key not in _CALIBRATION:
+        x_cal = torch.randn(n, mix.dim, generator=torch.Generator().manual_seed(CALIB_SEED), dtype=torch.float64)
+        _CALIBRATION[key] = (mix, sde, x_cal, reference(mix, sde, x_cal, float(sde.T), float(sde.t_min)))
+    return _CALIBRATION[key][2:]
+
+
 def ours_runs(mix, sde, x_T, nfe, quick):
-    model = sd.ScoreModel(lambda x, t: -sde.sigma(t)[:, None] * mix.score(x, t, sde), sde, "eps")
+    model = oracle_eps_model(mix, sde)
     configs = [c for c in deterministic_configs() if c[0] != "ode"]
     grids = sd_grids.available()
     out = []
@@ -448,10 +466,8 @@ def optimised_grid_runs(mix, sde, x_T, nfe, quick):
     from scoresde.studies.grid_opt import optimise_grid
 
     n_cal, max_evals = (256, 600) if quick else (500, 1500)
-    T, t_min = float(sde.T), float(sde.t_min)
-    model = sd.ScoreModel(lambda x, t: -sde.sigma(t)[:, None] * mix.score(x, t, sde), sde, "eps")
-    x_cal = torch.randn(n_cal, mix.dim, generator=torch.Generator().manual_seed(CALIB_SEED), dtype=torch.float64)
-    ref_cal = reference(mix, sde, x_cal, T, t_min)
+    model = oracle_eps_model(mix, sde)
+    x_cal, ref_cal = calibration_batch(mix, sde, n_cal)
     out = []
     for name, opts in OPT_GRID_CONFIGS:
         if name not in SAMPLERS:
@@ -480,10 +496,8 @@ def fitted_solver_runs(mix, sde, x_T, nfe, quick):
     from scoresde.studies.solver_fit import fit_linear_multistep
 
     n_cal, iterations = (256, 300) if quick else (1000, 300)
-    T, t_min = float(sde.T), float(sde.t_min)
-    model = sd.ScoreModel(lambda x, t: -sde.sigma(t)[:, None] * mix.score(x, t, sde), sde, "eps")
-    x_cal = torch.randn(n_cal, mix.dim, generator=torch.Generator().manual_seed(CALIB_SEED), dtype=torch.float64)
-    ref_cal = reference(mix, sde, x_cal, T, t_min)
+    model = oracle_eps_model(mix, sde)
+    x_cal, ref_cal = calibration_batch(mix, sde, n_cal)
     # two starting grids; the one with the lower *calibration* loss after the fit is kept
     fits = [fit_linear_multistep(model, nfe, x_cal, ref_cal, init_grid=g, iterations=iterations)
             for g in ("logsnr", "quadratic")]
