@@ -40,14 +40,13 @@ def _stage_times(times: torch.Tensor, method: str) -> torch.Tensor:
     fractions = {"midpoint": (0.5,), "rk4": (1.0 / 3.0, 2.0 / 3.0), "heun3": (1.0 / 3.0, 2.0 / 3.0)}.get(method, ())
     if not fractions:
         return times[:0]
-    s = -times if bool(times[0] > times[-1]) else times
+    flip = bool(times[0] > times[-1])
+    s = -times if flip else times
     s0, dt = s[:-1], s[1:] - s[:-1]
-    if method == "midpoint":
-        stages = [s0 + 0.5 * dt]
-    else:
-        stages = [s0 + dt * c for c in fractions]
+    # the same floating-point operations, in the same order, as torchdiffeq's step functions
+    stages = [s0 + 0.5 * dt] if method == "midpoint" else [s0 + dt * c for c in fractions]
     out = torch.cat(stages)
-    return -out if bool(times[0] > times[-1]) else out
+    return -out if flip else out
 
 
 # fixed-step solves: intervals per odeint call (odeint's own set-up costs about a model call on a CPU;
