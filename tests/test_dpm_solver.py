@@ -125,7 +125,7 @@ def test_fitted_order(method, options, expected):
     slope, errs = _fitted_order("vp", method, **options)
     assert abs(slope - expected) < 0.3, f"{method} {options}: slope {slope:.2f}, errors {errs}"
     cls = sd.samplers.get_sampler(method)
-    assert cls(**options).order == expected
+    assert cls(**options).convergence_order == expected
 
 
 def test_fitted_order_ve():
@@ -192,8 +192,8 @@ def test_lower_order_final_declares_the_cap():
     for name in NAMES:
         for variant in ("multistep", "singlestep"):
             s = sd.samplers.get_sampler(name)(order=3, variant=variant)
-            assert s.order == 2 and s.step_orders(5)[-2:] == [2, 1]
-            assert sd.samplers.get_sampler(name)(order=3, variant=variant, lower_order_final=False).order == 3
+            assert s.convergence_order == 2 and s.step_orders(5)[-2:] == [2, 1]
+            assert sd.samplers.get_sampler(name)(order=3, variant=variant, lower_order_final=False).convergence_order == 3
 
 
 def test_lower_order_final_changes_the_result_at_second_order():

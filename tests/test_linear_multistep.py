@@ -53,8 +53,8 @@ def test_default_order_is_two():
     errs = [float((sample(model, sde, "linear_multistep", n, x_T=x_T).samples - ref).norm(dim=1).median()) for n in steps]
     slope = -np.polyfit(np.log(steps), np.log(errs), 1)[0]
     assert abs(slope - 2) < 0.3, f"slope {slope:.2f}, errors {errs}"
-    assert sd.samplers.get_sampler("linear_multistep")().order == 2
-    assert sd.samplers.get_sampler("linear_multistep")(coefficients=torch.eye(3)).order is None
+    assert sd.samplers.get_sampler("linear_multistep")().convergence_order == 2
+    assert sd.samplers.get_sampler("linear_multistep")(coefficients=torch.eye(3)).convergence_order is None
 
 
 def test_one_call_per_step_and_keeps_dtype():
@@ -126,7 +126,7 @@ def test_fit_cuts_the_held_out_error(fitted):
     assert fs.calib_error < fs.calib_error_initial / 2
     assert fs.valid_error < fs.valid_error_initial / 2, (fs.valid_error_initial, fs.valid_error)
     res = fs.sample(model, x_T=x_val)
-    assert res.nfe == 4 and res.order is None
+    assert res.nfe == 4 and res.convergence_order is None
     assert float((res.samples - ref_val).norm(dim=1).mean()) == pytest.approx(fs.valid_error, rel=1e-9)
     # it beats every named grid under DPM-Solver-2M, the solver it started from
     for g in sd.grids.available():

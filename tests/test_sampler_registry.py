@@ -125,11 +125,11 @@ def test_metadata(name):
     for opts in option_variants(cls):
         s = cls(**opts)
         assert isinstance(s.stochastic, bool) and isinstance(cls.adaptive, bool)
-        assert s.order is None or (isinstance(s.order, (int, float)) and s.order > 0)
+        assert s.convergence_order is None or (isinstance(s.convergence_order, (int, float)) and s.convergence_order > 0)
         assert isinstance(s.calls_per_step, int) and s.calls_per_step >= 1
         nfe = s.expected_nfe(7)
         assert nfe is None or (isinstance(nfe, int) and nfe >= 1), (opts, nfe)
-        assert set(s.describe()) >= {"name", "order", "calls_per_step", "stochastic", "adaptive"}
+        assert set(s.describe()) >= {"name", "convergence_order", "calls_per_step", "stochastic", "adaptive"}
 
 
 def test_registry_has_the_reference_sampler():
@@ -148,7 +148,7 @@ def test_contract(name, opts, vp):
         sampler = SAMPLERS[name](**opts)
         assert res.samples.shape == shape and res.samples.dtype == dtype and res.samples.device == x_T.device
         assert torch.isfinite(res.samples).all()
-        assert res.method == name and res.order == sampler.order
+        assert res.method == name and res.convergence_order == sampler.convergence_order
         # the grid and both ends: the sampler starts at T and ends at t_min (or at 0 after Tweedie's step)
         expected_grid = sd.grids.make_grid("logsnr", vp, steps)
         torch.testing.assert_close(res.times, expected_grid, rtol=0, atol=0)
@@ -219,7 +219,7 @@ def generous_steps(sampler) -> int:
     """Enough steps for the discretisation bias to sit well below the sampling noise of n = 2000."""
     if sampler.stochastic:
         return 200  # weak order 1: moment bias ~ 1/steps
-    if sampler.order is None or sampler.order < 2:
+    if sampler.convergence_order is None or sampler.convergence_order < 2:
         return 100
     return 25
 

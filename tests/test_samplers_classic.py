@@ -86,7 +86,7 @@ def test_order_against_reference(pf_problem, method, options, order, steps):
         errors.append(rms(r.samples, ref.samples))
     slope = fitted_slope(steps, errors)
     assert abs(-slope - order) < 0.3, f"{method} {options}: errors {errors}, fitted order {-slope}, expected {order}"
-    assert get_sampler(method)(**options).order == order
+    assert get_sampler(method)(**options).convergence_order == order
 
 
 def test_scipy_ode_agrees_with_torchdiffeq(pf_problem):

@@ -139,7 +139,7 @@ def test_exact_weights_make_bh1_and_bh2_coincide(problem):
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_order_with_corrector(problem, order, variant):
     """UniP-p + UniC: global order p + 1 (2, 3, 4), with the last step's corrector skipped."""
-    assert UniPC(order=order, variant=variant).order == order + 1
+    assert UniPC(order=order, variant=variant).convergence_order == order + 1
     steps = STEPS_ORDER4 if order == 3 else STEPS
     slope = fitted_order(problem.errors(steps, order=order, variant=variant), steps)
     assert abs(slope - (order + 1)) < 0.3, slope
@@ -148,7 +148,7 @@ def test_order_with_corrector(problem, order, variant):
 @pytest.mark.parametrize("options", [dict(prediction="noise"), dict(final_corrector=True),
                                      dict(corrector=False)])
 def test_order_other_options(problem, options):
-    expected = UniPC(order=3, **options).order  # 4, 4, and 3 for UniP-3 alone
+    expected = UniPC(order=3, **options).convergence_order  # 4, 4, and 3 for UniP-3 alone
     assert expected == (3 if options.get("corrector") is False else 4)
     steps = STEPS_ORDER4 if expected == 4 else STEPS
     slope = fitted_order(problem.errors(steps, order=3, **options), steps)
@@ -163,7 +163,7 @@ def test_lower_order_final_lowers_the_order(problem):
     """
     without = problem.errors(STEPS, order=3, t_min=0.1)
     lowered = problem.errors(STEPS, order=3, t_min=0.1, lower_order_final=True)
-    assert UniPC(order=3, lower_order_final=True).order == 2
+    assert UniPC(order=3, lower_order_final=True).convergence_order == 2
     assert abs(fitted_order(without, STEPS) - 4) < 0.3
     assert abs(fitted_order(lowered, STEPS) - 2) < 0.3
     assert np.median(lowered[-1]) > 100 * np.median(without[-1])

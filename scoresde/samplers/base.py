@@ -60,14 +60,15 @@ class Sampler:
 
     Class attribute: ``name`` (registry key). Attributes an instance may set in ``__init__`` from
     its options (class defaults otherwise): ``adaptive`` (chooses its own steps; ``steps`` may then
-    be None), ``stochastic`` (draws noise), ``order`` (theoretical global order of the deterministic error, or the weak order for SDE
-    samplers; None when it has none) and ``calls_per_step`` (model evaluations per grid step).
+    be None), ``stochastic`` (draws noise), ``convergence_order`` (theoretical global order of the deterministic error, or the
+    weak order for SDE samplers; None when it has none; a constructor option ``order`` picks a solver's order and may
+    differ from it) and ``calls_per_step`` (model evaluations per grid step).
     """
 
     name: ClassVar[str] = ""
     stochastic: bool = False
     adaptive: bool = False
-    order: float | None = None
+    convergence_order: float | None = None
     calls_per_step: int = 1
 
     def expected_nfe(self, steps: int) -> int | None:
@@ -83,7 +84,7 @@ class Sampler:
         return [p.name for p in params if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "order": self.order, "calls_per_step": self.calls_per_step,
+        return {"name": self.name, "convergence_order": self.convergence_order, "calls_per_step": self.calls_per_step,
                 "stochastic": self.stochastic, "adaptive": self.adaptive}
 
     def __repr__(self) -> str:
@@ -163,7 +164,7 @@ class SampleResult:
     times: Tensor
     nfe: int
     method: str
-    order: float | None
+    convergence_order: float | None
     t_start: float
     t_end: float
     alpha_start: float
@@ -322,7 +323,7 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
     a0, s0 = _coefficients(sde, float(times[0]))
     a1, s1 = _coefficients(sde, t_end)
     return SampleResult(
-        samples=x, times=times, nfe=model.nfe - nfe0, method=cls.name, order=sampler.order,
+        samples=x, times=times, nfe=model.nfe - nfe0, method=cls.name, convergence_order=sampler.convergence_order,
         t_start=float(times[0]), t_end=t_end, alpha_start=a0, sigma_start=s0, alpha_end=a1, sigma_end=s1,
         trajectory=torch.stack(ctx.trajectory) if return_trajectory else None, stats=ctx.stats,
     )

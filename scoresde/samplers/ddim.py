@@ -30,7 +30,7 @@ class DDIM(Sampler):
         if eta < 0:
             raise ValueError(f"eta: expected a number >= 0 (0: deterministic DDIM, 1: DDPM), got {eta}")
         self.eta = eta
-        self.order = 1
+        self.convergence_order = 1
         self.stochastic = eta > 0
 
     def run(self, model, x, times, ctx):

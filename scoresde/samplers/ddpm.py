@@ -27,7 +27,7 @@ class DDPM(Sampler):
     name = "ddpm"
     stochastic = True
     calls_per_step = 1
-    order = 1  # weak order
+    convergence_order = 1  # weak order
 
     def run(self, model, x, times, ctx):
         pts = grid_points(model.sde, times)

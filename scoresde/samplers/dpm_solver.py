@@ -179,7 +179,7 @@ class ExponentialIntegrator(Sampler):
         self.lower_order_final = lower_order_final
         self.solver_type = solver_type
         # A first-order last step has local error O(h^2): the global order is at most 2.
-        self.order = min(order, 2) if lower_order_final else order
+        self.convergence_order = min(order, 2) if lower_order_final else order
         self.calls_per_step = 1 if variant == "multistep" else order
 
     def __repr__(self) -> str:

@@ -27,7 +27,7 @@ class EulerMaruyama(Sampler):
     name = "euler_maruyama"
     stochastic = True
     calls_per_step = 1
-    order = 1  # weak order
+    convergence_order = 1  # weak order
 
     def run(self, model, x, times, ctx):
         sde = model.sde

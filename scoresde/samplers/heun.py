@@ -35,7 +35,7 @@ from .base import Sampler, register
 class Heun(Sampler):
     name = "heun"
     calls_per_step = 2
-    order = 2
+    convergence_order = 2
     conformance_options = [{}, {"euler_last": False}, {"S_churn": 10.0}]
 
     def __init__(self, euler_last: bool = True, S_churn: float = 0.0, S_tmin: float = 0.0,

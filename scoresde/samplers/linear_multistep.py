@@ -84,7 +84,7 @@ class LinearMultistep(Sampler):
                                  f"prediction of a later step {j}; C must be lower triangular")
             coefficients = C
         self.coefficients = coefficients
-        self.order = 2 if coefficients is None else None
+        self.convergence_order = 2 if coefficients is None else None
 
     def __repr__(self) -> str:
         if self.coefficients is None:

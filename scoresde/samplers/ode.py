@@ -102,9 +102,9 @@ class ODE(Sampler):
         self.atol = check_finite_number("atol", atol, positive=True)
         self.adaptive = self.is_adaptive = solver in ADAPTIVE_METHODS
         if self.is_adaptive:
-            self.order, self.calls_per_step = ADAPTIVE_METHODS[solver], 1
+            self.convergence_order, self.calls_per_step = ADAPTIVE_METHODS[solver], 1
         else:
-            self.order, self.calls_per_step = FIXED_METHODS[solver]
+            self.convergence_order, self.calls_per_step = FIXED_METHODS[solver]
 
     def expected_nfe(self, steps: int) -> int | None:
         return None if self.is_adaptive else self.calls_per_step * steps

@@ -77,7 +77,7 @@ class PredictorCorrector(Sampler):
         self.denoise_last_step = denoise_last_step
         self._n_corr = n_corr
         self.calls_per_step = (predictor != "none") + n_corr
-        self.order = 1 if n_corr == 0 else None
+        self.convergence_order = 1 if n_corr == 0 else None
 
     def run(self, model, x, times, ctx):
         sde = model.sde

@@ -38,7 +38,7 @@ class ScipyODE(Sampler):
         self.method = solver
         self.rtol = check_finite_number("rtol", rtol, positive=True)
         self.atol = check_finite_number("atol", atol, positive=True)
-        self.order = {"RK23": 3, "RK45": 5, "DOP853": 8}.get(solver)  # variable-order methods: None
+        self.convergence_order = {"RK23": 3, "RK45": 5, "DOP853": 8}.get(solver)  # variable-order methods: None
 
     def expected_nfe(self, steps: int) -> None:
         return None

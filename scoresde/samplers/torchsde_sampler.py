@@ -126,7 +126,7 @@ class TorchSDE(Sampler):
         if solver not in METHODS:
             raise ValueError(f"solver: unknown torchsde method {solver!r}; known methods: {', '.join(METHODS)}")
         self.method = solver
-        self.sde_type, self.order, self.calls_per_step = METHODS[solver]
+        self.sde_type, self.convergence_order, self.calls_per_step = METHODS[solver]
 
     def expected_nfe(self, steps: int) -> int:
         # reversible Heun evaluates the drift once at the start to seed its extra state

@@ -193,7 +193,7 @@ class UniPC(Sampler):
         if self.lower_order_final:
             # the last step is UniP-1 (local O(h^2)), or UniP-1 + UniC with the final corrector (O(h^3))
             order_global = min(order_global, 2 + int(self.corrector and self.final_corrector))
-        self.order = order_global
+        self.convergence_order = order_global
 
     def __repr__(self) -> str:
         return (f"UniPC(order={self.order_p}, corrector={self.corrector}, variant={self.variant!r}, "

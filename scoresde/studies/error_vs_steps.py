@@ -152,7 +152,7 @@ def error_vs_steps(model: ScoreModel, methods, steps, *, grids="logsnr", x_T: Te
     bar = tqdm(total=total, desc="error vs steps", disable=not progress)
     for m in methods:
         inst = m.instance()
-        declared[m.label] = inst.order
+        declared[m.label] = inst.convergence_order
         ref = references["reverse_sde" if inst.stochastic else "pf_ode"]
         for grid in grids:
             for N in steps:
@@ -160,7 +160,7 @@ def error_vs_steps(model: ScoreModel, methods, steps, *, grids="logsnr", x_T: Te
                              brownian=bm if inst.stochastic else None,
                              generator=torch.Generator().manual_seed(seed + 2), **m.opts)
                 row = {"method": m.label, "sampler": m.name, "grid": grid, "steps": N, "nfe": res.nfe,
-                       "declared_order": inst.order, "stochastic": inst.stochastic,
+                       "declared_order": inst.convergence_order, "stochastic": inst.stochastic,
                        "reference": "reverse_sde" if inst.stochastic else "pf_ode",
                        "endpoint_error": endpoint_error(res.samples, ref.x)}
                 if distribution:
