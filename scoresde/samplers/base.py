@@ -21,9 +21,10 @@ from tqdm.auto import tqdm
 
 from .. import grids as _grids
 from ..models import ScoreModel
+from ..schedule import Schedule
 from ..sde import SDE
 
-__all__ = ["Sampler", "SampleResult", "SamplingContext", "register", "get_sampler", "available", "sample",
+__all__ = ["Sampler", "SteppedSampler", "SamplerState", "Schedule", "SampleResult", "SamplingContext", "register", "get_sampler", "available", "sample",
            "SAMPLERS", "GeneratorNoise", "BrownianNoise", "brownian_path", "GridPoint", "grid_points"]
 
 SAMPLERS: dict[str, type[Sampler]] = {}
@@ -90,6 +91,52 @@ class Sampler:
     def __repr__(self) -> str:
         opts = {k: getattr(self, k) for k in self.option_names() if hasattr(self, k)}
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in opts.items())})"
+
+
+@dataclass(frozen=True)
+class SamplerState:
+    """Where a :class:`SteppedSampler` stands between two model calls.
+
+    ``x`` is the state at ``schedule.t[i]`` after ``i`` completed grid steps; the next model call is
+    at ``(x_eval, t_eval)`` (``x`` and ``t[i]`` for one-call steps; a stage point for Heun or a
+    singlestep solver). ``stage`` counts the calls already made within step ``i``; ``history`` holds
+    what a multistep method remembers (newest first). A sampler may subclass this to carry more.
+    """
+
+    x: Tensor
+    i: int
+    x_eval: Tensor
+    t_eval: Tensor
+    stage: int = 0
+    history: tuple = ()
+
+
+class SteppedSampler(Sampler):
+    """A fixed-grid sampler written as one update per model call, with explicit state.
+
+    ``init(schedule, x)`` gives the state at ``schedule.t[0]``; ``step(model, schedule, state,
+    output, ctx)`` consumes the raw network output at ``(state.x_eval, state.t_eval)`` and returns
+    the next state. ``run`` is the loop over them; an external loop (a diffusers pipeline) can own
+    the model calls instead and hand each output to :meth:`step`. ``model`` is used for its
+    conversions (``to_eps``, ``to_x0``) only, never called by ``step``.
+    """
+
+    def init(self, schedule: Schedule, x: Tensor) -> SamplerState:
+        return SamplerState(x=x, i=0, x_eval=x, t_eval=schedule.t[0])
+
+    def step(self, model: ScoreModel, schedule: Schedule, state: SamplerState, output: Tensor,
+             ctx: SamplingContext) -> SamplerState:
+        raise NotImplementedError
+
+    def run(self, model: ScoreModel, x: Tensor, schedule: Schedule, ctx: SamplingContext) -> Tensor:
+        state = self.init(schedule, x)
+        while state.i < schedule.steps:
+            output = model.predict(state.x_eval, state.t_eval)
+            i = state.i
+            state = self.step(model, schedule, state, output, ctx)
+            if state.i > i:
+                ctx.step(i, state.x)
+        return state.x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +310,7 @@ def _coefficients(sde: SDE, t: float) -> tuple[float, float]:
 def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T: Tensor | None = None,
            shape=None, generator: torch.Generator | None = None, grid="logsnr", t_min: float | None = None,
            T: float | None = None, final_denoise: bool = False, brownian=None, dtype: torch.dtype | None = None,
-           return_trajectory: bool = False, progress: bool = False, **options) -> SampleResult:
+           return_trajectory: bool = False, progress: bool = False, grad: bool = False, **options) -> SampleResult:
     """Sample from ``model`` by integrating the reverse dynamics of ``sde`` with ``method``.
 
     Args:
@@ -279,6 +326,8 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
             default: increments drawn from ``generator``.
         return_trajectory: keep the state at every grid time.
         progress: show a tqdm progress bar.
+        grad: run with autograd on, so that the samples are differentiable with respect to the
+            network's parameters, ``x_T`` and tensor-valued sampler options (default: no graph).
         **options: the sampler's own options (``method``'s constructor arguments).
     """
     cls = get_sampler(method)
@@ -305,12 +354,16 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
     noise = GeneratorNoise(generator) if brownian is None else BrownianNoise(brownian, float(times[0]))
     ctx = SamplingContext(sampler, times, noise, generator, return_trajectory, progress)
 
+    schedule = Schedule.from_times(sde, times)
     nfe0 = model.nfe
     start = time.perf_counter()
     try:
-        with torch.no_grad(), model.grid(times):
+        with torch.set_grad_enabled(grad), model.grid(times):
             ctx.start(x)
-            x = sampler.run(model, x, times, ctx)
+            if isinstance(sampler, SteppedSampler):
+                x = sampler.run(model, x, schedule, ctx)
+            else:
+                x = sampler.run(model, x, times, ctx)
             if final_denoise:
                 x = model.x0(x, float(times[-1]))
                 if not _all_finite(x):

@@ -12,16 +12,14 @@ eta = 1 has exactly DDPM's ancestral transition. One model call per step; order 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .._tensor import check_finite_number
-from .base import Sampler, grid_points, register
+from .base import SamplerState, SteppedSampler, register
 
 
 @register
-class DDIM(Sampler):
+class DDIM(SteppedSampler):
     name = "ddim"
     calls_per_step = 1
 
@@ -33,19 +31,17 @@ class DDIM(Sampler):
         self.convergence_order = 1
         self.stochastic = eta > 0
 
-    def run(self, model, x, times, ctx):
-        pts = grid_points(model.sde, times)
-        for i, (p, q) in enumerate(zip(pts[:-1], pts[1:], strict=True)):
-            x0 = model.x0(x, p.t)
-            h = q.lam - p.lam
-            if self.eta == 0:
-                # sigma_s/sigma_t x_t - alpha_s expm1(-h) x0: the exact exponential-integrator form
-                x = x.mul(q.sigma / p.sigma).add_(x0, alpha=-q.alpha * math.expm1(-h))
-            else:
-                c = self.eta * q.sigma * math.sqrt(-math.expm1(-2 * h))
-                if c > q.sigma:
-                    raise ValueError(f"eta: {self.eta} is too large; the step's noise exceeds sigma_s (eta <= 1 is safe)")
-                eps = torch.add(x, x0, alpha=-p.alpha).div_(p.sigma)
-                x = eps.mul_(math.sqrt(q.sigma**2 - c**2)).add_(x0, alpha=q.alpha).add_(ctx.normal(i, x), alpha=c)
-            ctx.step(i, x)
-        return x
+    def step(self, model, schedule, state, output, ctx):
+        i, x = state.i, state.x
+        alpha_t, sigma_t = schedule.alpha[i], schedule.sigma[i]
+        alpha_s, sigma_s = schedule.alpha[i + 1], schedule.sigma[i + 1]
+        x0 = model.to_x0(output, x, schedule.t[i])
+        eps = (x - alpha_t * x0) / sigma_t
+        if self.eta == 0:
+            x_next = alpha_s * x0 + sigma_s * eps
+        else:
+            c = self.eta * sigma_s * torch.sqrt(-torch.expm1(-2 * schedule.h[i]))
+            if c > sigma_s:
+                raise ValueError(f"eta: {self.eta} is too large; the step's noise exceeds sigma_s (eta <= 1 is safe)")
+            x_next = alpha_s * x0 + torch.sqrt(sigma_s**2 - c**2) * eps + c * ctx.normal(i, x)
+        return SamplerState(x=x_next, i=i + 1, x_eval=x_next, t_eval=schedule.t[i + 1])
