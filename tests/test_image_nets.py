@@ -186,6 +186,7 @@ def test_wrong_image_shape_names_the_expected_shape(name):
     ("parameterization", "noise", "parameterization: unknown 'noise'; allowed: score, eps, x0, v, velocity"),
     ("time_input", "sigma", "time_input: unknown 'sigma'; allowed: log_snr, t"),
     ("embedding", "learned", "embedding: unknown 'learned'; allowed: fourier, sinusoidal"),
+    ("embed_scale", -1.0, "embed_scale: expected a finite positive number or None (the default scale), got -1.0"),
     ("num_classes", 0, "num_classes: expected a positive integer, got 0"),
     ("in_channels", 0, "in_channels: expected a positive integer, got 0"),
     ("image_size", 8.0, "image_size: expected a positive integer, got 8.0"),

@@ -160,7 +160,7 @@ class DiT(nn.Module):
         positive_int("depth", depth)
         positive_int("num_heads", num_heads)
         positive_int("emb_dim", emb_dim)
-        check_common(sde, parameterization, embedding, time_input, num_classes)
+        check_common(sde, parameterization, embedding, time_input, embed_scale, num_classes)
         if image_size % patch_size:
             divisors = [p for p in range(1, image_size + 1) if image_size % p == 0]
             raise ValueError(f"patch_size: {patch_size} does not divide image_size={image_size}; allowed: {divisors}")

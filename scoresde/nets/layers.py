@@ -17,6 +17,7 @@ r"""Pieces shared by the image networks (:mod:`~scoresde.nets.unet`, :mod:`~scor
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -25,9 +26,14 @@ from torch import Tensor, nn
 from ..models import PARAMETERIZATIONS
 from ..sde import SDE
 from .embedding import EMBEDDINGS
-from .mlp import _DEFAULT_SCALE, TIME_INPUTS
+from .mlp import TIME_INPUTS
 
-__all__ = ["NoiseLevelEmbedding", "check_image", "time_batch"]
+__all__ = ["NoiseLevelEmbedding", "DEFAULT_EMBED_SCALE", "check_image", "time_batch"]
+
+#: frequency scale ``c`` per (embedding, time input), the values ScoreMLP uses: sinusoidal features
+#: see ``c tau`` in about [-1000, 1000] (DDPM's timestep range), Fourier features ``tau`` at unit scale
+DEFAULT_EMBED_SCALE = {("fourier", "log_snr"): 1.0, ("fourier", "t"): 16.0,
+                       ("sinusoidal", "log_snr"): 100.0, ("sinusoidal", "t"): 1000.0}
 
 
 # ----- argument checks ---------------------------------------------------------------------------
@@ -46,7 +52,7 @@ def positive_ints(name: str, v, *, allow_empty: bool = False) -> tuple[int, ...]
     return tuple(v)
 
 
-def check_common(sde, parameterization: str, embedding: str, time_input: str, num_classes) -> None:
+def check_common(sde, parameterization: str, embedding: str, time_input: str, embed_scale, num_classes) -> None:
     if not isinstance(sde, SDE):
         raise ValueError(f"sde: expected a scoresde.SDE, got {type(sde).__name__}")
     if parameterization not in PARAMETERIZATIONS:
@@ -55,6 +61,9 @@ def check_common(sde, parameterization: str, embedding: str, time_input: str, nu
         raise ValueError(f"embedding: unknown {embedding!r}; allowed: {', '.join(EMBEDDINGS)}")
     if time_input not in TIME_INPUTS:
         raise ValueError(f"time_input: unknown {time_input!r}; allowed: {', '.join(TIME_INPUTS)}")
+    if embed_scale is not None and (isinstance(embed_scale, bool) or not isinstance(embed_scale, (int, float))
+                                    or not math.isfinite(embed_scale) or embed_scale <= 0):
+        raise ValueError(f"embed_scale: expected a finite positive number or None (the default scale), got {embed_scale!r}")
     if num_classes is not None:
         positive_int("num_classes", num_classes)
 
@@ -95,7 +104,7 @@ class NoiseLevelEmbedding(nn.Module):
                  time_input: str = "log_snr", embed_scale: float | None = None, num_classes: int | None = None):
         super().__init__()
         self.sde, self.time_input, self.num_classes = sde, time_input, num_classes
-        scale = _DEFAULT_SCALE[(embedding, time_input)] if embed_scale is None else embed_scale
+        scale = DEFAULT_EMBED_SCALE[(embedding, time_input)] if embed_scale is None else embed_scale
         self.features = EMBEDDINGS[embedding](freq_dim, scale)
         self.mlp = nn.Sequential(nn.Linear(freq_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
         self.label = nn.Embedding(num_classes + 1, out_dim) if num_classes is not None else None

@@ -165,7 +165,7 @@ class UNet(nn.Module):
         positive_int("norm_groups", norm_groups)
         emb_dim = channels if emb_dim is None else emb_dim
         positive_int("emb_dim", emb_dim)
-        check_common(sde, parameterization, embedding, time_input, num_classes)
+        check_common(sde, parameterization, embedding, time_input, embed_scale, num_classes)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
         factor = 2 ** (len(channel_mult) - 1)
