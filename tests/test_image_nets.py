@@ -1,4 +1,6 @@
 """The interface every image network shares (U-Net and DiT, built by name through build_net)."""
+import json
+
 import pytest
 import torch
 
@@ -204,3 +206,18 @@ def test_runs_behind_score_model_and_a_sampler(name):
     model = sd.ScoreModel(net, sde, net.parameterization)
     res = sd.sample(model, sde, "ddim", 3, shape=(2, 1, 8, 8), generator=torch.Generator().manual_seed(0))
     assert res.samples.shape == (2, 1, 8, 8) and res.nfe == 3 and torch.isfinite(res.samples).all()
+
+
+@pytest.mark.parametrize("name", IMAGE_NETS)
+def test_rebuilt_from_json_kwargs_and_the_state_dict(name):
+    # what a checkpoint stores: the registered name, JSON keyword arguments, the state dict
+    sde = sd.VPSDE()
+    kwargs = {"in_channels": 1, "image_size": 8, "parameterization": "x0", "num_classes": 2, **TINY[name]}
+    net = perturb_zero_init(build_net(name, sde=sde, **kwargs))
+    copy = build_net(name, sde=sde, **json.loads(json.dumps(kwargs)))
+    copy.load_state_dict(net.state_dict(), strict=True)
+    x, t = images(3, 1, 8)
+    y = torch.tensor([0, 1, 2])
+    assert torch.equal(copy(x, t, y), net(x, t, y)) and copy.parameterization == "x0"
+    ema = torch.optim.swa_utils.AveragedModel(net)  # the trainer's EMA deep-copies the network
+    assert torch.equal(ema(x, t, y), net(x, t, y))
