@@ -221,3 +221,16 @@ def test_rebuilt_from_json_kwargs_and_the_state_dict(name):
     assert torch.equal(copy(x, t, y), net(x, t, y)) and copy.parameterization == "x0"
     ema = torch.optim.swa_utils.AveragedModel(net)  # the trainer's EMA deep-copies the network
     assert torch.equal(ema(x, t, y), net(x, t, y))
+
+
+@pytest.mark.parametrize("name", IMAGE_NETS)
+def test_classifier_free_guidance_through_null_label(name):
+    # scoresde.guidance batches (labels, null) into one call; it must equal the two calls combined by hand
+    from scoresde.guidance import classifier_free_guidance
+
+    sde = sd.VPSDE()
+    net = perturb_zero_init(tiny(name, sde=sde, num_classes=3)).double()
+    x, t = images(2, 1, 8, dtype=torch.float64)
+    model = classifier_free_guidance(net, sde, 1, 2.5, null_label=net.null_label, n_classes=3)
+    cond, uncond = net(x, t, torch.ones(2, dtype=torch.long)), net(x, t)
+    torch.testing.assert_close(model.predict(x, t), uncond + 2.5 * (cond - uncond), rtol=1e-12, atol=1e-12)
