@@ -36,6 +36,9 @@ token in patch row ``i``, column ``j`` and ``omega_k = 10000^{-k/(D/4)}``, ``k <
 ``F`` is the raw prediction of ``parameterization`` (no preconditioning inside; DiT's learned
 variance head is left out). The interface is the one every network of :mod:`scoresde.nets`
 shares, ``net(x, t_input, y=None)``.
+
+The defaults (``patch_size=2``, ``hidden_size=128``, ``depth=6``, ``num_heads=4``, ``mlp_ratio=4``)
+are the small net recommended for 8x8 digits (16 tokens): 1.86 M parameters.
 """
 from __future__ import annotations
 

@@ -41,6 +41,9 @@ that resolution is in ``attn_resolutions`` (the middle block always attends).
 ``F`` is the raw prediction of whatever ``parameterization`` names (``eps``, ``x0``, ``v``, ...): no
 preconditioning is applied inside; :class:`~scoresde.models.ScoreModel` converts it. The interface
 is the one every network of :mod:`scoresde.nets` shares, ``net(x, t_input, y=None)``.
+
+The defaults (``channels=32``, ``channel_mult=(1, 2, 2)``, two blocks per level, attention in the
+middle block only) are the small net recommended for 8x8 digits: 1.66 M parameters.
 """
 from __future__ import annotations
 
