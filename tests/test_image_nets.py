@@ -234,3 +234,9 @@ def test_classifier_free_guidance_through_null_label(name):
     model = classifier_free_guidance(net, sde, 1, 2.5, null_label=net.null_label, n_classes=3)
     cond, uncond = net(x, t, torch.ones(2, dtype=torch.long)), net(x, t)
     torch.testing.assert_close(model.predict(x, t), uncond + 2.5 * (cond - uncond), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", IMAGE_NETS)
+def test_default_sizes_are_the_small_digits_nets(name):
+    net = build_net(name, sde=sd.VPSDE(), **shape_kwargs(name, (1, 8, 8)))
+    assert 0.5e6 <= sum(p.numel() for p in net.parameters()) <= 2e6
