@@ -1,16 +1,27 @@
-"""Score networks sharing one interface, ``net(x, t, y=None) -> tensor shaped like x``.
+"""Score networks sharing one interface, ``net(x, t_input, y=None) -> tensor shaped like x``.
 
 :func:`build_net` builds one by name from keyword arguments (what a config file stores); a new
-architecture (a U-Net for images) is one new module and one entry in :data:`NETS`.
+architecture is one new module and one entry in :data:`NETS`:
+
+* ``mlp``: :class:`ScoreMLP`, a residual MLP for low-dimensional data ``(B, dim)``;
+* ``unet``: :class:`UNet`, the DDPM / ADM U-Net for images ``(B, C, I, I)``;
+* ``dit``: :class:`DiT`, the diffusion transformer with adaLN-Zero for images ``(B, C, I, I)``.
+
+The arguments a network takes from the data's event shape are given by :func:`shape_kwargs`.
+Every network has ``null_label`` (``num_classes``, the classifier-free "no label" class, or None).
 """
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
+from .dit import DiT
 from .embedding import EMBEDDINGS, GaussianFourierEmbedding, SinusoidalEmbedding
 from .mlp import TIME_INPUTS, ScoreMLP
+from .unet import UNet
 
-NETS: dict[str, type[nn.Module]] = {"mlp": ScoreMLP}
+NETS: dict[str, type[nn.Module]] = {"mlp": ScoreMLP, "unet": UNet, "dit": DiT}
 
 
 def build_net(name: str, **kwargs) -> nn.Module:
@@ -20,5 +31,21 @@ def build_net(name: str, **kwargs) -> nn.Module:
     return NETS[name](**kwargs)
 
 
-__all__ = ["NETS", "build_net", "ScoreMLP", "GaussianFourierEmbedding", "SinusoidalEmbedding", "EMBEDDINGS",
-           "TIME_INPUTS"]
+def shape_kwargs(name: str, event_shape: tuple[int, ...]) -> dict[str, int]:
+    """The constructor arguments of net ``name`` fixed by the data's event shape (one sample's shape).
+
+    ``mlp``: ``{'dim': prod(event_shape)}``; ``unet`` and ``dit``: ``{'in_channels': C, 'image_size': I}``
+    for an event shape ``(C, I, I)``.
+    """
+    if name not in NETS:
+        raise ValueError(f"net: unknown architecture {name!r}; known: {', '.join(NETS)}")
+    event_shape = tuple(int(n) for n in event_shape)
+    if name == "mlp":
+        return {"dim": math.prod(event_shape)}
+    if len(event_shape) != 3 or event_shape[1] != event_shape[2]:
+        raise ValueError(f"event_shape: net {name!r} takes square images (C, I, I), got {event_shape}")
+    return {"in_channels": event_shape[0], "image_size": event_shape[1]}
+
+
+__all__ = ["NETS", "build_net", "shape_kwargs", "ScoreMLP", "UNet", "DiT", "GaussianFourierEmbedding",
+           "SinusoidalEmbedding", "EMBEDDINGS", "TIME_INPUTS"]
