@@ -333,12 +333,13 @@ def test_nan_model_names_step_time_and_sampler(name, vp):
     with pytest.raises(FloatingPointError) as e:
         _call(vp, method=name, model=model)
     msg = str(e.value)
-    assert name in msg and "step" in msg and "t =" in msg, msg
+    assert name in msg and "step" in msg and "t =" in msg and "the model" in msg and "returned NaN/inf" in msg, msg
+    assert isinstance(e.value, sd.models.NonFiniteModelOutput)
 
 
 @pytest.mark.parametrize("bad", [float("inf"), -float("inf"), float("nan")])
 def test_a_single_non_finite_entry_is_caught_at_its_step(bad, vp):
-    # one bad entry in a large batch, from the third call on: the per-step check names step 2
+    # one bad entry in a large batch, at the third call: the model's own check names step 2 and its time
     calls = []
 
     def fn(x, t):
@@ -348,8 +349,18 @@ def test_a_single_non_finite_entry_is_caught_at_its_step(bad, vp):
             out[17, 1] = bad
         return out
 
-    with pytest.raises(FloatingPointError, match="after step 2"):
+    with pytest.raises(FloatingPointError, match=r"ddim: during step 2 \(t = .*\): the model .*fn returned NaN/inf"):
         _call(vp, method="ddim", steps=6, model=sd.ScoreModel(fn, vp, "x0"), shape=(64, 2))
+
+
+def test_an_unstable_step_is_told_apart_from_a_bad_model(vp):
+    # finite outputs whose update overflows: the message blames the step, not the model
+    def fn(x, t):
+        return torch.full_like(x, 1e308)
+
+    with pytest.raises(FloatingPointError, match="state became non-finite after step 0.*outputs were finite") as e:
+        _call(vp, method="ddim", steps=3, model=sd.ScoreModel(fn, vp, "eps"), dtype=torch.float64)
+    assert not isinstance(e.value, sd.models.NonFiniteModelOutput)
 
 
 def test_a_sampler_class_in_place_of_a_name(vp):
