@@ -380,11 +380,12 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
     t_min, T = _check_time("t_min", t_min), _check_time("T", T)
     times = _make_times(grid, sde, steps, t_min, T)
 
-    x = _initial_state(sde, x_T, shape, generator, dtype, T=float(times[0]))
+    t_start, t_last = float(times[0].detach()), float(times[-1].detach())
+    x = _initial_state(sde, x_T, shape, generator, dtype, T=t_start)
     if brownian is not None:
-        _check_brownian(brownian, x, times)
-    noise = GeneratorNoise(generator) if brownian is None else BrownianNoise(brownian, float(times[0]))
-    ctx = SamplingContext(sampler, times, noise, generator, return_trajectory, progress)
+        _check_brownian(brownian, x, times.detach())
+    noise = GeneratorNoise(generator) if brownian is None else BrownianNoise(brownian, t_start)
+    ctx = SamplingContext(sampler, times.detach(), noise, generator, return_trajectory, progress)
 
     schedule = Schedule.from_times(sde, times)
     nfe0 = model.nfe
@@ -407,18 +408,18 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
                 except NonFiniteModelOutput as e:
                     raise NonFiniteModelOutput(f"{cls.name}: in the final denoising step: {e}") from None
                 if not _all_finite(x):
-                    raise FloatingPointError(f"{cls.name}: the final denoising step at t = {float(times[-1]):.6g} "
+                    raise FloatingPointError(f"{cls.name}: the final denoising step at t = {t_last:.6g} "
                                              "gave non-finite values from finite model outputs (alpha(t_min) = 0?)")
     finally:
         ctx.close()
     ctx.stats["wall_time"] = time.perf_counter() - start
 
-    t_end = 0.0 if final_denoise else float(times[-1])
-    a1, s1 = (1.0, 0.0) if final_denoise else (float(schedule.alpha[-1]), float(schedule.sigma[-1]))
+    t_end = 0.0 if final_denoise else t_last
+    a1, s1 = (1.0, 0.0) if final_denoise else (float(schedule.alpha[-1].detach()), float(schedule.sigma[-1].detach()))
     return SampleResult(
         samples=x, times=times.detach(), nfe=model.nfe - nfe0, method=cls.name,
-        convergence_order=sampler.convergence_order, t_start=float(times[0]), t_end=t_end,
-        alpha_start=float(schedule.alpha[0]), sigma_start=float(schedule.sigma[0]), alpha_end=a1, sigma_end=s1,
+        convergence_order=sampler.convergence_order, t_start=t_start, t_end=t_end,
+        alpha_start=float(schedule.alpha[0].detach()), sigma_start=float(schedule.sigma[0].detach()), alpha_end=a1, sigma_end=s1,
         trajectory=torch.stack(ctx.trajectory) if return_trajectory else None, stats=ctx.stats,
     )
 
@@ -456,9 +457,8 @@ def _check_time(name: str, value) -> float | None:
 
 def _make_times(grid, sde: SDE, steps: int | None, t_min: float | None, T: float | None) -> Tensor:
     """The grid, checked: strictly decreasing from T to t_min inside (0, sde.T], steps + 1 points."""
-    times = _grids.make_grid(grid, sde, steps, t_min=t_min if not isinstance(grid, (Tensor, list, tuple)) else None,
-                             T=T if not isinstance(grid, (Tensor, list, tuple)) else None)
     if isinstance(grid, (Tensor, list, tuple)):
+        times = _grids.make_grid(grid, sde, steps)
         for name, given, end in (("T", T, float(times[0])), ("t_min", t_min, float(times[-1]))):
             if given is not None and not math.isclose(given, end, rel_tol=1e-12):
                 raise ValueError(f"{name}: {given!r} differs from the grid tensor's end {end!r}; a grid tensor fixes "
@@ -466,6 +466,9 @@ def _make_times(grid, sde: SDE, steps: int | None, t_min: float | None, T: float
         if isinstance(grid, Tensor) and grid.requires_grad:
             return grid.to(torch.float64).cpu()  # the same values, with the graph kept for grad=True
         return times
+    if T is not None and not 0 < T <= sde.T * (1 + 1e-12):
+        raise ValueError(f"T: expected a start time in (0, sde.T = {sde.T}], got {T!r}")
+    times = _grids.make_grid(grid, sde, steps, t_min=t_min, T=T)
     T_ = float(sde.T if T is None else T)
     t_min_ = float(sde.t_min if t_min is None else t_min)
     if times.numel() != steps + 1:
