@@ -294,7 +294,11 @@ class SamplingContext:
 
 
 class GridPoint(NamedTuple):
-    """A grid time with its SDE coefficients, as float64 Python numbers (no 0-d tensor per step)."""
+    """A grid time with its SDE coefficients as float64 Python numbers.
+
+    Kept only while ``dpm_solver.py`` and ``unipc.py`` read their grids this way; samplers on the
+    :class:`~scoresde.schedule.Schedule` read ``schedule.t``, ``lam``, ``alpha``, ``sigma`` instead.
+    """
 
     t: float
     lam: float
