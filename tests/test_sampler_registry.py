@@ -31,6 +31,7 @@ from scoresde import toy
 from scoresde._tensor import append_dims
 from scoresde.metrics import sliced_wasserstein
 from scoresde.samplers import SAMPLERS, Sampler, available, get_sampler, register, sample
+from scoresde.samplers.base import GeneratorNoise, SamplingContext, Schedule, SteppedSampler
 
 NAMES = available()
 
@@ -172,6 +173,31 @@ def test_contract(name, opts, vp):
         else:
             assert res.nfe >= 1
         assert res.stats["wall_time"] > 0
+
+
+STEPPED = [(n, o) for n, o in VARIANTS if issubclass(SAMPLERS[n], SteppedSampler)]
+
+
+@pytest.mark.parametrize("name,opts", STEPPED, ids=[f"{n}[{_id(o)}]" for n, o in STEPPED])
+def test_a_stepped_sampler_driven_from_outside_is_sample(name, opts, vp):
+    # an external loop (a diffusers pipeline) owns the model calls: begin, then one step per call,
+    # each consuming the raw output at (x_eval, t_eval); the result and the call count equal sample()'s
+    model = mixture_model(vp)
+    steps, seed = 5, 3
+    x_T, res = run(name, opts, vp, model, steps, (4, 2), seed=seed)
+    sampler = SAMPLERS[name](**opts)
+    g = torch.Generator().manual_seed(seed)
+    sde_x_T = vp.prior_sample((4, 2), generator=g, dtype=torch.float64)  # the same draw as run()'s
+    assert torch.equal(sde_x_T, x_T)
+    times = sd.grids.make_grid("logsnr", vp, steps)
+    schedule = Schedule.from_times(vp, times)
+    ctx = SamplingContext(sampler, times, GeneratorNoise(g), g, record=False, progress=False)
+    state, calls = sampler.begin(schedule, x_T, ctx), 0
+    while state.i < schedule.steps:
+        state = sampler.step(model, schedule, state, model.predict(state.x_eval, state.t_eval), ctx)
+        calls += 1
+    assert torch.equal(state.x, res.samples)
+    assert calls == res.nfe == sampler.expected_nfe(steps)
 
 
 @pytest.mark.parametrize("name,opts", VARIANTS, ids=VARIANT_IDS)
