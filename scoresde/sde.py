@@ -724,8 +724,13 @@ class ProbabilityFlowODE(torch.nn.Module):
 
         times = torch.as_tensor(times, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
         times = times.to(x.device)
+        func = self
         if method in ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "tsit5"):
             lo, hi = sorted((float(times[0]), float(times[-1])))
+            # torchdiffeq sizes its first step by probing the drift at t0 + h0 for a guessed h0 that can
+            # land far outside the interval (below t = 0, outside the SDE's domain); the probe only
+            # estimates a scale, so it is evaluated at the nearest end instead. Inside, t is unchanged.
+            func = _ClampedTime(self, lo, hi)
             kinks = self.sde.breakpoints()
             kinks = kinks[(kinks > lo) & (kinks < hi)].to(device=times.device, dtype=times.dtype)
             # Non-smooth schedules (DiscreteVPSDE) have a kink at every knot; an error-controlled solver
@@ -734,7 +739,18 @@ class ProbabilityFlowODE(torch.nn.Module):
                 options = {"jump_t": kinks, **options}
             options = {"step_t": times[-1:], **options}
         kwargs = {"options": options} if options else {}
-        return torchdiffeq.odeint(self, x, times, method=method, rtol=rtol, atol=atol, **kwargs)
+        return torchdiffeq.odeint(func, x, times, method=method, rtol=rtol, atol=atol, **kwargs)
+
+
+class _ClampedTime(torch.nn.Module):
+    """``ode(clamp(t, lo, hi), x)``: an ODE right-hand side never evaluated outside ``[lo, hi]``."""
+
+    def __init__(self, ode: torch.nn.Module, lo: float, hi: float):
+        super().__init__()
+        self.ode, self.lo, self.hi = ode, lo, hi
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        return self.ode(torch.clamp(t, self.lo, self.hi), x)
 
 
 class ReverseSDE(torch.nn.Module):
