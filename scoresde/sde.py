@@ -24,7 +24,7 @@ Domains (checked with one reduction per call; NaN fails the check):
 
 * the closed-form evaluators ``alpha``, ``sigma``, ``alpha_sigma`` and ``lam`` accept every t in the
   closed form's natural domain ``sde.domain``: ``[0, inf)`` for VP and sub-VP, ``[0, t_max]`` for VE
-  (t_max: where sigma(t) leaves float64), ``[0, 1]`` for the cosine schedule, the flow-matching path
+  (t_max: where sigma(t)^2 = e^700, near the float64 limit), ``[0, 1]`` for the cosine schedule, the flow-matching path
   and the discrete schedule (alpha vanishes or the knots end at 1), and ``[0, T]`` for a new subclass;
 * the process on ``[0, T]``: ``marginal``, ``perturb``, ``drift`` and ``validate_time``;
 * ``t_of_lam`` accepts any finite half log-SNR.
@@ -63,7 +63,8 @@ __all__ = [
     "check_sde_kwargs",
 ]
 
-# log alpha(T) below this, or log sigma(T) above minus it, leaves float64 (exp underflows near -745)
+# log alpha(T) or log sigma(t_min) below this, or log sigma(T) above minus half of it (sigma^2 and g^2 ~ sigma^2
+# must stay finite), leaves float64 (exp underflows near -745 and overflows near 709)
 _LOG_FLOAT64_LIMIT = -700.0
 
 
@@ -152,14 +153,18 @@ class SDE(ABC):
                        "all finite")
         elif float(log_alpha[1]) < _LOG_FLOAT64_LIMIT:
             problem = f"alpha(T) = exp({float(log_alpha[1]):.4g}) underflows to 0 in float64"
-        elif float(log_sigma[1]) > -_LOG_FLOAT64_LIMIT:
-            problem = f"sigma(T) = exp({float(log_sigma[1]):.4g}) overflows float64"
+        elif float(log_sigma[1]) > -0.5 * _LOG_FLOAT64_LIMIT:
+            problem = f"sigma(T)^2 = exp({2 * float(log_sigma[1]):.4g}) overflows float64"
         elif float(log_sigma[0]) < _LOG_FLOAT64_LIMIT:
             problem = f"sigma(t_min) = exp({float(log_sigma[0]):.4g}) underflows to 0 in float64"
+        else:  # the ends lie in the domain now, so f and g^2 can be evaluated there
+            f, g2 = self.f(ends), self.g2(ends)
+            if not bool(torch.isfinite(f).all() & torch.isfinite(g2).all()):
+                problem = f"f = {f.tolist()}, g^2 = {g2.tolist()} at (t_min, T) are not all finite"
         if problem is not None:
             raise ValueError(f"{params}: the schedule leaves float64 ({problem}); allowed: parameters with "
-                             f"log alpha(T) and log sigma(t_min) above {_LOG_FLOAT64_LIMIT:g} and log sigma(T) "
-                             f"below {-_LOG_FLOAT64_LIMIT:g}")
+                             f"log alpha(T) and log sigma(t_min) above {_LOG_FLOAT64_LIMIT:g}, log sigma(T) "
+                             f"below {-0.5 * _LOG_FLOAT64_LIMIT:g} and finite f, g^2 at t_min and T")
 
     # ----- derived quantities (subclasses may override with closed forms) ----------------------
     def alpha(self, t) -> Tensor:
@@ -239,7 +244,9 @@ class SDE(ABC):
         if not torch.isfinite(t).all():
             raise ValueError(f"{name}: times must be finite, got {t.flatten()[:8].tolist()}")
         lo, hi = float(t.min()), float(t.max())
-        if lo < 0 or hi > self.T * (1 + 1e-12):
+        # T rounded to t's dtype (0.999 is 0.99900001 in float32) is T
+        T = max(self.T, float(torch.tensor(self.T, dtype=t.dtype))) if t.is_floating_point() else self.T
+        if lo < 0 or hi > T * (1 + 1e-12):
             raise ValueError(f"{name}: times must lie in [0, T={self.T}] for {self!r}, got range [{lo}, {hi}]")
         return t
 
@@ -376,11 +383,13 @@ class _LinearBeta:
         return -0.5 * self.beta(t)
 
     def t_of_log_alpha(self, log_alpha: Tensor) -> Tensor:
-        # Root of a t^2 + b t - c = 0 with c = -log alpha >= 0, in the cancellation-free form.
+        # Root of a t^2 + b t - c = 0 with c = -log alpha >= 0, in the cancellation-free form
+        # 2c / (b + sqrt(b^2 + 4ac)), divided through by sqrt(c) so that no square overflows for huge c.
         a = 0.25 * (self.beta_max - self.beta_min)
         b = 0.5 * self.beta_min
         c = -log_alpha
-        return 2 * c / (b + torch.sqrt(b * b + 4 * a * c))
+        root_c = torch.sqrt(c)
+        return torch.where(c > 0, 2 * root_c / (b / root_c + torch.sqrt(b * b / c + 4 * a)), torch.zeros_like(c))
 
 
 @dataclass(frozen=True)
@@ -476,8 +485,8 @@ class VESDE(SDE):
 
     @property
     def domain(self) -> tuple[float, float]:
-        # sigma(t) = sigma_min (sigma_max / sigma_min)^t stays a float64 number up to t_max
-        return 0.0, (-_LOG_FLOAT64_LIMIT - math.log(self.sigma_min)) / self._log_ratio
+        # sigma(t) = sigma_min (sigma_max / sigma_min)^t and g^2 ~ sigma^2 stay float64 numbers up to t_max
+        return 0.0, (-0.5 * _LOG_FLOAT64_LIMIT - math.log(self.sigma_min)) / self._log_ratio
 
     @property
     def _log_ratio(self) -> float:
