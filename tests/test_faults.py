@@ -110,7 +110,7 @@ def test_sigkill_during_checkpoint_writes_then_resume(tmp_path):
     subprocess.run([sys.executable, "-m", "scoresde", "train", *TINY, "--steps", steps, "--out", str(whole)],
                    env=_env(), check=True, timeout=600, stdout=subprocess.DEVNULL)
     mid_write, steps_at_kill = 0, []
-    for kill, skip in enumerate((2, 7, 13, 29)):
+    for skip in (2, 7, 13, 29):
         resume = ["--resume"] if (broken / "checkpoint.pt").exists() else []
         cmd = [sys.executable, "-m", "scoresde", "train", *TINY, "--steps", steps, "--out", str(broken), *resume]
         mid_write += _kill_during_a_write(cmd, broken, skip)
