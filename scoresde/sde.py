@@ -24,14 +24,15 @@ Domains (checked with one reduction per call; NaN fails the check):
 
 * the closed-form evaluators ``alpha``, ``sigma``, ``alpha_sigma`` and ``lam`` accept every t in the
   closed form's natural domain ``sde.domain``: ``[0, inf)`` for VP and sub-VP, ``[0, t_max]`` for VE
-  (t_max: where sigma(t)^2 = e^700, near the float64 limit), ``[0, 1]`` for the cosine schedule, the flow-matching path
-  and the discrete schedule (alpha vanishes or the knots end at 1), and ``[0, T]`` for a new subclass;
+  (t_max: where sigma(t)^2 reaches e^700, near the float64 limit), ``[0, 1]`` for the cosine schedule,
+  the flow-matching path and the discrete schedule (alpha vanishes or the knots end at 1), and
+  ``[0, T]`` for a new subclass;
 * the process on ``[0, T]``: ``marginal``, ``perturb``, ``drift`` and ``validate_time``;
 * ``t_of_lam`` accepts any finite half log-SNR.
 
 A constructor refuses parameters of the wrong type (TypeError) or outside their range (ValueError),
-and parameters whose schedule leaves float64 (alpha(T) underflowing to 0, sigma(T) overflowing, an
-infinite log-SNR at t_min or T), naming them, so that no evaluation later returns NaN or inf.
+and parameters whose schedule leaves float64 (alpha(T) underflowing to 0, sigma(T)^2 overflowing, an
+infinite log-SNR, f or g^2 at t_min or T), naming them, so that no evaluation later returns NaN or inf.
 """
 from __future__ import annotations
 
@@ -239,7 +240,7 @@ class SDE(ABC):
 
     # ----- marginals and prior -----------------------------------------------------------------
     def validate_time(self, t, name: str = "t") -> Tensor:
-        """Check that times are finite and within [0, T]; return them as a tensor."""
+        """Check that times are finite and within [0, T] (T as rounded to t's dtype); return them as a tensor."""
         t = as_time(t)
         if not torch.isfinite(t).all():
             raise ValueError(f"{name}: times must be finite, got {t.flatten()[:8].tolist()}")
