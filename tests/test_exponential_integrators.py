@@ -1,6 +1,7 @@
 """What DPM-Solver, DPM-Solver++ and UniPC share: the phi functions against high-precision values,
 one ``lower_order_final`` rule, and the step protocol driven from outside (as a diffusers pipeline
 would) reproducing ``sample()`` exactly."""
+import itertools
 import math
 
 import pytest
@@ -40,7 +41,8 @@ def test_phi_matches_high_precision(k, z):
     # switch between them; the mpmath value is exact to double precision
     exact = _exact_phi(k, z)
     assert phi(k, z) == pytest.approx(exact, rel=1e-14, abs=1e-300)
-    t = phi(k, torch.tensor(z, dtype=torch.float64))
+    assert phi(k, torch.tensor(z, dtype=torch.float64)) == phi(k, z)  # a tensor without grad: the same float
+    t = phi(k, torch.tensor(z, dtype=torch.float64, requires_grad=True))  # the differentiable path
     assert isinstance(t, torch.Tensor) and t.dtype == torch.float64
     assert float(t) == pytest.approx(exact, rel=1e-14, abs=1e-300)
 
@@ -55,7 +57,7 @@ def test_phi_tensor_is_differentiable(k, z):
 
 
 def test_phi_rejects_bad_k():
-    for k in (-1, 1.5, True):
+    for k in (-1, 8, 1.5, True):
         with pytest.raises(ValueError, match="k"):
             phi(k, 0.3)
 
@@ -99,3 +101,27 @@ def test_an_external_loop_reproduces_sample(name, options, steps):
         state = sampler.step(model, schedule, state, output, None)
     assert calls == ref.nfe == sampler.expected_nfe(steps)
     torch.testing.assert_close(state.x, ref.samples, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name,options", [
+    ("dpm_solver++", dict(order=3)), ("dpm_solver", dict(order=3, variant="singlestep")), ("unipc", dict(order=3)),
+])
+def test_samples_are_differentiable_in_x_T(name, options):
+    # sample(grad=True): d sum(w * x_0) / d x_T by autograd against central differences (float64,
+    # step 1e-6: truncation ~1e-12, rounding ~1e-10 of an O(1) derivative)
+    sde = sd.VPSDE()
+    model = toy.mixture("gaussian_mixture_2d").model(sde)
+    x_T = sde.prior_sample((3, 2), generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    w = torch.tensor([[1.0, -0.5], [0.3, 2.0], [-1.2, 0.7]], dtype=torch.float64)
+
+    def f(x):
+        return (w * sample(model, sde, name, 7, x_T=x, grad=True, **options).samples).sum()
+
+    x = x_T.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(f(x), x)
+    fd = torch.zeros_like(x_T)
+    for idx in itertools.product(range(3), range(2)):
+        e = torch.zeros_like(x_T)
+        e[idx] = 1e-6
+        fd[idx] = (f(x_T + e) - f(x_T - e)) / 2e-6
+    torch.testing.assert_close(grad, fd, rtol=1e-6, atol=1e-8)

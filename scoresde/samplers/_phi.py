@@ -71,6 +71,7 @@ __all__ = ["phi", "LOWER_ORDER_FINAL_BELOW", "check_lower_order_final", "lowers_
 
 LOWER_ORDER_FINAL_BELOW = 15
 _SERIES_TERMS = 30  # |z|^30 / 30! < 1e-23 for |z| < 1.5: beyond double precision of phi_k ~ 1/k!
+_INV_FACTORIAL = tuple(1.0 / math.factorial(j) for j in range(_SERIES_TERMS + 8))
 
 
 def phi(k: int, z: float | Tensor) -> float | Tensor:
@@ -78,21 +79,27 @@ def phi(k: int, z: float | Tensor) -> float | Tensor:
 
     The series (by Horner's rule) for ``|z| < 1.5``; ``e^z`` for ``k = 0``, ``expm1(z)/z`` and the
     recursion ``phi_{k+1} = (phi_k - 1/k!)/z`` otherwise, which loses under one digit there.
-    A tensor gives a tensor (differentiable), a number a float.
+    A tensor that requires grad gives a differentiable tensor; anything else a float (the same
+    arithmetic in Python floats, so a step's coefficients cost no tensor operations).
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ValueError(f"k: expected an integer >= 0, got {k!r}")
-    tensor = isinstance(z, Tensor)
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= 7:
+        raise ValueError(f"k: expected an integer in 0..7, got {k!r}")
+    if isinstance(z, Tensor) and z.requires_grad:
+        return _phi(k, z, torch.exp, torch.expm1)
+    return _phi(k, float(z), math.exp, math.expm1)
+
+
+def _phi(k: int, z, exp, expm1):
     if abs(float(z)) < 1.5:
-        total = 1.0 / math.factorial(_SERIES_TERMS + k)
+        total = _INV_FACTORIAL[_SERIES_TERMS + k]
         for j in range(_SERIES_TERMS - 1, -1, -1):
-            total = total * z + 1.0 / math.factorial(j + k)
+            total = total * z + _INV_FACTORIAL[j + k]
         return total
     if k == 0:
-        return torch.exp(z) if tensor else math.exp(z)
-    val = (torch.expm1(z) if tensor else math.expm1(z)) / z
+        return exp(z)
+    val = expm1(z) / z
     for j in range(1, k):
-        val = (val - 1.0 / math.factorial(j)) / z
+        val = (val - _INV_FACTORIAL[j]) / z
     return val
 
 

@@ -37,14 +37,15 @@ warm-up's error constant carries ``alpha_T``, so order 3 + UniC measures 4 from 
 Stepping state: ``x`` is the corrected state at ``t_i``; while step ``i`` waits for its corrector
 ``stage = 1`` and ``x_eval`` is the predictor's ``x~_{i+1}``; ``stage = 2`` marks an uncorrected last
 step, whose predictor needs no new model output; ``history`` holds ``(lam, m)`` at the grid
-points, newest first.
+points, newest first. The scalar coefficients are float64 numbers: with ``sample(grad=True)``
+gradients reach the network and ``x_T``, not the grid.
 """
 from __future__ import annotations
 
 import math
 import numbers
 
-import torch
+import numpy as np
 from torch import Tensor
 
 from ._phi import LOWER_ORDER_FINAL_BELOW, check_lower_order_final, lowers_final, phi
@@ -57,18 +58,17 @@ VARIANTS = ("bh1", "bh2")
 PREDICTIONS = ("data", "noise")
 
 
-def unipc_weights(r: list[Tensor], hh: Tensor, B: Tensor, exact: bool = False) -> Tensor:
+def unipc_weights(r: list[float], hh: float, B: float, exact: bool = False) -> list[float]:
     r"""Solve ``sum_m rho_m r_m^{k-1} = hh phi_{k+1}(hh) k!/B``, ``k = 1..K``, in float64 (K = len(r) >= 1).
 
     With one node and ``exact=False`` the published ``rho = 1/2``.
     """
     K = len(r)
     if K == 1 and not exact:
-        return torch.tensor([0.5], dtype=torch.float64)
-    b = torch.stack([hh * phi(k + 1, hh) * math.factorial(k) / B for k in range(1, K + 1)])
-    r = torch.stack(r).to(torch.float64)
-    R = torch.stack([r ** (k - 1) for k in range(1, K + 1)])  # R[k - 1, m] = r_m^(k - 1)
-    return torch.linalg.solve(R, b.to(torch.float64))
+        return [0.5]
+    b = [hh * phi(k + 1, hh) * math.factorial(k) / B for k in range(1, K + 1)]
+    R = np.vander(np.asarray(r, dtype=np.float64), K, increasing=True).T  # R[k - 1, m] = r_m^(k - 1)
+    return np.linalg.solve(R, np.asarray(b, dtype=np.float64)).tolist()
 
 
 def _check_bool(name: str, value) -> bool:
@@ -160,17 +160,17 @@ class UniPC(SteppedSampler):
     def update(self, schedule, i: int, x: Tensor, history: tuple, m_t: Tensor | None = None) -> Tensor:
         """UniP of step ``i`` from ``x = x_i`` (``history`` newest first), or UniC given ``m_t``."""
         k = self.step_order(i, schedule.steps)
-        h = schedule.h[i]
+        h = float(schedule.h[i])
         if self.prediction == "data":
-            hh, ratio, c = -h, schedule.sigma[i + 1] / schedule.sigma[i], schedule.alpha[i + 1]
+            hh, ratio, c = -h, float(schedule.sigma[i + 1] / schedule.sigma[i]), float(schedule.alpha[i + 1])
         else:
-            hh, ratio, c = h, schedule.alpha[i + 1] / schedule.alpha[i], schedule.sigma[i + 1]
-        B = hh if self.variant == "bh1" else torch.expm1(hh)
+            hh, ratio, c = h, float(schedule.alpha[i + 1] / schedule.alpha[i]), float(schedule.sigma[i + 1])
+        B = hh if self.variant == "bh1" else math.expm1(hh)
         (lam_s, m_s), *prev = history[:k]
         r = [(lam_m - lam_s) / h for lam_m, _ in prev]
         D = [m_m - m_s for _, m_m in prev]
         if m_t is not None:
-            r, D = r + [torch.ones((), dtype=torch.float64)], D + [m_t - m_s]
+            r, D = r + [1.0], D + [m_t - m_s]
         x_t = ratio * x - c * hh * phi(1, hh) * m_s
         if r:
             rho = unipc_weights(r, hh, B, self.exact_weights)
@@ -187,7 +187,7 @@ class UniPC(SteppedSampler):
             if state.stage == 1:  # m is at the predictor's x~_{i+1}
                 x = self.update(schedule, i, x, history, m_t=m)
                 i += 1
-            history = ((schedule.lam[i], m),) + history[: self.order - 1]
+            history = ((float(schedule.lam[i]), m),) + history[: self.order - 1]
             if i == n:
                 return SamplerState(x=x, i=i, x_eval=x, t_eval=schedule.t[i], history=history)
             if i > state.i and not self.corrects(i, n):  # one grid step per call: the last predictor waits
