@@ -41,9 +41,7 @@ SOLVER_TYPES = ("dpmsolver", "taylor")
 SINGLESTEP_R = {2: (1 / 2,), 3: (1 / 3, 2 / 3)}
 
 
-class Point(NamedTuple):
-    """A time with its log-SNR and marginal coefficients (0-d float64 tensors)."""
-
+class Point(NamedTuple):  # a time with its log-SNR and marginal coefficients (0-d float64 tensors)
     t: Tensor
     lam: Tensor
     alpha: Tensor
@@ -67,7 +65,7 @@ def _midpoint_2(F: Tensor, dF: Tensor, h: Tensor) -> list[Tensor]:
 
 
 def _taylor_2(F: Tensor, dF: Tensor, h: Tensor) -> list[Tensor]:
-    return [F, dF]
+    return [F, dF]  # h phi_1 F + h^2 phi_2 F'
 
 
 def _published_3s(Fs: list[Tensor], h: Tensor) -> list[Tensor]:
@@ -109,7 +107,6 @@ class ExponentialIntegrator(SteppedSampler):
         self._second_order = _taylor_2 if solver_type == "taylor" else _midpoint_2
         self._third_order_singlestep = _quadratic_3s if solver_type == "taylor" else _published_3s
 
-    # ----- what a subclass defines ----------------------------------------------------------------
     def prediction(self, model, output: Tensor, x: Tensor, t: Tensor) -> Tensor:
         """The prediction ``F`` the update integrates, from the raw network output at ``(x, t)``."""
         return model.to_eps(output, x, t)
@@ -119,14 +116,13 @@ class ExponentialIntegrator(SteppedSampler):
         h = q.lam - p.lam
         return q.alpha / p.alpha * x - q.sigma * sum(h ** (k + 1) * phi(k + 1, h) * d for k, d in enumerate(derivatives))
 
-    # ----- orders and cost --------------------------------------------------------------------------
     def step_order(self, i: int, steps: int) -> int:
         """The order of grid step ``i`` of ``steps``: warm-up (multistep) and lower_order_final."""
         k = self.order if self.variant == "singlestep" else min(self.order, i + 1)
         return min(k, steps - i) if lowers_final(self.lower_order_final, steps) else k
 
     def step_orders(self, steps: int) -> list[int]:
-        return [self.step_order(i, steps) for i in range(steps)]
+        return [self.step_order(i, steps) for i in range(steps)]  # also ctx.stats['orders']
 
     def convergence_order_for(self, steps: int) -> int:
         """The global order of a run of ``steps`` steps: a first-order last step caps it at 2."""
@@ -135,7 +131,6 @@ class ExponentialIntegrator(SteppedSampler):
     def expected_nfe(self, steps: int) -> int:
         return steps if self.variant == "multistep" else sum(self.step_orders(steps))
 
-    # ----- the two variants ---------------------------------------------------------------------------
     def run(self, model, x, schedule, ctx):
         ctx.stats["orders"] = self.step_orders(schedule.steps)
         return super().run(model, x, schedule, ctx)
