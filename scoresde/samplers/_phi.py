@@ -57,8 +57,11 @@ factor and the warm-up caps 3M at order 2 (``tests/test_dpm_solver.py``, T = 0.3
 **lower_order_final.** Step ``i`` of ``N`` runs at order at most ``N - i`` (the last step at first
 order, the one before at second), which stabilises the long final steps of few-step grids. It
 caps the global order at 2 (the last step's local error is ``O(h^2)``). The default ``None`` lowers
-below :data:`LOWER_ORDER_FINAL_BELOW` steps only, as dpm-solver's and diffusers' reference code do;
-``True``/``False`` force it. :func:`lowers_final` is the one rule every solver here uses.
+below :data:`LOWER_ORDER_FINAL_BELOW` steps only, as diffusers' ``DPMSolverMultistepScheduler`` does
+(dpm-solver's own code: below 10 steps; diffusers' ``UniPCMultistepScheduler``: at every step
+count); ``True``/``False`` force it. :func:`lowers_final` is the one rule every solver here uses.
+On time-uniform grids the last steps are long in lambda and the unlowered high orders extrapolate
+badly well beyond 15 steps (``benchmarks/lower_order_final.py``).
 """
 from __future__ import annotations
 
