@@ -60,7 +60,8 @@ def stage_point(schedule, i: int, r: float) -> Point:
 
 
 def _midpoint_2(F: Tensor, dF: Tensor, h: Tensor) -> list[Tensor]:
-    """DPM-Solver's second-order step: ``h phi_1 (F + h F'/2)``, equal to ``h phi_1 F + h^2 phi_2 F'`` to O(h^3)."""
+    """Algorithms 1-2's ``D_i = F_i + (F_i - F_j)/(2 r_i)``, ``r_i = (lam_i - lam_j)/h_i``, i.e. ``F + h F'/2``:
+    ``h phi_1 D_i`` equals ``h phi_1 F + h^2 phi_2 F'`` to O(h^3)."""
     return [F + h / 2 * dF]
 
 
