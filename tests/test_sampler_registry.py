@@ -149,7 +149,9 @@ def test_contract(name, opts, vp):
         sampler = SAMPLERS[name](**opts)
         assert res.samples.shape == shape and res.samples.dtype == dtype and res.samples.device == x_T.device
         assert torch.isfinite(res.samples).all()
-        assert res.method == name and res.convergence_order == sampler.convergence_order
+        order_for = getattr(sampler, "convergence_order_for", None)  # orders lowered on short runs
+        declared = sampler.convergence_order if order_for is None else order_for(len(res.times) - 1)
+        assert res.method == name and res.convergence_order == declared
         # the grid and both ends: the sampler starts at T and ends at t_min (or at 0 after Tweedie's step)
         expected_grid = sd.grids.make_grid("logsnr", vp, steps)
         torch.testing.assert_close(res.times, expected_grid, rtol=0, atol=0)
@@ -194,8 +196,9 @@ def test_a_stepped_sampler_driven_from_outside_is_sample(name, opts, vp):
     ctx = SamplingContext(sampler, times, GeneratorNoise(g), g, record=False, progress=False)
     state, calls = sampler.begin(schedule, x_T, ctx), 0
     while state.i < schedule.steps:
-        state = sampler.step(model, schedule, state, model.predict(state.x_eval, state.t_eval), ctx)
-        calls += 1
+        needs = sampler.needs_output(state)
+        state = sampler.step(model, schedule, state, model.predict(state.x_eval, state.t_eval) if needs else None, ctx)
+        calls += needs
     assert torch.equal(state.x, res.samples)
     assert calls == res.nfe == sampler.expected_nfe(steps)
 

@@ -16,7 +16,7 @@ import math
 import numbers
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -28,7 +28,7 @@ from ..schedule import Schedule
 from ..sde import SDE
 
 __all__ = ["Sampler", "SteppedSampler", "SamplerState", "Schedule", "SampleResult", "SamplingContext", "register", "get_sampler", "available", "sample",
-           "SAMPLERS", "GeneratorNoise", "BrownianNoise", "brownian_path", "GridPoint", "grid_points", "MAX_STEPS"]
+           "SAMPLERS", "GeneratorNoise", "BrownianNoise", "brownian_path", "MAX_STEPS"]
 
 #: The most grid steps :func:`sample` accepts. Fixed-step samplers converge long before it (their
 #: error at 10^4 steps is already at float64 rounding on the oracle); a larger number is a typo.
@@ -134,7 +134,12 @@ class SteppedSampler(Sampler):
         return SamplerState(x=x, i=0, x_eval=x, t_eval=schedule.t[0])
 
     def begin(self, schedule: Schedule, x: Tensor, ctx: SamplingContext) -> SamplerState:
+        """The state an outside loop starts from (``init``, plus any noise a first step draws up front)."""
         return self.init(schedule, x)
+
+    def needs_output(self, state: SamplerState) -> bool:
+        """Whether the next :meth:`step` consumes a model output (a final uncorrected UniPC step does not)."""
+        return True
 
     def step(self, model: ScoreModel, schedule: Schedule, state: SamplerState, output: Tensor,
              ctx: SamplingContext) -> SamplerState:
@@ -143,7 +148,7 @@ class SteppedSampler(Sampler):
     def run(self, model: ScoreModel, x: Tensor, schedule: Schedule, ctx: SamplingContext) -> Tensor:
         state = self.begin(schedule, x, ctx)
         while state.i < schedule.steps:
-            output = model.predict(state.x_eval, state.t_eval)
+            output = model.predict(state.x_eval, state.t_eval) if self.needs_output(state) else None
             i = state.i
             state = self.step(model, schedule, state, output, ctx)
             if state.i > i:
@@ -293,27 +298,6 @@ class SamplingContext:
         self._bar.close()
 
 
-class GridPoint(NamedTuple):
-    """A grid time with its SDE coefficients as float64 Python numbers.
-
-    Kept only while ``dpm_solver.py`` and ``unipc.py`` read their grids this way; samplers on the
-    :class:`~scoresde.schedule.Schedule` read ``schedule.t``, ``lam``, ``alpha``, ``sigma`` instead.
-    """
-
-    t: float
-    lam: float
-    alpha: float
-    sigma: float
-
-
-def grid_points(sde: SDE, times: Tensor) -> list[GridPoint]:
-    """``times`` with lambda, alpha and sigma at each, from one vectorised evaluation of the SDE."""
-    times = torch.as_tensor(times, dtype=torch.float64)
-    lam = sde.lam(times)
-    alpha, sigma = sde.alpha_sigma(times)
-    return [GridPoint(*v) for v in zip(times.tolist(), lam.tolist(), alpha.tolist(), sigma.tolist(), strict=True)]
-
-
 def _all_finite(x: Tensor) -> bool:
     return bool(torch.isfinite(x).all())
 
@@ -422,7 +406,7 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
     a1, s1 = (1.0, 0.0) if final_denoise else (float(schedule.alpha[-1].detach()), float(schedule.sigma[-1].detach()))
     return SampleResult(
         samples=x, times=times.detach(), nfe=model.nfe - nfe0, method=cls.name,
-        convergence_order=sampler.convergence_order, t_start=t_start, t_end=t_end,
+        convergence_order=_declared_order(sampler, schedule.steps), t_start=t_start, t_end=t_end,
         alpha_start=float(schedule.alpha[0].detach()), sigma_start=float(schedule.sigma[0].detach()), alpha_end=a1, sigma_end=s1,
         trajectory=torch.stack(ctx.trajectory) if return_trajectory else None, stats=ctx.stats,
     )
@@ -493,6 +477,12 @@ def _check_shape(shape) -> tuple[int, ...]:
         what = "an empty batch (batch size 0)" if shape[0] == 0 else "a size below 1"
         raise ValueError(f"shape: expected positive sizes, got {tuple(shape)}, {what}")
     return tuple(int(n) for n in shape)
+
+
+def _declared_order(sampler: Sampler, steps: int) -> float | None:
+    # Some samplers lower their order on short runs (lower_order_final): the run's own order is recorded.
+    order_for = getattr(sampler, "convergence_order_for", None)
+    return order_for(steps) if order_for is not None else sampler.convergence_order
 
 
 def _initial_state(sde: SDE, x_T, shape, generator, dtype, *, T: float) -> Tensor:

@@ -138,18 +138,13 @@ class UniPC(SteppedSampler):
     def corrects(self, i: int, steps: int) -> bool:
         return self.corrector and (i < steps - 1 or self.final_corrector)
 
+    def needs_output(self, state):
+        return state.stage != 2  # the uncorrected last predictor reuses the history (see :meth:`step`)
+
     def run(self, model, x, schedule, ctx):
-        """The stepping loop; a state at ``stage = 2`` needs no model call (see :meth:`step`)."""
         ctx.stats["orders"] = self.step_orders(schedule.steps)
         ctx.stats["corrected"] = [self.corrects(i, schedule.steps) for i in range(schedule.steps)]
-        state = self.init(schedule, x)
-        while state.i < schedule.steps:
-            i = state.i
-            output = None if state.stage == 2 else model.predict(state.x_eval, state.t_eval)
-            state = self.step(model, schedule, state, output, ctx)
-            if state.i > i:
-                ctx.step(i, state.x)
-        return state.x
+        return super().run(model, x, schedule, ctx)
 
     def _m(self, model, output: Tensor, x: Tensor, t: Tensor) -> Tensor:
         if self.prediction == "noise":
