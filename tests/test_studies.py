@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 import scoresde as sd
 from scoresde import plotting
 from scoresde.samplers import available
-from scoresde.studies import common, error_vs_steps
+from scoresde.studies import error_vs_steps, method_specs, orders, output
 from scoresde.studies.ddim_limit import ddim_convergence, ddim_identity, eta_family, exp_euler_step
 from scoresde.studies.grid_opt import grid_comparison, grid_from_logits
 from scoresde.studies.trajectories import state_at, trajectories
@@ -25,54 +25,54 @@ def mix():
 
 # ----- input checks ------------------------------------------------------------------------------
 def test_parse_method_names_options_and_errors():
-    m = common.parse_method("ddim:eta=0.5")
+    m = method_specs.parse_method("ddim:eta=0.5")
     assert (m.name, m.opts, m.label) == ("ddim", {"eta": 0.5}, "ddim(eta=0.5)")
-    assert common.parse_method(("ddim", {"eta": 1})).opts == {"eta": 1}
+    assert method_specs.parse_method(("ddim", {"eta": 1})).opts == {"eta": 1}
     with pytest.raises(ValueError, match="unknown sampler 'nope'.*known samplers: .*ddim"):
-        common.parse_method("nope")
+        method_specs.parse_method("nope")
     with pytest.raises(ValueError, match="does not accept bogus"):
-        common.parse_method("ddim:bogus=1")
+        method_specs.parse_method("ddim:bogus=1")
     with pytest.raises(ValueError, match="eta"):
-        common.parse_method("ddim:eta=-1")
+        method_specs.parse_method("ddim:eta=-1")
     with pytest.raises(ValueError, match="duplicate"):
-        common.parse_methods(["ddim", "ddim"])
+        method_specs.parse_methods(["ddim", "ddim"])
 
 
 @pytest.mark.parametrize("steps, msg", [([], "non-empty"), ([4, 4], "strictly increasing"), ([8, 4], "strictly increasing"),
                                         ([0, 4], "positive"), ([2.5], "positive"), ("x", "positive")])
 def test_check_steps_rejects(steps, msg):
     with pytest.raises(ValueError, match=msg):
-        common.check_steps(steps)
+        method_specs.check_steps(steps)
 
 
 def test_check_grids_and_dir(tmp_path):
-    assert common.check_grids("karras") == ["karras"]
+    assert method_specs.check_grids("karras") == ["karras"]
     with pytest.raises(ValueError, match="unknown name 'cosine'.*known grids"):
-        common.check_grids(["cosine"])
+        method_specs.check_grids(["cosine"])
     f = tmp_path / "file"
     f.write_text("")
     with pytest.raises(ValueError, match="not a folder"):
-        common.check_writable_dir(f / "sub")
+        output.check_writable_dir(f / "sub")
 
 
 def test_fit_order_recovers_a_power_law_and_skips_the_floor():
     steps = [4, 8, 16, 32, 64]
     errs = [3.0 * n**-2.0 for n in steps]
-    fit = common.fit_order(steps, errs)
+    fit = orders.fit_order(steps, errs)
     assert abs(fit.order - 2.0) < 1e-12
     # points within 10x of the floor are not used: the last one here
-    fit = common.fit_order(steps, errs[:-1] + [1e-9], floor=1e-9)
+    fit = orders.fit_order(steps, errs[:-1] + [1e-9], floor=1e-9)
     assert fit.steps_used == [4, 8, 16, 32]
 
 
 def test_staged_output_leaves_nothing_on_failure(tmp_path):
     out = tmp_path / "new"
     with pytest.raises(RuntimeError):
-        with common.staged_output(out) as (tmp, _):
+        with output.staged_output(out) as (tmp, _):
             (tmp / "half.png").write_text("x")
             raise RuntimeError("boom")
     assert not out.exists()
-    with common.staged_output(out) as (tmp, written):
+    with output.staged_output(out) as (tmp, written):
         (tmp / "a.csv").write_text("x")
     assert [p.name for p in written] == ["a.csv"] and sorted(p.name for p in out.iterdir()) == ["a.csv"]
 

@@ -35,7 +35,8 @@ def run(args) -> int:
 
     from .. import SDES, make_sde, toy
     from ..studies import jobs
-    from ..studies.common import check_grids, check_steps, check_writable_dir, parse_methods, staged_output
+    from ..studies.method_specs import check_grids, check_steps, parse_methods
+    from ..studies.output import check_writable_dir, staged_output
 
     if args.data not in toy.MIXTURES:
         raise ValueError(f"--data: {args.data!r} has no exact mixture; mixtures: {', '.join(sorted(toy.MIXTURES))}")
