@@ -1,6 +1,6 @@
-"""Former home of the shared study helpers; each now lives in the module of its job.
+"""Re-exports of the helpers the studies share, for code that imports them from ``scoresde.studies.common``.
 
-Kept as re-exports so that code written against ``scoresde.studies.common`` keeps working:
+Each lives in the module of its job:
 :mod:`.method_specs`, :mod:`.references`, :mod:`.distances`, :mod:`.orders`, :mod:`.output`.
 """
 from .distances import distribution_error, endpoint_error, sliced_w2, w2_exact

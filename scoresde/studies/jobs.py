@@ -112,7 +112,7 @@ def job_grid_comparison(out, model: ScoreModel, *, methods=("ddim", "dpm_solver+
     return paths, comp
 
 
-# A configuration small enough for smoke tests (seconds): the same files, looser references.
+# A configuration small enough for smoke tests: the same files, smaller batches, looser references.
 QUICK = {
     "error_vs_steps": {"ref_tol": 1e-8, "ref_sde_steps": 256},
     "ddim_limit": {"steps": (4, 8, 16), "n": 8, "eta_steps": (5, 10), "etas": (0.0, 1.0), "n_eta": 64, "ref_tol": 1e-7},
