@@ -65,6 +65,45 @@ def test_fit_order_recovers_a_power_law_and_skips_the_floor():
     assert fit.steps_used == [4, 8, 16, 32]
 
 
+def test_empirical_and_median_order_recover_power_laws():
+    steps = [16, 24, 32, 48]
+    assert orders.empirical_order(steps, [2.0 * n**-3.0 for n in steps]) == pytest.approx(3.0, abs=1e-12)
+    # per-sample orders 1, 2, 2, 4 (one column each): the median is 2, the mean error's slope would not be
+    errs = [[n**-1.0, 5 * n**-2.0, n**-2.0, 40 * n**-4.0] for n in steps]
+    assert orders.median_order(steps, errs) == pytest.approx(2.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("steps, errors, match", [
+    ([8, 16], [1e-2], "one error per step count"),
+    ([8], [1e-2], "at least two"),
+    ([8, 16], [1e-2, 0.0], "positive finite errors"),
+    ([8, 16], [1e-2, float("nan")], "positive finite errors"),
+    ([8, 8], [1e-2, 1e-3], "two distinct positive step counts"),
+])
+def test_loglog_fit_rejects(steps, errors, match):
+    with pytest.raises(ValueError, match=match):
+        orders.loglog_fit(steps, errors)
+
+
+def test_plotting_and_jobs_leave_pyplot_and_the_backend_alone(tmp_path):
+    # importing the figure code and drawing a figure must not import pyplot or choose a backend
+    import subprocess
+    import sys
+
+    code = ("import sys, matplotlib\n"
+            "before = matplotlib.rcParams._get_backend_or_none()\n"
+            "import scoresde.studies.jobs, scoresde.plotting as p\n"
+            "from types import SimpleNamespace as N\n"
+            "rows = [{'method': 'm', 'grid': 'logsnr', 'nfe': n, 'error_test': 1.0 / n, 'nfe_budget': n} for n in (4, 8)]\n"
+            "fig = p.plot_grid_comparison(N(rows=rows, gains=lambda: []))\n"
+            f"fig.savefig({str(tmp_path / 'f.png')!r})\n"
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
+            "assert matplotlib.rcParams._get_backend_or_none() == before, 'backend changed'\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "f.png").stat().st_size > 0
+
+
 def test_staged_output_leaves_nothing_on_failure(tmp_path):
     out = tmp_path / "new"
     with pytest.raises(RuntimeError):
