@@ -121,6 +121,9 @@ def make_grid(grid, sde: SDE, steps: int | None, *, t_min: float | None = None, 
     """Build a grid by name (:data:`GRIDS`), from a callable, or validate a user-given tensor.
 
     A user-given tensor fixes both ends and the step count (``steps`` must then be None or match).
+    A callable ``fn(sde, steps, t_min, T)`` must return a 1-D, finite, strictly decreasing tensor of
+    ``steps + 1`` times from ``T`` to ``t_min`` (both ends to 1e-12); anything else is refused here,
+    before any sampling, with a ValueError (a TypeError for an output that is no tensor of numbers).
     """
     if isinstance(grid, (Tensor, list, tuple)):
         times = validate_grid(grid, sde)
