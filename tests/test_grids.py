@@ -88,3 +88,19 @@ def test_a_grid_callable_is_refused_before_sampling():
     with pytest.raises(ValueError, match="grid: the callable returned 3 times"):
         sd.sample(model, sd.VPSDE(), "ddim", 4, shape=(2, 2), grid=lambda sde, n, lo, hi: _lin(3, hi, lo))
     assert calls == []
+
+
+@pytest.mark.parametrize("name", ["karras", "quadratic", "uniform"])
+def test_logits_of_grid_inverts_grid_from_logits(any_sde, name):
+    # the log-SNR gap parametrisation of optimised grids and fitted solvers reproduces any grid it is given
+    times = grids.make_grid(name, any_sde, 7)
+    back = grids.grid_from_logits(any_sde, grids.logits_of_grid(any_sde, times), any_sde.t_min, any_sde.T)
+    torch.testing.assert_close(back, times, rtol=1e-9, atol=1e-12)
+
+
+def test_lam_from_logits_is_increasing_with_pinned_ends():
+    w = torch.randn(9, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    lam = grids.lam_from_logits(w, -5.0, 4.0)
+    assert lam.shape == (10,) and float(lam[0]) == -5.0 and float(lam[-1]) == pytest.approx(4.0, abs=1e-14)
+    assert (lam.diff() > 0).all()
+    torch.testing.assert_close(grids.lam_from_logits(w + 7.0, -5.0, 4.0), lam)  # shift-invariant in w
