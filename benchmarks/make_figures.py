@@ -3,7 +3,7 @@
     python benchmarks/make_figures.py            # all figures into figures/
     python benchmarks/make_figures.py --only ddim_limit --out /tmp/figs
 
-Runs on 2 CPU cores in minutes: the eight_gaussians mixture under the VP SDE, exact score.
+The eight_gaussians mixture under the VP SDE with its exact score; the jobs are those of scoresde.studies.jobs.
 """
 from __future__ import annotations
 

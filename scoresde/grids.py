@@ -17,7 +17,7 @@ GridFn = Callable[[SDE, int, float, float], Tensor]
 GRIDS: dict[str, GridFn] = {}
 
 __all__ = ["GRIDS", "register_grid", "make_grid", "available", "uniform_t", "uniform_logsnr", "quadratic",
-           "karras", "validate_grid"]
+           "karras", "validate_grid", "times_of_lam", "lam_from_logits", "logits_of_grid", "grid_from_logits"]
 
 
 def register_grid(name: str):
@@ -38,6 +38,17 @@ def _f64(x: float) -> Tensor:
     return torch.tensor(float(x), dtype=torch.float64)
 
 
+def times_of_lam(sde: SDE, lam: Tensor, t_min: float, T: float) -> Tensor:
+    """The times ``t(lam)`` of an increasing half log-SNR grid from ``lam(T)`` to ``lam(t_min)``, ends pinned.
+
+    The inverse ``t_of_lam`` is exact only to rounding, so the first and last times are set to ``T`` and
+    ``t_min`` themselves: a grid then starts and ends exactly where the sampler was asked to.
+    """
+    t = sde.t_of_lam(lam.to(torch.float64)).clone()
+    t[0], t[-1] = T, t_min
+    return t
+
+
 @register_grid("uniform")
 def uniform_t(sde: SDE, steps: int, t_min: float, T: float) -> Tensor:
     """Uniform in t (DDPM/DDIM's default "linspace" spacing)."""
@@ -48,9 +59,7 @@ def uniform_t(sde: SDE, steps: int, t_min: float, T: float) -> Tensor:
 def uniform_logsnr(sde: SDE, steps: int, t_min: float, T: float) -> Tensor:
     """Uniform in the half log-SNR lambda (DPM-Solver's "logSNR" spacing)."""
     lam = torch.linspace(float(sde.lam(_f64(T))), float(sde.lam(_f64(t_min))), steps + 1, dtype=torch.float64)
-    t = sde.t_of_lam(lam)
-    t[0], t[-1] = T, t_min  # pin the ends exactly; the inverse is only accurate to rounding
-    return t
+    return times_of_lam(sde, lam, t_min, T)
 
 
 @register_grid("quadratic")
@@ -66,9 +75,32 @@ def karras(sde: SDE, steps: int, t_min: float, T: float, rho: float = 7.0) -> Te
     s_min = torch.exp(-sde.lam(_f64(t_min)))
     ramp = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
     s = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
-    t = sde.t_of_lam(-torch.log(s))
-    t[0], t[-1] = T, t_min
-    return t
+    return times_of_lam(sde, -torch.log(s), t_min, T)
+
+
+# ----- a grid parametrised by its log-SNR gaps (optimised grids, fitted solvers) ------------------
+def lam_from_logits(w: Tensor, lam_T: float, lam_min: float) -> Tensor:
+    r"""``lam_i = lam_T + (lam_min - lam_T) sum_{j<i} softmax(w)_j``, i = 0 .. len(w).
+
+    Every real ``w`` gives a strictly increasing log-SNR grid with both ends pinned; it is
+    differentiable in ``w`` (the ends carry no gradient), and adding a constant to ``w`` changes nothing.
+    """
+    frac = torch.cat([w.new_zeros(1), torch.cumsum(torch.softmax(w, 0), 0)])
+    lam = lam_T + (lam_min - lam_T) * frac
+    return torch.cat([lam[:1].detach(), lam[1:-1], lam[-1:].detach()])
+
+
+def logits_of_grid(sde: SDE, times: Tensor) -> Tensor:
+    """Logits whose :func:`lam_from_logits` grid is ``times``: the log of its log-SNR gaps."""
+    lam = sde.lam(times.to(torch.float64))
+    return torch.log(torch.diff(lam).clamp_min(1e-12))
+
+
+def grid_from_logits(sde: SDE, w: Tensor, t_min: float, T: float) -> Tensor:
+    """The time grid whose log-SNR gaps are ``softmax(w)`` times the log-SNR range from ``T`` to ``t_min``."""
+    w = torch.as_tensor(w, dtype=torch.float64)
+    lam = lam_from_logits(w, float(sde.lam(_f64(T))), float(sde.lam(_f64(t_min))))
+    return times_of_lam(sde, lam.detach(), t_min, T)
 
 
 def validate_grid(times, sde: SDE) -> Tensor:
@@ -89,6 +121,9 @@ def make_grid(grid, sde: SDE, steps: int | None, *, t_min: float | None = None, 
     """Build a grid by name (:data:`GRIDS`), from a callable, or validate a user-given tensor.
 
     A user-given tensor fixes both ends and the step count (``steps`` must then be None or match).
+    A callable ``fn(sde, steps, t_min, T)`` must return a 1-D, finite, strictly decreasing tensor of
+    ``steps + 1`` times from ``T`` to ``t_min`` (both ends to 1e-12); anything else is refused here,
+    before any sampling, with a ValueError (a TypeError for an output that is no tensor of numbers).
     """
     if isinstance(grid, (Tensor, list, tuple)):
         times = validate_grid(grid, sde)
@@ -102,9 +137,31 @@ def make_grid(grid, sde: SDE, steps: int | None, *, t_min: float | None = None, 
     if steps is None or isinstance(steps, bool) or int(steps) != steps or int(steps) < 1:
         raise ValueError(f"steps: expected a positive integer, got {steps!r}")
     if callable(grid):
-        fn = grid
-    elif grid in GRIDS:
-        fn = GRIDS[grid]
-    else:
-        raise ValueError(f"grid: unknown name {grid!r}; known grids: {', '.join(available())}, or pass a decreasing tensor of times")
-    return validate_grid(fn(sde, int(steps), t_min, T), sde)
+        return _check_callable_grid(grid(sde, int(steps), t_min, T), sde, int(steps), t_min, T)
+    if isinstance(grid, str) and grid in GRIDS:
+        return validate_grid(GRIDS[grid](sde, int(steps), t_min, T), sde)
+    raise ValueError(f"grid: unknown name {grid!r}; known grids: {', '.join(available())}, or pass a decreasing tensor of times")
+
+
+def _check_callable_grid(out, sde: SDE, steps: int, t_min: float, T: float) -> Tensor:
+    """What a grid callable ``fn(sde, steps, t_min, T)`` returned, checked against what it was asked for."""
+    allowed = f"a 1-D decreasing tensor of steps + 1 = {steps + 1} finite times from T={T} to t_min={t_min}"
+    try:
+        times = torch.as_tensor(out, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"grid: the callable returned {type(out).__name__} {out!r:.80}; expected {allowed}") from None
+    shown = times.tolist()[:10] if times.ndim == 1 else f"a tensor of shape {tuple(times.shape)}"
+    if times.ndim != 1:
+        raise ValueError(f"grid: the callable returned {shown}; expected {allowed}")
+    if times.numel() != steps + 1:
+        raise ValueError(f"grid: the callable returned {times.numel()} times for steps={steps}; expected {allowed}")
+    if not torch.isfinite(times).all():
+        raise ValueError(f"grid: the callable returned non-finite times {shown}; expected {allowed}")
+    if not (times[1:] < times[:-1]).all():
+        raise ValueError(f"grid: the callable returned times that are not strictly decreasing, {shown}; "
+                         f"expected {allowed}")
+    for name, got, want in (("T", float(times[0]), T), ("t_min", float(times[-1]), t_min)):
+        if abs(got - want) > 1e-12 * max(abs(want), 1.0):
+            raise ValueError(f"grid: the callable's grid ends at {got!r} where {name}={want!r} was asked for; "
+                             f"expected {allowed}")
+    return validate_grid(times, sde)

@@ -1,14 +1,18 @@
 """Figures from study results. Every function takes data and returns a matplotlib Figure (or an
 animation); none of them trains or samples.
 
-The inputs are the result objects of :mod:`scoresde.studies` (their rows are plain dicts of numbers).
+The inputs are the result objects of :mod:`scoresde.studies` (their rows are plain dicts of numbers);
+this module reads their fields and imports nothing from the studies. Figures are built with the
+object API (``matplotlib.figure.Figure`` on an Agg canvas), so no pyplot state and no backend
+choice is involved: ``fig.savefig(path)`` writes the file.
 """
 from __future__ import annotations
 
 import math
 
-import matplotlib.pyplot as plt
+import matplotlib
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 __all__ = ["plot_error_vs_steps", "plot_ddim_limit", "plot_trajectories", "animate_trajectories",
@@ -17,8 +21,15 @@ __all__ = ["plot_error_vs_steps", "plot_ddim_limit", "plot_trajectories", "anima
 _MARKERS = "osD^v<>pPX*h"
 
 
+def _figure(**kwargs) -> Figure:
+    """A figure on its own Agg canvas (drawable and savable without pyplot)."""
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def _colors(n: int):
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
 
 
@@ -50,7 +61,8 @@ def plot_error_vs_steps(study, *, title: str | None = None) -> Figure:
     has_logp = any("mean_log_density" in r for r in rows)
     npanels = 2 + int(has_dist) + int(has_logp)
     nrows = 1 if npanels <= 2 else 2
-    fig, axes = plt.subplots(nrows, 2, figsize=(11, 4.6 * nrows), squeeze=False)
+    fig = _figure(figsize=(11, 4.6 * nrows))
+    axes = fig.subplots(nrows, 2, squeeze=False)
     axes = axes.flatten()[:npanels]
     colors = dict(zip(labels, _colors(len(labels)), strict=False))
     styles = dict(zip(grids, ["-", ":", "-.", (0, (5, 1))], strict=False))
@@ -116,7 +128,8 @@ def plot_ddim_limit(limit, eta=None, *, title: str | None = None) -> Figure:
     """DDIM(eta=0) error vs steps per SDE with the fitted slope and a dashed -1 slope; the one-step
     identity as text; and, with ``eta``, the eta family's distribution error against steps."""
     ncols = 1 + (2 if eta is not None else 0)
-    fig, axes = plt.subplots(1, ncols, figsize=(4.8 * ncols, 4.4), squeeze=False)
+    fig = _figure(figsize=(4.8 * ncols, 4.4))
+    axes = fig.subplots(1, ncols, squeeze=False)
     axes = axes[0]
     ax = axes[0]
     colors = _colors(len(limit.convergence))
@@ -143,7 +156,7 @@ def plot_ddim_limit(limit, eta=None, *, title: str | None = None) -> Figure:
     ax.grid(True, which="both", alpha=0.25)
     if eta is not None:
         etas = list(dict.fromkeys(r["eta"] for r in eta.rows))
-        cmap = plt.get_cmap("viridis")
+        cmap = matplotlib.colormaps["viridis"]
         for k, e in enumerate(etas):
             sel = [r for r in eta.rows if r["eta"] == e]
             c = cmap(k / max(1, len(etas) - 1))
@@ -178,17 +191,11 @@ def _density(ax, log_density, ext, **kw):
                      norm=PowerNorm(0.5, vmin=0, vmax=dens.max()), **kw)
 
 
-def _state_at(times, states, t):
-    from .studies.trajectories import state_at
-
-    return state_at(times, states, t)
-
-
 def plot_trajectories(traj, *, title: str | None = None) -> Figure:
     """Snapshots of p_t with its score field and every method's particles (top row); the paths over
     the data density (bottom left); a scatter of samples against data (bottom right)."""
     n_snap = len(traj.snapshot_times)
-    fig = plt.figure(figsize=(3.1 * n_snap, 3.1 + 6.0))
+    fig = _figure(figsize=(3.1 * n_snap, 3.1 + 6.0))
     gs = fig.add_gridspec(2, n_snap, height_ratios=[1, 1.9])
     xs, ys = (v.numpy() for v in traj.mesh)
     ext = (xs[0], xs[-1], ys[0], ys[-1])
@@ -204,8 +211,7 @@ def plot_trajectories(traj, *, title: str | None = None) -> Figure:
         unit = sc / np.maximum(mag, 1e-12)  # directions only: the magnitude spans decades near the modes
         ax.quiver(QX, QY, unit[..., 0], unit[..., 1], color="tab:cyan", scale=30, width=0.004, alpha=0.7)
         for label in labels:
-            times, states = traj.paths[label]
-            p = _state_at(times, states, t).numpy()
+            p = traj.state_at(label, t).numpy()
             ax.scatter(p[:, 0], p[:, 1], s=12, color=colors[label], edgecolor="white", lw=0.4, zorder=3)
         ax.set_title(f"p_t and score, t = {t:.3g}", fontsize=9)
         ax.set_xticks([])
@@ -251,7 +257,8 @@ def animate_trajectories(traj, *, interval: int = 120):
     ext = (xs[0], xs[-1], ys[0], ys[-1])
     labels = list(traj.paths)
     colors = dict(zip(labels, ["tab:red", "k", "tab:blue", "tab:green", "tab:purple", "tab:orange"], strict=False))
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = _figure(figsize=(5, 5))
+    ax = fig.subplots()
     im = _density(ax, traj.frame_log_density[0], ext)
     dots = {label: ax.scatter([], [], s=22, color=colors[label], edgecolor="white", lw=0.5, label=label, zorder=3)
             for label in labels}
@@ -266,8 +273,7 @@ def animate_trajectories(traj, *, interval: int = 120):
         im.set_data(dens)
         im.norm.vmax = dens.max()
         for label in labels:
-            times, states = traj.paths[label]
-            dots[label].set_offsets(_state_at(times, states, t).numpy())
+            dots[label].set_offsets(traj.state_at(label, t).numpy())
         title.set_text(f"p_t and particles, t = {t:.3g}")
         return [im, title, *dots.values()]
 
@@ -282,7 +288,8 @@ def plot_grid_comparison(comp, *, title: str | None = None) -> Figure:
     fitted = sorted((r for r in comp.rows if r["grid"] == "fitted"), key=lambda r: r["nfe_budget"])
     methods = list(dict.fromkeys(r["method"] for r in comp.rows if r["grid"] != "fitted"))
     grids = list(dict.fromkeys(r["grid"] for r in comp.rows if r["grid"] not in ("optimised", "fitted")))
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.8 * len(methods), 4.4), squeeze=False)
+    fig = _figure(figsize=(4.8 * len(methods), 4.4))
+    axes = fig.subplots(1, len(methods), squeeze=False)
     colors = dict(zip(grids, _colors(len(grids)), strict=False))
     gains = {(g["method"], g["nfe"]): g for g in comp.gains()}
     for ax, method in zip(axes[0], methods, strict=False):

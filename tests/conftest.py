@@ -1,11 +1,9 @@
 """Shared fixtures: every SDE of the family, built fresh for each test."""
-import matplotlib
 import pytest
 import torch
 
 import scoresde as sd
 
-matplotlib.use("Agg")
 # Tiny tensors gain nothing from intra-op threads, and a busy machine makes spinning OpenMP threads
 # cost 100x on them: the suite runs single-threaded.
 torch.set_num_threads(1)

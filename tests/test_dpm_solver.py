@@ -16,6 +16,8 @@ from scoresde._tensor import append_dims
 from scoresde.samplers import sample
 from scoresde.samplers.dpm_solver import DPMSolver
 from scoresde.samplers.dpm_solver_pp import DPMSolverPP, dynamic_threshold
+from scoresde.studies.orders import empirical_order
+from scoresde.studies.references import reference_pf_ode
 
 NAMES = ("dpm_solver", "dpm_solver++")
 
@@ -72,7 +74,7 @@ def _reference(sde_name):
     same t_min (solve() passes step_t so the solver lands on t_min and never steps past it)."""
     sde = sd.make_sde(sde_name)
     model, x_T = _setup(sde)
-    return x_T, sde.probability_flow(model.score).solve(x_T, [sde.T, sde.t_min], method="dopri5")[-1]
+    return x_T, reference_pf_ode(model, x_T, sde.T, sde.t_min, tol=1e-10, variable="t", estimate_error=False).x
 
 
 def _fitted_order(sde_name, method, **options):
@@ -83,7 +85,7 @@ def _fitted_order(sde_name, method, **options):
     for n in STEPS:
         out = sample(model, sde, method, n, x_T=x_T, grid="logsnr", **options).samples
         errs.append(float((out - ref).norm(dim=1).median()))
-    slope = -np.polyfit(np.log(STEPS), np.log(errs), 1)[0]
+    slope = empirical_order(STEPS, errs)
     return slope, errs
 
 
@@ -131,10 +133,10 @@ def test_warm_up_caps_third_order_when_starting_at_high_snr():
     gen = torch.Generator().manual_seed(0)
     x_T = alpha_T * mix.sample(64, generator=gen, dtype=torch.float64) + sigma_T * torch.randn(
         64, 2, generator=gen, dtype=torch.float64)  # a draw from the true marginal at T
-    ref = sde.probability_flow(model.score).solve(x_T, [T, sde.t_min], method="dopri5")[-1]
+    ref = reference_pf_ode(model, x_T, T, sde.t_min, tol=1e-10, variable="t", estimate_error=False).x
     errs = [float((sample(model, sde, "dpm_solver++", n, x_T=x_T, T=T, order=3, lower_order_final=False).samples
                    - ref).norm(dim=1).median()) for n in STEPS]
-    slope = -np.polyfit(np.log(STEPS), np.log(errs), 1)[0]
+    slope = empirical_order(STEPS, errs)
     assert abs(slope - 2) < 0.3, f"slope {slope:.2f}, errors {errs}"
 
 
@@ -205,7 +207,7 @@ def test_lower_order_final_changes_the_result_at_second_order():
         runs = [sample(model, sde, "dpm_solver++", n, x_T=x_T, order=3, lower_order_final=lof).samples
                 for lof in (True, False)]
         diffs.append(float((runs[0] - runs[1]).norm(dim=1).median()))
-    slope = -np.polyfit(np.log(steps), np.log(diffs), 1)[0]
+    slope = empirical_order(steps, diffs)
     assert abs(slope - 2) < 0.3, f"slope {slope:.2f}, differences {diffs}"
 
 

@@ -56,3 +56,51 @@ def test_bad_grids(grid, steps, kwargs, match):
 def test_duplicate_grid_registration_raises():
     with pytest.raises(ValueError, match="already registered"):
         grids.register_grid("uniform")(lambda *a: None)
+
+
+def _lin(n_points, hi, lo):
+    return torch.linspace(hi, lo, n_points, dtype=torch.float64)
+
+
+# A grid callable fn(sde, steps, t_min, T) is checked against what it was asked for, before any sampling.
+@pytest.mark.parametrize("fn, exc, match", [
+    (lambda sde, n, lo, hi: _lin(n, hi, lo), ValueError, r"grid: the callable returned 5 times for steps=5"),
+    (lambda sde, n, lo, hi: _lin(n + 1, hi, 0.01), ValueError, r"grid: .*ends at 0\.01 where t_min=0\.001"),
+    (lambda sde, n, lo, hi: _lin(n + 1, 0.9, lo), ValueError, r"grid: .*ends at 0\.9 where T=1\.0"),
+    (lambda sde, n, lo, hi: _lin(n + 1, hi, lo).flip(0), ValueError, r"grid: .*not strictly decreasing"),
+    (lambda sde, n, lo, hi: torch.cat([_lin(n, hi, lo), torch.tensor([lo], dtype=torch.float64)]), ValueError,
+     r"grid: .*not strictly decreasing"),
+    (lambda sde, n, lo, hi: torch.where(torch.arange(n + 1) == 2, float("nan"), _lin(n + 1, hi, lo)), ValueError,
+     r"grid: .*non-finite"),
+    (lambda sde, n, lo, hi: _lin(n + 1, hi, lo)[None], ValueError, r"grid: .*shape \(1, 6\).*1-D"),
+    (lambda sde, n, lo, hi: "0.5,0.1", TypeError, r"grid: the callable returned str"),
+    (lambda sde, n, lo, hi: None, TypeError, r"grid: the callable returned NoneType"),
+])
+def test_bad_grid_callables_are_refused(fn, exc, match):
+    with pytest.raises(exc, match=match) as info:
+        grids.make_grid(fn, sd.VPSDE(), 5)
+    assert "steps + 1 = 6 finite times from T=1.0 to t_min=0.001" in str(info.value)  # what is allowed
+
+
+def test_a_grid_callable_is_refused_before_sampling():
+    calls = []
+    model = sd.ScoreModel(lambda x, t: calls.append(t) or x, sd.VPSDE(), "eps")
+    with pytest.raises(ValueError, match="grid: the callable returned 3 times"):
+        sd.sample(model, sd.VPSDE(), "ddim", 4, shape=(2, 2), grid=lambda sde, n, lo, hi: _lin(3, hi, lo))
+    assert calls == []
+
+
+@pytest.mark.parametrize("name", ["karras", "quadratic", "uniform"])
+def test_logits_of_grid_inverts_grid_from_logits(any_sde, name):
+    # the log-SNR gap parametrisation of optimised grids and fitted solvers reproduces any grid it is given
+    times = grids.make_grid(name, any_sde, 7)
+    back = grids.grid_from_logits(any_sde, grids.logits_of_grid(any_sde, times), any_sde.t_min, any_sde.T)
+    torch.testing.assert_close(back, times, rtol=1e-9, atol=1e-12)
+
+
+def test_lam_from_logits_is_increasing_with_pinned_ends():
+    w = torch.randn(9, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    lam = grids.lam_from_logits(w, -5.0, 4.0)
+    assert lam.shape == (10,) and float(lam[0]) == -5.0 and float(lam[-1]) == pytest.approx(4.0, abs=1e-14)
+    assert (lam.diff() > 0).all()
+    torch.testing.assert_close(grids.lam_from_logits(w + 7.0, -5.0, 4.0), lam)  # shift-invariant in w

@@ -3,7 +3,6 @@ declared order, the fit's gradients against finite differences, what a fit buys 
 starting points, save/load, and bad input. float64 on the exact mixture oracle throughout."""
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -11,8 +10,9 @@ import scoresde as sd
 from scoresde import toy
 from scoresde.samplers import sample
 from scoresde.samplers.linear_multistep import ddim_increments, dpm_solver_2m_coefficients
-from scoresde.studies.common import reference_pf_ode
-from scoresde.studies.solver_fit import FittedSolver, fit_linear_multistep, times_of_lam
+from scoresde.studies.orders import empirical_order
+from scoresde.studies.references import reference_pf_ode
+from scoresde.studies.solver_fit import FittedSolver, fit_linear_multistep, grid_of_lam
 
 
 def _setup(sde_name="vp", batch=32, seed=0, name="gaussian_mixture_2d"):
@@ -51,7 +51,7 @@ def test_default_order_is_two():
     ref = reference_pf_ode(model, x_T, float(sde.T), float(sde.t_min), tol=1e-11).x
     steps = [16, 24, 32, 48, 64]
     errs = [float((sample(model, sde, "linear_multistep", n, x_T=x_T).samples - ref).norm(dim=1).median()) for n in steps]
-    slope = -np.polyfit(np.log(steps), np.log(errs), 1)[0]
+    slope = empirical_order(steps, errs)
     assert abs(slope - 2) < 0.3, f"slope {slope:.2f}, errors {errs}"
     assert sd.samplers.get_sampler("linear_multistep")().convergence_order == 2
     assert sd.samplers.get_sampler("linear_multistep")(coefficients=torch.eye(3)).convergence_order is None
@@ -67,7 +67,7 @@ def test_one_call_per_step_and_keeps_dtype():
 def test_times_of_lam_is_the_grid_with_pinned_ends():
     sde, _, _ = _setup()
     times = sd.grids.make_grid("quadratic", sde, 6)
-    got = times_of_lam(sde, sde.lam(times), T=float(times[0]), t_min=float(times[-1]))
+    got = grid_of_lam(sde, sde.lam(times), T=float(times[0]), t_min=float(times[-1]))
     assert float(got[0]) == float(times[0]) and float(got[-1]) == float(times[-1])
     torch.testing.assert_close(got, times, rtol=1e-12, atol=0)
 
@@ -85,7 +85,7 @@ def test_gradients_match_finite_differences():
     T, t_min = float(times[0]), float(times[-1])
 
     def loss(lam_, C_):
-        grid = times_of_lam(sde, lam_, T=T, t_min=t_min)
+        grid = grid_of_lam(sde, lam_, T=T, t_min=t_min)
         x = sample(model, sde, "linear_multistep", x_T=x_T, grid=grid, coefficients=C_, grad=True).samples
         return (x - target).norm(dim=1).mean()
 

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 import scoresde as sd
 from scoresde import plotting
 from scoresde.samplers import available
-from scoresde.studies import common, error_vs_steps
+from scoresde.studies import error_vs_steps, method_specs, orders, output, references
 from scoresde.studies.ddim_limit import ddim_convergence, ddim_identity, eta_family, exp_euler_step
 from scoresde.studies.grid_opt import grid_comparison, grid_from_logits
 from scoresde.studies.trajectories import state_at, trajectories
@@ -25,54 +25,93 @@ def mix():
 
 # ----- input checks ------------------------------------------------------------------------------
 def test_parse_method_names_options_and_errors():
-    m = common.parse_method("ddim:eta=0.5")
+    m = method_specs.parse_method("ddim:eta=0.5")
     assert (m.name, m.opts, m.label) == ("ddim", {"eta": 0.5}, "ddim(eta=0.5)")
-    assert common.parse_method(("ddim", {"eta": 1})).opts == {"eta": 1}
+    assert method_specs.parse_method(("ddim", {"eta": 1})).opts == {"eta": 1}
     with pytest.raises(ValueError, match="unknown sampler 'nope'.*known samplers: .*ddim"):
-        common.parse_method("nope")
+        method_specs.parse_method("nope")
     with pytest.raises(ValueError, match="does not accept bogus"):
-        common.parse_method("ddim:bogus=1")
+        method_specs.parse_method("ddim:bogus=1")
     with pytest.raises(ValueError, match="eta"):
-        common.parse_method("ddim:eta=-1")
+        method_specs.parse_method("ddim:eta=-1")
     with pytest.raises(ValueError, match="duplicate"):
-        common.parse_methods(["ddim", "ddim"])
+        method_specs.parse_methods(["ddim", "ddim"])
 
 
 @pytest.mark.parametrize("steps, msg", [([], "non-empty"), ([4, 4], "strictly increasing"), ([8, 4], "strictly increasing"),
                                         ([0, 4], "positive"), ([2.5], "positive"), ("x", "positive")])
 def test_check_steps_rejects(steps, msg):
     with pytest.raises(ValueError, match=msg):
-        common.check_steps(steps)
+        method_specs.check_steps(steps)
 
 
 def test_check_grids_and_dir(tmp_path):
-    assert common.check_grids("karras") == ["karras"]
+    assert method_specs.check_grids("karras") == ["karras"]
     with pytest.raises(ValueError, match="unknown name 'cosine'.*known grids"):
-        common.check_grids(["cosine"])
+        method_specs.check_grids(["cosine"])
     f = tmp_path / "file"
     f.write_text("")
     with pytest.raises(ValueError, match="not a folder"):
-        common.check_writable_dir(f / "sub")
+        output.check_writable_dir(f / "sub")
 
 
 def test_fit_order_recovers_a_power_law_and_skips_the_floor():
     steps = [4, 8, 16, 32, 64]
     errs = [3.0 * n**-2.0 for n in steps]
-    fit = common.fit_order(steps, errs)
+    fit = orders.fit_order(steps, errs)
     assert abs(fit.order - 2.0) < 1e-12
     # points within 10x of the floor are not used: the last one here
-    fit = common.fit_order(steps, errs[:-1] + [1e-9], floor=1e-9)
+    fit = orders.fit_order(steps, errs[:-1] + [1e-9], floor=1e-9)
     assert fit.steps_used == [4, 8, 16, 32]
+
+
+def test_empirical_and_median_order_recover_power_laws():
+    steps = [16, 24, 32, 48]
+    assert orders.empirical_order(steps, [2.0 * n**-3.0 for n in steps]) == pytest.approx(3.0, abs=1e-12)
+    # per-sample orders 1, 2, 2, 4 (one column each): the median is 2, the mean error's slope would not be
+    errs = [[n**-1.0, 5 * n**-2.0, n**-2.0, 40 * n**-4.0] for n in steps]
+    assert orders.median_order(steps, errs) == pytest.approx(2.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("steps, errors, match", [
+    ([8, 16], [1e-2], "one error per step count"),
+    ([8], [1e-2], "at least two"),
+    ([8, 16], [1e-2, 0.0], "positive finite errors"),
+    ([8, 16], [1e-2, float("nan")], "positive finite errors"),
+    ([8, 8], [1e-2, 1e-3], "two distinct positive step counts"),
+])
+def test_loglog_fit_rejects(steps, errors, match):
+    with pytest.raises(ValueError, match=match):
+        orders.loglog_fit(steps, errors)
+
+
+def test_plotting_and_jobs_leave_pyplot_and_the_backend_alone(tmp_path):
+    # importing the figure code and drawing a figure must not import pyplot or choose a backend
+    import subprocess
+    import sys
+
+    code = ("import sys, matplotlib\n"
+            "before = matplotlib.rcParams._get_backend_or_none()\n"
+            "import scoresde.studies.jobs, scoresde.plotting as p\n"
+            "from types import SimpleNamespace as N\n"
+            "rows = [{'method': 'm', 'grid': 'logsnr', 'nfe': n, 'error_test': 1.0 / n, 'nfe_budget': n} for n in (4, 8)]\n"
+            "fig = p.plot_grid_comparison(N(rows=rows, gains=lambda: []))\n"
+            f"fig.savefig({str(tmp_path / 'f.png')!r})\n"
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
+            "assert matplotlib.rcParams._get_backend_or_none() == before, 'backend changed'\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "f.png").stat().st_size > 0
 
 
 def test_staged_output_leaves_nothing_on_failure(tmp_path):
     out = tmp_path / "new"
     with pytest.raises(RuntimeError):
-        with common.staged_output(out) as (tmp, _):
+        with output.staged_output(out) as (tmp, _):
             (tmp / "half.png").write_text("x")
             raise RuntimeError("boom")
     assert not out.exists()
-    with common.staged_output(out) as (tmp, written):
+    with output.staged_output(out) as (tmp, written):
         (tmp / "a.csv").write_text("x")
     assert [p.name for p in written] == ["a.csv"] and sorted(p.name for p in out.iterdir()) == ["a.csv"]
 
@@ -253,3 +292,23 @@ def test_trajectories_share_x_T_and_agree_at_the_end(mix, tmp_path):
     plotting.animate_trajectories(traj).save(tmp_path / "a.gif", writer=PillowWriter(fps=2), dpi=30)
     assert (tmp_path / "a.gif").stat().st_size > 0
     assert len(traj.rows()) == sum(s.shape[0] * s.shape[1] for _, s in traj.paths.values())
+
+
+# ----- the reference solver ----------------------------------------------------------------------
+@pytest.mark.parametrize("sde", [sd.VPSDE(), sd.VESDE(), sd.DiscreteVPSDE()], ids=["vp", "ve", "discrete"])
+def test_reference_pf_ode_against_the_gaussian_closed_form(sde):
+    # For data N(m, s^2 I) the probability-flow ODE keeps z = (x_t - alpha_t m) / sqrt(alpha_t^2 s^2 + sigma_t^2)
+    # constant, so its solution is closed form. The reference (in lambda) must meet it to about its tolerance,
+    # also on the 1000-knot discrete schedule, and its own error estimate must be within 10x of the true error
+    # (measured at tol 1e-10: errors 1.3e-10 (VP, discrete), 3.7e-11 (VE); the estimates are about half).
+    m, s2 = torch.tensor([0.5, -1.0], dtype=torch.float64), 0.3**2
+    model = sd.toy.GaussianMixture([1.0], [m.tolist()], [s2]).model(sde)
+    t0, t1 = float(sde.T), float(sde.t_min)
+    (a0, a1), (s0, s1) = sde.alpha_sigma(torch.tensor([t0, t1], dtype=torch.float64))
+    x_T = sde.prior_sample((16, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = a1 * m + torch.sqrt(a1**2 * s2 + s1**2) * (x_T - a0 * m) / torch.sqrt(a0**2 * s2 + s0**2)
+    ref = references.reference_pf_ode(model, x_T, t0, t1, tol=1e-10)
+    err = float((ref.x - exact).norm(dim=1).mean())
+    assert err < 1e-8 * float(exact.norm(dim=1).mean()), (err, ref)
+    assert ref.error < 1e-8 and err < 10 * max(ref.error, 1e-13), (err, ref.error)
+    assert ref.nfe < 2000, ref.nfe  # the knots of DiscreteVPSDE do not stall the solver in lambda

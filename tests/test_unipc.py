@@ -10,13 +10,14 @@ import math
 import numpy as np
 import pytest
 import torch
-import torchdiffeq
 
 import scoresde as sd
 from scoresde.samplers import sample
 from scoresde.samplers._phi import phi
 from scoresde.samplers._thresholding import dynamic_threshold
 from scoresde.samplers.unipc import UniPC, unipc_weights
+from scoresde.studies.orders import median_order
+from scoresde.studies.references import reference_pf_ode
 
 # Why these step ranges are asymptotic: on the default VP SDE lambda runs from -5.0 (T = 1) to 4.6
 # (t_min = 1e-3), and the error of each sample is fitted on its own; the test takes the median of
@@ -32,19 +33,10 @@ STEPS_ORDER4 = [181, 256, 362, 512, 724]
 BATCH = 32
 
 
-def fitted_order(errors, steps) -> float:
-    """Median over the batch of the least-squares slope of -log(error) against log(steps)."""
-    slopes = -np.polyfit(np.log(steps), np.log(np.asarray(errors)), 1)[0]
-    return float(np.median(slopes))
-
-
 
 
 def reference(model, sde, x_T, T, t_min):
-    ends = torch.tensor([T, t_min], dtype=torch.float64)
-    # step_t: land on t_min exactly; the drift is undefined below t = 0
-    return torchdiffeq.odeint(sde.probability_flow(model.score), x_T, ends, method="dopri8",
-                              rtol=1e-10, atol=1e-10, options={"step_t": ends[-1:]})[-1]
+    return reference_pf_ode(model, x_T, T, t_min, tol=1e-10, solver="dopri8", variable="t", estimate_error=False).x
 
 
 class Problem:
@@ -133,7 +125,7 @@ def test_order_with_corrector(problem, order, variant):
     """UniP-p + UniC: global order p + 1 (2, 3, 4), with the last step's corrector skipped."""
     assert UniPC(order=order, variant=variant).convergence_order == order + 1
     steps = STEPS_ORDER4 if order == 3 else STEPS
-    slope = fitted_order(problem.errors(steps, order=order, variant=variant), steps)
+    slope = median_order(steps, problem.errors(steps, order=order, variant=variant))
     assert abs(slope - (order + 1)) < 0.3, slope
 
 
@@ -143,7 +135,7 @@ def test_order_other_options(problem, options):
     expected = UniPC(order=3, **options).convergence_order  # 4, 4, and 3 for UniP-3 alone
     assert expected == (3 if options.get("corrector") is False else 4)
     steps = STEPS_ORDER4 if expected == 4 else STEPS
-    slope = fitted_order(problem.errors(steps, order=3, **options), steps)
+    slope = median_order(steps, problem.errors(steps, order=3, **options))
     assert abs(slope - expected) < 0.3, slope
 
 
@@ -156,8 +148,8 @@ def test_lower_order_final_lowers_the_order(problem):
     without = problem.errors(STEPS, order=3, t_min=0.1)
     lowered = problem.errors(STEPS, order=3, t_min=0.1, lower_order_final=True)
     assert UniPC(order=3, lower_order_final=True).convergence_order == 2
-    assert abs(fitted_order(without, STEPS) - 4) < 0.3
-    assert abs(fitted_order(lowered, STEPS) - 2) < 0.3
+    assert abs(median_order(STEPS, without) - 4) < 0.3
+    assert abs(median_order(STEPS, lowered) - 2) < 0.3
     assert np.median(lowered[-1]) > 100 * np.median(without[-1])
 
 
@@ -168,7 +160,7 @@ def test_warm_up_caps_the_order_away_from_T(problem):
     order 4 there: the warm-up, not the corrector, is what caps it."""
     T, t_min = 0.3, 1e-3
     plain = problem.errors(STEPS, order=3, T=T)
-    assert abs(fitted_order(plain, STEPS) - 3) < 0.3
+    assert abs(median_order(STEPS, plain) - 3) < 0.3
     sde = problem.sde
     lam_T, lam_min = (float(sde.lam(torch.tensor(t, dtype=torch.float64))) for t in (T, t_min))
     x_T, ref = problem._refs[(T, t_min)]
@@ -181,7 +173,7 @@ def test_warm_up_caps_the_order_away_from_T(problem):
         r = sample(problem.model, sde, "unipc", x_T=x_T, grid=times, order=3)
         refined.append((r.samples - ref).norm(dim=1))
     refined = torch.stack(refined).numpy()
-    assert abs(fitted_order(refined, STEPS) - 4) < 0.3
+    assert abs(median_order(STEPS, refined) - 4) < 0.3
     assert np.median(refined[-1]) < 0.1 * np.median(plain[-1])
 
 

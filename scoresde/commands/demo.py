@@ -67,7 +67,8 @@ def run(args) -> int:
 
     from .. import grids, make_sde
     from ..studies import jobs
-    from ..studies.common import check_grids, check_steps, parse_methods, staged_output
+    from ..studies.method_specs import check_grids, check_steps, parse_methods
+    from ..studies.output import staged_output
     from ._paths import check_output
 
     # ----- validate everything before any work starts ---------------------------------------

@@ -35,7 +35,8 @@ def run(args) -> int:
 
     from .. import SDES, make_sde, toy
     from ..studies import jobs
-    from ..studies.common import check_grids, check_steps, parse_methods, staged_output
+    from ..studies.method_specs import check_grids, check_steps, parse_methods
+    from ..studies.output import staged_output
     from ._paths import check_output
 
     if args.data not in toy.MIXTURES:

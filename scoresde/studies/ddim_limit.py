@@ -35,8 +35,10 @@ from tqdm.auto import tqdm
 from ..models import ScoreModel
 from ..samplers import sample
 from ..sde import SDE
-from .common import check_steps, distribution_error, sde_name, sliced_w2, w2_exact
+from .distances import distribution_error, sliced_w2, w2_exact
 from .error_vs_steps import ErrorVsSteps, error_vs_steps
+from .method_specs import check_steps
+from .output import sde_name
 
 __all__ = ["exp_euler_step", "ddim_identity", "ddim_convergence", "eta_family", "DDIMLimit", "EtaFamily"]
 

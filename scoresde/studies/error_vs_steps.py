@@ -6,12 +6,12 @@ the same torchsde Brownian path) and measure
 * the **endpoint error** ``E_N = mean_b |x_N^(b) - x_ref^(b)|`` against a reference solution of the
   same dynamics from the same start: the probability-flow ODE (dopri5, tight tolerance) for a
   deterministic sampler, the reverse SDE on the same Brownian path (fine Euler-Maruyama) for a
-  stochastic one (:mod:`scoresde.studies.common`);
+  stochastic one (:mod:`scoresde.studies.references`);
 * the **distribution error**: exact W2 and sliced W2 against fresh data samples, beside the
   two-sample floor, and for a mixture the mean exact log-density ``E log p_0(x_N)``.
 
 A sampler of global order p has ``E_N ~ C N^{-p}``, so the log-log slope over the asymptotic range
-estimates ``-p`` (diffrax's ``test_ode_order``; Hairer, Norsett & Wanner, *Solving ODEs I*, II.4).
+estimates ``-p`` (:mod:`scoresde.studies.orders`).
 """
 from __future__ import annotations
 
@@ -25,21 +25,10 @@ from tqdm.auto import tqdm
 from ..models import ScoreModel
 from ..samplers import brownian_path, sample
 from ..sde import SDE
-from .common import (
-    Method,
-    OrderFit,
-    Reference,
-    check_grids,
-    check_steps,
-    distribution_error,
-    endpoint_error,
-    fit_order,
-    parse_methods,
-    reference_pf_ode,
-    reference_reverse_sde,
-    sliced_w2,
-    w2_exact,
-)
+from .distances import distribution_error, endpoint_error, sliced_w2, w2_exact
+from .method_specs import Method, check_grids, check_steps, parse_methods
+from .orders import OrderFit, fit_order
+from .references import Reference, reference_pf_ode, reference_reverse_sde
 
 __all__ = ["error_vs_steps", "ErrorVsSteps"]
 
@@ -103,7 +92,7 @@ def error_vs_steps(model: ScoreModel, methods, steps, *, grids="logsnr", x_T: Te
 
     Args:
         model: the score model (e.g. ``mixture.model(sde)``); its SDE is the one sampled.
-        methods: sampler specs (see :func:`scoresde.studies.common.parse_method`).
+        methods: sampler specs (see :func:`scoresde.studies.method_specs.parse_method`).
         steps: strictly increasing step counts.
         grids: one grid name or several (``scoresde.grids.available()``).
         x_T: the common start (float64 recommended); default ``n`` prior draws from ``seed``.

@@ -10,7 +10,7 @@ log-SNR gaps: with logits ``w`` (one per step),
 .. math::  \lambda_i = \lambda_T + (\lambda_{t_{min}} - \lambda_T) \sum_{j < i} \mathrm{softmax}(w)_j ,
            \qquad t_i = t(\lambda_i),
 
-so every ``w`` gives a valid strictly decreasing grid. ``w`` starts from the best named grid (on
+so every ``w`` gives a valid strictly decreasing grid (:func:`scoresde.grids.grid_from_logits`). ``w`` starts from the best named grid (on
 the calibration batch) and is refined by Nelder-Mead (scipy) on the mean endpoint error of a
 calibration batch; the reported error is measured on a *held-out* batch of starting points. This
 is in the spirit of learned/optimised schedules (Watson et al. 2021, "Learning to efficiently
@@ -27,38 +27,17 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import grids as _grids
+from ..grids import grid_from_logits, lam_from_logits, logits_of_grid  # re-exported for solver_fit
 from ..models import ScoreModel
 from ..samplers import sample
-from .common import check_grids, check_steps, endpoint_error, parse_methods, reference_pf_ode
+from .distances import endpoint_error
+from .method_specs import check_grids, check_steps, parse_methods
+from .references import reference_pf_ode
 
 __all__ = ["FITTED", "GridComparison", "grid_comparison", "grid_from_logits", "lam_from_logits", "logits_of_grid",
            "optimise_grid"]
 
 FITTED = "linear_multistep (fitted)"  # the method label of the fitted-solver rows
-
-
-def lam_from_logits(w: Tensor, lam_T: float, lam_min: float) -> Tensor:
-    """``lam_i = lam_T + (lam_min - lam_T) sum_{j<i} softmax(w)_j``: a strictly increasing log-SNR grid with
-    both ends pinned, differentiable in ``w`` (the ends carry no gradient)."""
-    frac = torch.cat([w.new_zeros(1), torch.cumsum(torch.softmax(w, 0), 0)])
-    lam = lam_T + (lam_min - lam_T) * frac
-    return torch.cat([lam[:1].detach(), lam[1:-1], lam[-1:].detach()])
-
-
-def logits_of_grid(sde, times: Tensor) -> Tensor:
-    """Logits whose :func:`lam_from_logits` grid is ``times`` (the log of the log-SNR gaps)."""
-    lam = sde.lam(times.to(torch.float64))
-    return torch.log(torch.diff(lam).clamp_min(1e-12))
-
-
-def grid_from_logits(sde, w: Tensor, t_min: float, T: float) -> Tensor:
-    """The grid whose log-SNR gaps are ``softmax(w)`` times the total log-SNR range (ends pinned)."""
-    w = torch.as_tensor(w, dtype=torch.float64)
-    lam_T = float(sde.lam(torch.tensor(T, dtype=torch.float64)))
-    lam_0 = float(sde.lam(torch.tensor(t_min, dtype=torch.float64)))
-    t = sde.t_of_lam(lam_from_logits(w, lam_T, lam_0))
-    t[0], t[-1] = T, t_min
-    return t
 
 
 def optimise_grid(model: ScoreModel, method, steps: int, x_calib: Tensor, ref_calib: Tensor, *,

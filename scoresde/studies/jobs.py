@@ -1,26 +1,22 @@
 """Jobs: run a study, draw its figure and save ``<name>.png`` with ``<name>.csv`` beside it.
 
 Shared by ``scoresde demo``, ``scoresde study`` and ``benchmarks/make_figures.py``. Every job takes
-the folder to write into (which must exist) and returns the paths it wrote.
+the folder to write into (which must exist) and returns the paths it wrote. The figures come from
+:mod:`scoresde.plotting` on their own Agg canvas, so no job touches pyplot or the backend.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .. import toy  # noqa: E402
-from ..models import ScoreModel  # noqa: E402
-from ..samplers import available  # noqa: E402
-from ..sde import SDE, VPSDE, DiscreteVPSDE, SubVPSDE  # noqa: E402
-from .common import write_csv  # noqa: E402
-from .ddim_limit import ddim_convergence, eta_family  # noqa: E402
-from .error_vs_steps import ErrorVsSteps, error_vs_steps  # noqa: E402
-from .grid_opt import grid_comparison  # noqa: E402
-from .trajectories import trajectories  # noqa: E402
+from .. import toy
+from ..models import ScoreModel
+from ..samplers import available
+from ..sde import SDE, VPSDE, DiscreteVPSDE, SubVPSDE
+from .ddim_limit import ddim_convergence, eta_family
+from .error_vs_steps import ErrorVsSteps, error_vs_steps
+from .grid_opt import grid_comparison
+from .output import write_csv
+from .trajectories import trajectories
 
 __all__ = ["default_methods", "job_error_vs_steps", "job_ddim_limit", "job_trajectories", "job_grid_comparison"]
 
@@ -36,7 +32,6 @@ def default_methods() -> list[str]:
 
 def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=DPI)
-    plt.close(fig)
     return path
 
 
@@ -96,7 +91,6 @@ def job_trajectories(out, mixture, sde: SDE, *, steps: int = 10, gif: bool = Tru
 
         anim = animate_trajectories(traj)
         anim.save(out / f"{name}.gif", writer=PillowWriter(fps=8), dpi=70)
-        plt.close(anim._fig)
         paths.append(out / f"{name}.gif")
     return paths, traj
 
@@ -118,7 +112,7 @@ def job_grid_comparison(out, model: ScoreModel, *, methods=("ddim", "dpm_solver+
     return paths, comp
 
 
-# A configuration small enough for smoke tests (seconds): the same files, looser references.
+# A configuration small enough for smoke tests: the same files, smaller batches, looser references.
 QUICK = {
     "error_vs_steps": {"ref_tol": 1e-8, "ref_sde_steps": 256},
     "ddim_limit": {"steps": (4, 8, 16), "n": 8, "eta_steps": (5, 10), "etas": (0.0, 1.0), "n_eta": 64, "ref_tol": 1e-7},

@@ -33,12 +33,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import grids as _grids
+from ..grids import lam_from_logits, logits_of_grid
 from ..models import ScoreModel
 from ..samplers import sample
 from ..samplers.linear_multistep import ddim_increments, dpm_solver_2m_coefficients
-from .grid_opt import lam_from_logits, logits_of_grid
 
-__all__ = ["FittedSolver", "fit_linear_multistep", "times_of_lam"]
+__all__ = ["FittedSolver", "fit_linear_multistep", "grid_of_lam"]
 
 
 @dataclass
@@ -95,7 +95,7 @@ def _t_of_lam(sde, lam: Tensor) -> Tensor:
     return t0 + (lam - lam.detach()) / dlam_dt
 
 
-def times_of_lam(sde, lam: Tensor, *, T: float, t_min: float) -> Tensor:
+def grid_of_lam(sde, lam: Tensor, *, T: float, t_min: float) -> Tensor:
     """The grid with half log-SNRs ``lam`` (``steps + 1`` entries, ``lam(T)`` .. ``lam(t_min)``), its two
     ends pinned to ``T`` and ``t_min`` exactly; differentiable in the interior entries of ``lam``."""
     return torch.cat([torch.tensor([T], dtype=torch.float64), _t_of_lam(sde, lam[1:-1]),
@@ -117,7 +117,7 @@ def fit_linear_multistep(model: ScoreModel, steps: int, x_calib: Tensor, ref_cal
         model: a differentiable :class:`ScoreModel`.
         steps: the number of steps (= model calls) of the fitted solver.
         x_calib, ref_calib: starting points at ``T`` and the PF-ODE solution from them at ``t_min``
-            (e.g. :func:`scoresde.studies.common.reference_pf_ode`), float64 for a clean fit.
+            (e.g. :func:`scoresde.studies.references.reference_pf_ode`), float64 for a clean fit.
         init_grid: a grid name or tensor to start from (default: uniform in log-SNR).
         iterations, lr_grid, lr_coefficients: Adam's iterations and initial step sizes (cosine decay).
         fit_grid: also move the interior times (False keeps ``init_grid``).
@@ -155,7 +155,7 @@ def fit_linear_multistep(model: ScoreModel, steps: int, x_calib: Tensor, ref_cal
         return lam, C
 
     def error(x_T, ref, lam, C):
-        times = times_of_lam(sde, lam, T=T_, t_min=t_min_)
+        times = grid_of_lam(sde, lam, T=T_, t_min=t_min_)
         x = sample(model, sde, "linear_multistep", x_T=x_T, grid=times, coefficients=C,
                    grad=torch.is_grad_enabled()).samples
         return _mean_error(x, ref)
@@ -183,7 +183,7 @@ def fit_linear_multistep(model: ScoreModel, steps: int, x_calib: Tensor, ref_cal
     if best[1] is None:
         raise FloatingPointError("fit_linear_multistep: the calibration loss was never finite")
     _, lam_best, C_best = best
-    times = times_of_lam(sde, lam_best, T=T_, t_min=t_min_)
+    times = grid_of_lam(sde, lam_best, T=T_, t_min=t_min_)
     fit_nfe = model.nfe - nfe0
 
     with torch.no_grad():

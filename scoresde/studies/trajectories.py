@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..grids import uniform_logsnr
 from ..samplers import available, brownian_path, sample
 from ..sde import SDE
-from .common import quiet_brownian
+from .references import quiet_brownian
 
 __all__ = ["Trajectories", "trajectories", "state_at"]
 
@@ -40,6 +41,11 @@ class Trajectories:
     samples: dict[str, Tensor] = field(default_factory=dict)
     data: Tensor | None = None
     config: dict = field(default_factory=dict)
+
+    def state_at(self, label: str, t: float) -> Tensor:
+        """The states of ``label``'s paths at time ``t`` (linear interpolation, see :func:`state_at`)."""
+        times, states = self.paths[label]
+        return state_at(times, states, t)
 
     def rows(self) -> list[dict]:
         """Long-format rows (method, path, step, t, x, y) for the CSV beside the figure."""
@@ -104,9 +110,7 @@ def trajectories(mixture, sde: SDE, *, n_paths: int = 12, steps: int = 10, sde_s
     paths["reverse SDE"] = (T - s_grid, ys)
 
     # PF ODE with dense output on a log-SNR grid (smooth curves where the path bends)
-    lam = torch.linspace(float(sde.lam(T)), float(sde.lam(t_min)), 200, dtype=torch.float64)
-    ode_times = sde.t_of_lam(lam)
-    ode_times[0], ode_times[-1] = T, t_min
+    ode_times = uniform_logsnr(sde, 199, t_min, T)
     with torch.no_grad():
         paths["PF ODE"] = (ode_times, sde.probability_flow(model.score).solve(x_T, ode_times, rtol=1e-8, atol=1e-8))
 
@@ -116,9 +120,7 @@ def trajectories(mixture, sde: SDE, *, n_paths: int = 12, steps: int = 10, sde_s
             paths[label] = (res.times, res.trajectory)
 
     if snapshot_times is None:
-        lam_s = torch.linspace(float(sde.lam(T)), float(sde.lam(t_min)), 5, dtype=torch.float64)
-        snapshot_times = [float(v) for v in sde.t_of_lam(lam_s)]
-        snapshot_times[0], snapshot_times[-1] = T, t_min
+        snapshot_times = uniform_logsnr(sde, 4, t_min, T).tolist()
     snapshot_times = [float(t) for t in snapshot_times]
     sde.validate_time(torch.tensor(snapshot_times, dtype=torch.float64), "snapshot_times")
     xs = torch.linspace(-extent, extent, mesh, dtype=torch.float64)
@@ -128,9 +130,7 @@ def trajectories(mixture, sde: SDE, *, n_paths: int = 12, steps: int = 10, sde_s
     qpts = torch.stack([QX.flatten(), QY.flatten()], 1)
     scores = torch.stack([mixture.score(qpts, t, sde).reshape(*QX.shape, 2) for t in snapshot_times])
 
-    lam_f = torch.linspace(float(sde.lam(T)), float(sde.lam(t_min)), n_frames, dtype=torch.float64)
-    frame_times = [float(v) for v in sde.t_of_lam(lam_f)]
-    frame_times[0], frame_times[-1] = T, t_min
+    frame_times = uniform_logsnr(sde, n_frames - 1, t_min, T).tolist()
     frame_ld = _log_density_on_mesh(mixture, sde, frame_times, xs, xs)
 
     method = sample_method or ("dpm_solver++" if "dpm_solver++" in available() else "ddim")
