@@ -51,6 +51,7 @@ def continuous_bound(model: ScoreModel, x0: Tensor, *, t_min: float | None = Non
         n_t: draws of t per sample (each one model call on the batch).
         importance: draw t uniform in log-SNR (True) or uniform in t.
         time_sampling: how the batch's draws are coupled: ``'uniform'``, ``'stratified'``, ``'antithetic'``.
+            The result's ``se`` assumes independent points, which only ``'uniform'`` gives.
         generator: the source of t and of the noise.
         differentiable: keep the autograd graph (e.g. to train on the bound).
     """
