@@ -360,6 +360,13 @@ def test_bad_input_is_refused_with_a_named_error(kwargs, exc, match):
             continuous_bound(model, x0, **kwargs)
 
 
+@pytest.mark.parametrize("bound", [variational_bound, continuous_bound])
+def test_a_nan_model_is_named(bound):
+    model = sd.ScoreModel(lambda x, t: torch.full_like(x, math.nan), sd.VPSDE(), "eps")
+    with pytest.raises(ValueError, match="model: returned non-finite values"):
+        bound(model, X)
+
+
 def test_model_must_be_a_score_model():
     with pytest.raises(TypeError, match="model: expected a scoresde.ScoreModel"):
         variational_bound(lambda x, t: x, X)

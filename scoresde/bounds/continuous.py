@@ -31,7 +31,7 @@ from .._tensor import append_dims, check_finite_number
 from ..losses import TIME_SAMPLINGS, dsm_loss, sample_times
 from ..models import ScoreModel
 from ._checks import check_choice, check_count, check_data, check_generator, check_model
-from .discrete import _randn, decoder_nll, prior_kl
+from .discrete import _randn, decoder_nll, denoise, prior_kl
 from .result import BoundResult
 
 __all__ = ["continuous_bound"]
@@ -75,7 +75,7 @@ def continuous_bound(model: ScoreModel, x0: Tensor, *, t_min: float | None = Non
         t0 = torch.full((B,), lo, dtype=x0.dtype, device=x0.device)
         alpha, sigma = (append_dims(v, x0.ndim) for v in sde.alpha_sigma(t0))
         x_t = alpha * x0 + sigma * _randn(x0, generator)
-        recon = decoder_nll(x0, model.x0(x_t, t0), sigma, levels)
+        recon = decoder_nll(x0, denoise(model, x_t, t0), sigma, levels)
 
         diffusion = torch.zeros_like(prior)
         for _ in range(n_t):
@@ -83,6 +83,10 @@ def continuous_bound(model: ScoreModel, x0: Tensor, *, t_min: float | None = Non
                                     generator=generator, dtype=torch.float64)
             t = t.to(device=x0.device, dtype=x0.dtype)
             loss = dsm_loss(model, x0, weighting="likelihood", t=t, noise=_randn(x0, generator))
+            if not torch.isfinite(loss).all():
+                raise ValueError(f"model: returned non-finite values at t in [{float(t.min()):.6g}, "
+                                 f"{float(t.max()):.6g}] (the denoising loss of {int((~torch.isfinite(loss)).sum())} "
+                                 "points is not finite)")
             diffusion = diffusion + 0.5 * (T - lo) * ratio.to(device=x0.device, dtype=x0.dtype) * loss
         diffusion = diffusion / n_t
     return BoundResult(nll=prior + diffusion + recon, prior=prior, diffusion=diffusion, reconstruction=recon,

@@ -131,6 +131,15 @@ def prior_kl(sde: SDE, x0: Tensor) -> Tensor:
     return kl.reshape(x0.shape[0], -1).sum(1)
 
 
+def denoise(model: ScoreModel, x_t: Tensor, t: Tensor) -> Tensor:
+    """The model's data prediction at (x_t, t), one call; a non-finite output is an error that names the model."""
+    x0_hat = model.x0(x_t, t)
+    if not torch.isfinite(x0_hat).all():
+        raise ValueError(f"model: returned non-finite values at t in [{float(t.min()):.6g}, {float(t.max()):.6g}] "
+                         f"({int((~torch.isfinite(x0_hat)).sum())} of {x0_hat.numel()} values of its x0 prediction)")
+    return x0_hat
+
+
 def _randn(x0: Tensor, generator: torch.Generator | None) -> Tensor:
     """Standard normal noise shaped like x0, drawn on the generator's device (reproducible there)."""
     device = generator.device if generator is not None else x0.device
@@ -225,7 +234,7 @@ def variational_bound(model: ScoreModel, x0: Tensor, *, steps: int | None = None
         first = torch.zeros(B, dtype=torch.long)
         t_1, alpha_1, sigma_1, _ = (append_dims(v, x0.ndim) for v in chain.at(first, x0))
         x_1 = alpha_1 * x0 + sigma_1 * _randn(x0, generator)
-        recon = decoder_nll(x0, model.x0(x_1, t_1.flatten()), sigma_1, levels)
+        recon = decoder_nll(x0, denoise(model, x_1, t_1.flatten()), sigma_1, levels)
 
         terms = terms_se = None
         if N == 1:
@@ -263,8 +272,7 @@ def _sampled_kl(model: ScoreModel, chain: _Chain, x0: Tensor, k: Tensor, reverse
     t, c = chain.step(k, x0)
     _, alpha_t, sigma_t, _ = (append_dims(v, x0.ndim) for v in chain.at(k, x0))
     x_t = alpha_t * x0 + sigma_t * _randn(x0, generator)
-    x0_hat = model.x0(x_t, t.flatten())
-    return kl_term(x0, x0_hat, x_t, c, reverse_variance)
+    return kl_term(x0, denoise(model, x_t, t.flatten()), x_t, c, reverse_variance)
 
 
 def _importance_distribution(chain: _Chain, x0: Tensor, reverse_variance: str) -> Tensor:
