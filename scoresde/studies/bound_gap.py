@@ -7,8 +7,8 @@ variances, under several SDEs. Beside it, the same gap for the continuous-time b
 limit of the posterior-variance bound on the same [t_min, T]) and for the probability-flow ODE
 (``-log p_{t_min}`` with the SDE's Gaussian prior: t_min smoothing and prior mismatch only).
 
-Expected (and measured): the bound's gap is positive and shrinks roughly like 1/N towards the
-continuous limit; the ODE's gap is orders of magnitude smaller (it is not a bound, it is the density).
+Expected (and measured): the bound's gap is positive and shrinks with N (with the posterior variance
+towards the continuous limit); the ODE's gap is orders of magnitude smaller (it is not a bound, it is the density).
 """
 from __future__ import annotations
 
