@@ -30,6 +30,15 @@ With uniform dequantisation (Theis et al. 2016; Ho et al. 2020) the point is mov
 score_sde convention ``(k + u)/256``), and ``log p(y) + D log(bin_width)`` is, in expectation over
 u, a lower bound on ``log P(x)`` (Jensen). Bits per dimension are ``-log P / (D log 2)``; they are
 refused for discrete data evaluated without dequantisation, where a density has no such meaning.
+
+Images and other data with a known number of values are given by ``levels`` instead: the data lie on
+``-1 + 2k/(levels - 1)`` in [-1, 1] (checked), the cell of each value is centred on it,
+``y = x + (2/(levels - 1)) (u - 1/2)`` (the bins of the discretised decoder of :mod:`scoresde.bounds`),
+and ``bin_width = 2/(levels - 1)``. Points of any event shape ``(B, C, H, W)`` are accepted; above
+:data:`EXACT_MAX_DIM` dimensions the trace is Hutchinson's with ``n_probes`` probes.
+
+The variational bounds on the same quantity live in :mod:`scoresde.bounds` and are re-exported here:
+:func:`variational_bound` (DDPM's discrete-time bound) and :func:`continuous_bound`.
 """
 from __future__ import annotations
 
@@ -41,10 +50,13 @@ import torch
 from torch import Tensor
 
 from ._tensor import check_finite_number
+from .bounds import BoundResult, continuous_bound, variational_bound
+from .bounds.gaussian import check_levels, check_on_lattice
 from .models import ScoreModel
 
 __all__ = ["LikelihoodResult", "log_likelihood", "divergence", "draw_probes", "bits_per_dim",
-           "ESTIMATORS", "PROBES", "BACKENDS", "EXACT_MAX_DIM"]
+           "ESTIMATORS", "PROBES", "BACKENDS", "EXACT_MAX_DIM", "variational_bound", "continuous_bound",
+           "BoundResult"]
 
 ESTIMATORS = ("auto", "exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
@@ -182,6 +194,23 @@ class _AugmentedFlow(torch.nn.Module):
         return divergence(lambda x_: self.flow(t, x_), x, probes=self.probes, create_graph=self.create_graph)
 
 
+class _FiniteDrift(torch.nn.Module):
+    """Stops the solve at the first non-finite drift with a ValueError that blames the model, instead of
+    letting an adaptive solver shrink its step to nothing ("underflow in dt")."""
+
+    def __init__(self, flow: torch.nn.Module):
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, t: Tensor, state):
+        dx, dl = self.flow(t, state)
+        if not (torch.isfinite(dx).all() and torch.isfinite(dl).all()):
+            raise ValueError(f"model: the probability-flow drift is not finite at t={float(t):.6g} "
+                             f"({int((~torch.isfinite(dx)).sum())} of {dx.numel()} values); the model "
+                             "returned NaN/inf there")
+        return dx, dl
+
+
 # ---------------------------------------------------------------------------------------------
 def log_likelihood(model: ScoreModel, x: Tensor, *, t_min: float | None = None, T: float | None = None,
                    estimator: str = "auto", n_probes: int = 1, probe: str = "rademacher",
@@ -189,7 +218,7 @@ def log_likelihood(model: ScoreModel, x: Tensor, *, t_min: float | None = None, 
                    method: str | None = None, rtol: float = 1e-5, atol: float = 1e-5, options: dict | None = None,
                    prior_log_prob: Callable[[Tensor], Tensor] | None = None, bin_width: float | None = None,
                    dequantize: bool = True, differentiable: bool = False,
-                   exact_max_dim: int = EXACT_MAX_DIM) -> LikelihoodResult:
+                   exact_max_dim: int = EXACT_MAX_DIM, levels: int | None = None) -> LikelihoodResult:
     """log p_{t_min}(x) per sample by integrating the probability-flow ODE of ``model`` from t_min to T.
 
     Args:
@@ -208,12 +237,17 @@ def log_likelihood(model: ScoreModel, x: Tensor, *, t_min: float | None = None, 
             prior. Pass the exact log p_T to separate the prior mismatch from the ODE error.
         bin_width, dequantize: discrete data on a lattice of spacing ``bin_width`` are dequantised
             uniformly (``x + bin_width * U[0, 1)``) unless ``dequantize=False``.
+        levels: instead of ``bin_width``, the number of values of data scaled to [-1, 1] (256 for
+            8-bit images, 17 for the digits): the data are checked to lie on that lattice and are
+            dequantised over centred cells, ``x + (2/(levels - 1)) (U[0, 1) - 1/2)``.
         differentiable: keep the autograd graph through the solve (torchdiffeq only), e.g. to
             train by maximum likelihood; otherwise every result is detached.
     """
     x = _check_points(x)
     if not isinstance(model, ScoreModel):
         raise ValueError(f"model: expected a scoresde.ScoreModel, got {type(model).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     sde = model.sde
     t_min = sde.t_min if t_min is None else check_finite_number("t_min", t_min, positive=True)
     T = sde.T if T is None else check_finite_number("T", T, positive=True)
@@ -232,6 +266,13 @@ def log_likelihood(model: ScoreModel, x: Tensor, *, t_min: float | None = None, 
         raise ValueError("differentiable: the scipy backend is evaluation-only; use backend='torchdiffeq'")
     if bin_width is not None:
         bin_width = check_finite_number("bin_width", bin_width, positive=True)
+    if levels is not None:
+        if bin_width is not None:
+            raise ValueError(f"levels: give levels (data in [-1, 1]) or bin_width (any lattice), not both; "
+                             f"got levels={levels!r}, bin_width={bin_width}")
+        levels = check_levels(levels)
+        check_on_lattice(x, levels, name="x")
+        bin_width = 2.0 / (levels - 1)
 
     dim = x[0].numel()
     if estimator == "auto":
@@ -240,10 +281,11 @@ def log_likelihood(model: ScoreModel, x: Tensor, *, t_min: float | None = None, 
     if bin_width is not None and dequantize:
         u = torch.rand(x.shape, generator=generator, dtype=x.dtype,
                        device=generator.device if generator is not None else x.device)
-        points = x + bin_width * u.to(x.device)
+        # levels: the cell centred on each value (the decoder's bins); bin_width: the value is the lower corner
+        points = x + bin_width * (u.to(x.device) - (0.5 if levels is not None else 0.0))
     probes = draw_probes(points, n_probes, probe, generator) if estimator == "hutchinson" else None
 
-    flow = _AugmentedFlow(model, probes, create_graph=differentiable)
+    flow = _FiniteDrift(_AugmentedFlow(model, probes, create_graph=differentiable))
     nfe0 = model.nfe
     if backend == "torchdiffeq":
         latent, delta = _solve_torchdiffeq(flow, points, t_min, T, method or "dopri5", rtol, atol,
@@ -307,6 +349,9 @@ def _check_points(x) -> Tensor:
                          "and give bin_width")
     if x.ndim < 2 or x.shape[0] < 1 or x[0].numel() < 1:
         raise ValueError(f"x: expected shape (B, *event_shape) with B >= 1, got {tuple(x.shape)}")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"x: expected float32 or float64 points, got {x.dtype} (an adaptive solve in half "
+                         "precision cannot reach its tolerance); convert with x.float()")
     if not torch.isfinite(x).all():
         raise ValueError(f"x: contains {int((~torch.isfinite(x)).sum())} non-finite values")
     return x

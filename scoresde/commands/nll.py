@@ -5,6 +5,15 @@ run (``--ckpt``). The points are a ``.pt``/``.npy`` file (``--points``; a ``.pt`
 ``{'x': ...}`` or ``(x, y)``) or ``--n`` draws from ``--data``. Integer-valued files are treated as
 discrete data on the integer lattice (``--bin-width 1``) unless ``--bin-width`` says otherwise.
 When the data are a built-in mixture, the exact log p_{t_min} is printed beside the ODE value.
+
+Images and other data with a known number of values: ``--levels L`` (256 for 8-bit, 17 for the
+digits). Integer files are then read as values 0..L-1 and scaled to [-1, 1]; float files must already
+lie on the lattice ``-1 + 2k/(L - 1)``. Image-shaped points (``(B, C, H, W)``) need ``--levels`` or
+``--bin-width``: a density of discrete pixels has no bits/dim.
+
+``--bound discrete`` adds the DDPM variational bound (``--steps``, ``--reverse-variance``,
+``--bound-estimator``, ``--n-t``), ``--bound continuous`` the continuous-time bound; ``--no-ode``
+skips the ODE. Both bounds use the discretised decoder when ``--levels`` is given.
 """
 from __future__ import annotations
 
@@ -18,6 +27,7 @@ from ._paths import check_output
 
 def register(sub: argparse._SubParsersAction) -> None:
     from .. import SDES, toy
+    from ..bounds.discrete import BOUND_ESTIMATORS, REVERSE_VARIANCES
     from ..likelihood import BACKENDS, ESTIMATORS, PROBES
 
     p = sub.add_parser("nll", help="negative log-likelihood (nats, bits/dim) through the probability-flow ODE")
@@ -42,6 +52,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="evaluate discrete data at the lattice points (then no bits/dim)")
     p.add_argument("--bpd", action="store_true", help="also report bits per dimension")
     p.add_argument("--float32", action="store_true", help="compute in float32 (default float64)")
+    p.add_argument("--levels", type=int, default=None,
+                   help="number of values of discrete data in [-1, 1] (256 for 8-bit images, 17 for digits)")
+    p.add_argument("--bound", choices=("discrete", "continuous"), default=None,
+                   help="also compute a variational bound: DDPM's N-step bound or its continuous-time limit")
+    p.add_argument("--steps", type=int, default=None, help="N of the discrete bound (default: the SDE's N, or 1000)")
+    p.add_argument("--reverse-variance", default="beta", choices=REVERSE_VARIANCES)
+    p.add_argument("--bound-estimator", default="exact", choices=BOUND_ESTIMATORS,
+                   help="discrete bound: every term, or --n-t sampled steps per point")
+    p.add_argument("--n-t", type=int, default=1, help="sampled times per point (sampled estimators)")
+    p.add_argument("--no-ode", dest="ode", action="store_false", help="skip the probability-flow ODE (with --bound)")
     p.add_argument("--out", default=None, help="CSV of per-sample values")
     p.set_defaults(run=run)
 
@@ -63,11 +83,23 @@ def run(args) -> int:
     import torch
 
     from .. import make_sde, toy
+    from ..bounds import check_levels, continuous_bound, variational_bound
     from ..likelihood import log_likelihood
 
     out = check_output(args.out, "--out") if args.out else None
     if args.n < 1:
         raise ValueError(f"--n: expected a positive number of points, got {args.n}")
+    if args.levels is not None:
+        check_levels(args.levels, name="--levels")
+        if args.bin_width is not None:
+            raise ValueError(f"--levels: give --levels or --bin-width, not both (got --levels {args.levels}, "
+                             f"--bin-width {args.bin_width})")
+    if not args.ode and args.bound is None:
+        raise ValueError("--no-ode: nothing left to compute; add --bound discrete or --bound continuous")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps: expected an integer >= 1, got {args.steps}")
+    if args.n_t < 1:
+        raise ValueError(f"--n-t: expected an integer >= 1, got {args.n_t}")
     dtype = torch.float32 if args.float32 else torch.float64
     gen = torch.Generator().manual_seed(args.seed)
     mix = toy.mixture(args.data) if args.data in toy.MIXTURES else None
@@ -86,10 +118,18 @@ def run(args) -> int:
         source = f"exact oracle of {args.data} under {args.sde}"
     sde = model.sde
 
-    bin_width = args.bin_width
+    bin_width, levels = args.bin_width, args.levels
     if args.points is not None:
         x = _load_points(Path(args.points))
-        if not x.is_floating_point():
+        if x.ndim >= 4 and levels is None and bin_width is None:
+            raise ValueError(f"--levels: image points {tuple(x.shape)} are discrete; give their number of levels "
+                             "(256 for 8-bit, 17 for the digits) or --bin-width")
+        if levels is not None and not x.is_floating_point():
+            if int(x.min()) < 0 or int(x.max()) > levels - 1:
+                raise ValueError(f"--levels: integer points must lie in [0, {levels - 1}] for --levels {levels}, "
+                                 f"got [{int(x.min())}, {int(x.max())}]")
+            x = x.to(dtype) / (levels - 1) * 2 - 1
+        elif not x.is_floating_point():
             bin_width = 1.0 if bin_width is None else bin_width
         x = x.to(dtype)
     else:
@@ -105,26 +145,56 @@ def run(args) -> int:
             raise ValueError("--exact-prior: needs --data to be a built-in mixture")
         prior = lambda z: mix.log_prob_t(z, sde.T, sde)  # noqa: E731
 
-    res = log_likelihood(model, x, estimator=args.estimator, n_probes=args.n_probes, probe=args.probe,
-                         generator=gen, backend=args.backend, method=args.method, rtol=args.rtol, atol=args.atol,
-                         prior_log_prob=prior, bin_width=bin_width, dequantize=args.dequantize)
-    nll = res.nll.double()
-    n = nll.numel()
-    se = float(nll.std()) / math.sqrt(n) if n > 1 else float("nan")
-    print(f"{source}: {n} points of dimension {res.dim}, t_min = {res.t_min:g}, T = {res.T:g}")
-    print(f"NLL {float(nll.mean()):.5f} +- {se:.5f} nats (mean +- s.e.); estimator {res.estimator}"
-          f"{f' ({res.n_probes} {args.probe} probes)' if res.estimator == 'hutchinson' else ''}; "
-          f"{res.backend}; NFE {res.nfe}")
-    columns = {"nll": nll}
-    if args.bpd:
-        bpd = res.bits_per_dim().double()
-        columns["bpd"] = bpd
-        print(f"bits/dim {float(bpd.mean()):.5f}{' (dequantised)' if res.dequantized else ''}")
-    if mix is not None and mix.dim == res.dim and (args.ckpt is None or cfg.data == args.data):
-        exact = -mix.log_prob_t(res.points.double(), res.t_min, sde)
-        columns["exact_nll"] = exact
-        print(f"exact NLL {float(exact.mean()):.5f} nats; mean |ODE - exact| {float((nll - exact).abs().mean()):.2e} "
-              f"(prior mismatch {'removed' if prior else 'included'})")
+    if args.ckpt is None and (x.ndim != 2 or x.shape[1] != mix.dim):
+        raise ValueError(f"--points: the exact oracle of {args.data} takes points of shape (B, {mix.dim}), got "
+                         f"{tuple(x.shape)}; give --ckpt for a trained model of such data")
+    if args.bound is not None and bin_width is not None:
+        raise ValueError(f"--bound: discrete data need --levels (values in [-1, 1]) for the decoder, not a bin "
+                         f"width ({bin_width})")
+    oracle_data = mix is not None and x.ndim == 2 and mix.dim == x.shape[1] and (args.ckpt is None or cfg.data == args.data)
+    columns = {}
+    n = x.shape[0]
+    if args.ode:
+        res = log_likelihood(model, x, estimator=args.estimator, n_probes=args.n_probes, probe=args.probe,
+                             generator=gen, backend=args.backend, method=args.method, rtol=args.rtol, atol=args.atol,
+                             prior_log_prob=prior, bin_width=bin_width, dequantize=args.dequantize, levels=levels)
+        nll = res.nll.double()
+        se = float(nll.std()) / math.sqrt(n) if n > 1 else float("nan")
+        print(f"{source}: {n} points of dimension {res.dim}, t_min = {res.t_min:g}, T = {res.T:g}")
+        print(f"NLL {float(nll.mean()):.5f} +- {se:.5f} nats (mean +- s.e.); estimator {res.estimator}"
+              f"{f' ({res.n_probes} {args.probe} probes)' if res.estimator == 'hutchinson' else ''}; "
+              f"{res.backend}; NFE {res.nfe}")
+        columns["nll"] = nll
+        if args.bpd:
+            bpd = res.bits_per_dim().double()
+            columns["bpd"] = bpd
+            print(f"bits/dim {float(bpd.mean()):.5f}{' (dequantised)' if res.dequantized else ''}")
+        if oracle_data:
+            exact = -mix.log_prob_t(res.points.double(), res.t_min, sde)
+            columns["exact_nll"] = exact
+            print(f"exact NLL {float(exact.mean()):.5f} nats; mean |ODE - exact| "
+                  f"{float((nll - exact).abs().mean()):.2e} (prior mismatch {'removed' if prior else 'included'})")
+    if args.bound is not None:
+        if args.bound == "discrete":
+            b = variational_bound(model, x, steps=args.steps, reverse_variance=args.reverse_variance, levels=levels,
+                                  estimator=args.bound_estimator, n_t=args.n_t, generator=gen)
+            what = (f"discrete bound, N = {b.steps}, reverse variance {b.reverse_variance}, {b.estimator}"
+                    f"{f' ({b.n_t} t per point)' if b.n_t else ''}")
+        else:
+            b = continuous_bound(model, x, levels=levels, n_t=args.n_t, generator=gen)
+            what = f"continuous bound on [{float(b.times[0]):g}, {float(b.times[1]):g}], {b.n_t} t per point"
+        if not args.ode:
+            print(f"{source}: {n} points of dimension {b.dim}")
+        print(f"bound {b.mean:.5f} +- {b.se:.5f} nats = {b.bpd:.5f} +- {b.bpd_se:.5f} bits/dim ({what}; "
+              f"prior {float(b.prior.mean()):.4g}, diffusion {float(b.diffusion.mean()):.4g}, reconstruction "
+              f"{float(b.reconstruction.mean()):.4g}; NFE {b.nfe})")
+        columns["bound"] = b.nll.double()
+        if oracle_data and levels is None:
+            exact0 = -mix.log_prob(x.double())
+            columns["exact_nll_0"] = exact0
+            gap = b.nll.double() - exact0
+            print(f"exact -log p_0 {float(exact0.mean()):.5f} nats; bound - exact {float(gap.mean()):.5f} "
+                  f"+- {float(gap.std()) / math.sqrt(n) if n > 1 else float('nan'):.5f}")
     if out is not None:
         names = list(columns)
         rows = torch.stack([columns[k] for k in names], 1).tolist()
