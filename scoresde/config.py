@@ -68,6 +68,7 @@ class TrainConfig:
     data: str = "eight_gaussians"
     conditional: bool = False
     label_dropout: float = 0.1
+    image_size: int | None = None
     # equation and loss
     sde: str = "vp"
     sde_kwargs: dict = field(default_factory=dict)
@@ -78,7 +79,6 @@ class TrainConfig:
     importance: bool = False
     min_snr_gamma: float = 5.0
     # network
-    image_size: int | None = None
     net: str = "mlp"
     net_kwargs: dict = field(default_factory=dict)
     width: int | None = None
@@ -163,7 +163,7 @@ class TrainConfig:
                              f"parameterization, the data and num_classes); remove them")
         both = sorted(k for k in NET_OPTION_FIELDS if getattr(self, k) is not None and k in self.net_kwargs)
         if both:
-            raise ValueError(f"net_kwargs: {', '.join(map(repr, both))} also given as a field (--{both[0]}); give "
+            raise ValueError(f"net_kwargs: {', '.join(map(repr, both))} also given as a field (--{both[0].replace('_', '-')}); give "
                              "each option once")
         if self.precondition not in (None, "edm"):
             raise ValueError(f"precondition: unknown {self.precondition!r}; allowed: None, 'edm'")
