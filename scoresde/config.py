@@ -57,11 +57,14 @@ class TrainConfig:
     Network: ``net`` is a name registered in :data:`scoresde.nets.NETS`; ``net_kwargs`` its
     constructor's options (JSON values); ``width``, ``depth``, ``embedding``, ``emb_dim`` and
     ``time_input`` are shorthands for options of the same name (None: the network's default). The
-    network's raw output is the ``parameterization`` target itself. ``precondition='edm'`` wraps it
-    in EDM's preconditioning (:mod:`scoresde.nets.precondition`, with ``sigma_data``), under which
-    every target trains the same function and only the report differs. The default is None so that
-    the choice of target is a real choice (the comparison eps / x0 / v is an experiment); use 'edm'
-    for data far from unit scale or for VE SDEs, whose x_t reaches sigma_max.
+    network's raw output is the ``parameterization`` target itself when ``precondition=None``;
+    ``precondition='edm'`` (the default) wraps it in EDM's preconditioning
+    (:mod:`scoresde.nets.precondition`, with ``sigma_data``), under which every target trains the
+    same function and only the report differs. The default is 'edm' because it is the robust one:
+    on eight_gaussians under VP (MLP 128x3, 1500 steps, 20-step samplers) the un-preconditioned eps
+    network sends 10-17% of its samples beyond radius 6 (W2 16.6 against a two-sample floor of
+    0.26), the x0 network reaches W2 0.69, and the EDM-wrapped one 0.44. Choose None to compare
+    targets as the networks' raw outputs.
     """
 
     # data
@@ -86,7 +89,7 @@ class TrainConfig:
     embedding: str | None = None
     emb_dim: int | None = None
     time_input: str | None = None
-    precondition: str | None = None
+    precondition: str | None = "edm"
     sigma_data: float | None = None
     num_classes: int | None = None
     # optimisation

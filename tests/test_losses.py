@@ -270,7 +270,9 @@ def test_a_flow_matching_model_trains_and_runs_on_every_sampler():
     from scoresde.losses import flow_matching_loss
     from scoresde.training import Trainer
 
-    cfg = TrainConfig(sde="flow", parameterization="velocity", loss="flow_matching", steps=60, batch_size=128,
+    # precondition=None: the network's raw output is the velocity u_theta the loss regresses
+    cfg = TrainConfig(sde="flow", parameterization="velocity", loss="flow_matching", precondition=None, steps=60,
+                      batch_size=128,
                       width=32, depth=1, emb_dim=16, warmup=5, lr=1e-2, progress=False, tensorboard=False)
     trainer = Trainer(cfg)
     g = _gen(7)

@@ -94,10 +94,10 @@ def test_an_image_file_keeps_its_shape_and_flow_matching_from_the_command_line(t
     np.save(tmp_path / "rgb.npy", np.random.default_rng(0).integers(0, 256, size=(20, 3, 4, 4), dtype=np.uint8))
     run = tmp_path / "run"
     assert main(["train", "--data", str(tmp_path / "rgb.npy"), "--loss", "flow_matching", "--sde", "flow",
-                 "--parameterization", "velocity", "--precondition", "edm", "--steps", "3", "--out", str(run),
+                 "--parameterization", "velocity", "--precondition", "none", "--steps", "3", "--out", str(run),
                  *SMALL]) == 0
     cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
-    assert (cfg.loss, cfg.precondition) == ("flow_matching", "edm")
+    assert (cfg.loss, cfg.precondition) == ("flow_matching", None)
     out = tmp_path / "s.npy"
     assert main(["sample", "--ckpt", str(run), "--method", "heun", "--steps", "3", "--n", "5", "--out", str(out),
                  "--image-grid", str(tmp_path / "g.png")]) == 0

@@ -172,7 +172,7 @@ def test_tensor_files_as_data(tmp_path):
     np.save(tmp_path / "d.npy", x)
     torch.save({"x": torch.from_numpy(x), "y": torch.arange(100) % 5}, tmp_path / "d.pt")
     t = Trainer(small(steps=3, data=str(tmp_path / "d.npy")))
-    assert t.net.dim == 3 and len(t.train()) == 3
+    assert t.net_spec["kwargs"]["dim"] == 3 and len(t.train()) == 3
     t = Trainer(small(steps=3, data=str(tmp_path / "d.pt"), conditional=True))
     assert t.config.num_classes == 5 and len(t.train()) == 3
     with pytest.raises(ValueError, match="does not exist"):
@@ -229,7 +229,7 @@ def test_tensorboard_used_when_installed(tmp_path, monkeypatch):
 # ----- any registered network, images, checkpoints that record the net -----------------------------
 def test_any_registered_net_trains_saves_reloads_and_resumes(tinyconv, tmp_path):
     cfg = small(steps=4, ckpt_every=2, data="digits", conditional=True, net=tinyconv, net_kwargs={"channels": 4},
-                batch_size=16, width=None, depth=None, emb_dim=None)
+                batch_size=16, width=None, depth=None, emb_dim=None, precondition=None)
     t = Trainer(cfg, tmp_path / "a")
     t.train()
     ckpt = load_checkpoint(tmp_path / "a")

@@ -9,7 +9,7 @@ Any registered network trains with ``--net NAME --net-kwargs JSON`` (its constru
 ``--net unet --net-kwargs '{"channels": 32}'``); ``--width``/``--depth``/... are shorthands for options
 of those names. Images: ``--data digits``, a ``.pt``/``.npy`` array or a folder of PNG/JPEG files
 (``--image-size S`` resizes them). Flow matching: ``--loss flow_matching --sde flow --parameterization
-velocity``. EDM preconditioning: ``--precondition edm`` (``none``: the default, the raw output is the target).
+velocity``. EDM preconditioning: ``--precondition edm`` (the default) or ``none`` (the raw output is the target).
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     helps = {"data": "toy set name, digits, a .pt/.npy array or a folder of PNG/JPEG images",
              "sde_kwargs": "SDE arguments as JSON", "net": f"registered network: {', '.join(NETS)}",
              "net_kwargs": "the network's constructor options as JSON, e.g. '{\"width\": 64}'",
-             "precondition": "edm (EDM's input/skip/output scalings) or none (the raw output is the target)",
+             "precondition": "edm (default: EDM's input/skip/output scalings) or none (the raw output is the target)",
              "loss": "dsm (denoising score matching) or flow_matching (needs --sde flow --parameterization velocity)",
              "image_size": "resize the images of a folder to this size",
              "device": "cpu, cuda, cuda:N or auto", "conditional": "train with labels (CFG-ready)"}

@@ -19,8 +19,8 @@ bounded where F is poor. The pair is then reported in ``parameterization``: ``ep
 
 Under this wrapper the parameterisation only names how the one function ``F`` is reported (the
 same trained network for every target, since the denoising loss sees ``eps_hat`` either way);
-without it (:class:`~scoresde.config.TrainConfig`'s default ``precondition=None``) the network's
-raw output is the target itself.
+without it (:class:`~scoresde.config.TrainConfig`'s ``precondition=None``; the default is 'edm')
+the network's raw output is the target itself.
 """
 from __future__ import annotations
 
