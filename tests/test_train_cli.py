@@ -102,6 +102,14 @@ def test_an_image_file_keeps_its_shape_and_flow_matching_from_the_command_line(t
     assert main(["sample", "--ckpt", str(run), "--method", "heun", "--steps", "3", "--n", "5", "--out", str(out),
                  "--image-grid", str(tmp_path / "g.png")]) == 0
     assert np.load(out).shape == (5, 3, 4, 4)
+    # a folder of PNGs of two sizes trains once resized; its shape reaches the checkpoint
+    (tmp_path / "pngs").mkdir()
+    for i, size in enumerate((5, 7)):
+        Image.fromarray(np.full((size, size), 40 * i, dtype=np.uint8), mode="L").save(tmp_path / "pngs" / f"{i}.png")
+    args = ["train", "--data", str(tmp_path / "pngs"), "--steps", "2", *SMALL]
+    assert main([*args, "--out", str(tmp_path / "bad")]) == 2  # mixed sizes without --image-size
+    assert main([*args, "--image-size", "4", "--out", str(tmp_path / "png_run")]) == 0
+    assert torch.load(tmp_path / "png_run" / "checkpoint.pt", weights_only=True)["net"]["event_shape"] == [1, 4, 4]
 
 
 def test_image_and_net_errors(tmp_path, capsys):
