@@ -26,6 +26,7 @@ import scoresde as sd
 from scoresde.config import TrainConfig
 from scoresde.metrics import wasserstein2
 from scoresde.nets import ScoreMLP
+from scoresde.nets.precondition import EDMPrecondition
 from scoresde.training import Trainer
 
 
@@ -51,8 +52,8 @@ def throughput(cfg: TrainConfig, rounds: int, steps_per_round: int) -> tuple[flo
     sde, mix = sd.VPSDE(), sd.toy.mixture("eight_gaussians")
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(cfg.replace(steps=10**9, ckpt_every=10**9), out)
-        net = ScoreMLP(2, sde, "eps", width=cfg.width, depth=cfg.depth, emb_dim=cfg.emb_dim,
-                       sigma_data=trainer.config.sigma_data)
+        net = EDMPrecondition(ScoreMLP(2, sde, "eps", width=cfg.width, depth=cfg.depth, emb_dim=cfg.emb_dim), sde,
+                             "eps", trainer.config.sigma_data)
         bare = bare_loop(net, sde, mix, cfg.batch_size, cfg.lr, torch.Generator().manual_seed(1))
         for _ in range(20):  # warm-up of both
             trainer.train_step()

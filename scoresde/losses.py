@@ -29,6 +29,20 @@ which keeps its mean; under the likelihood weighting the time weight becomes the
 ``Z / (T - t_min)`` and the variance due to t disappears (Song et al. 2021, sec. 5; Kingma et al.
 2021, "Variational Diffusion Models", sec. 5.2).
 
+Flow matching (Lipman et al. 2023, "Flow Matching for Generative Modeling"; Liu et al. 2023,
+"Flow Straight and Fast", rectified flow): on :class:`~scoresde.sde.FlowMatchingSDE`
+(``alpha = 1 - t``, ``sigma = t``) the conditional velocity of ``x_t = (1 - t) x_0 + t eps`` is
+``d x_t / dt = eps - x_0``, and :func:`flow_matching_loss` regresses the network's velocity on it,
+
+.. math::  \ell(x_0, t, \varepsilon) = \| u_\theta(x_t, t) - (\varepsilon - x_0) \|^2 .
+
+Its minimiser is the conditional mean ``u*(x, t) = E[eps - x_0 | x_t = x]``, the marginal velocity
+field, which is the probability-flow drift ``f x - g^2 s / 2`` of the exact score (the velocity view
+of :class:`~scoresde.models.ScoreModel`); so a flow-matching network runs on every sampler. For a
+general SDE of the family the target is ``alpha'(t) x_0 + sigma'(t) eps``. In eps terms the loss is
+the DSM loss with ``lambda(t) / sigma_t^2 = (sigma_t lam'(t))^2`` (``= 1 / (1 - t)^2`` for the
+flow path), which is why it is its own function rather than a weighting.
+
 Time sampling across the batch: ``'uniform'`` (i.i.d.), ``'stratified'`` (one draw in each of B
 equal strata of the unit interval), ``'antithetic'`` (pairs ``u, 1 - u``). The unit draw is mapped
 to t (or to lam, with importance sampling) by the same monotone map, so each scheme keeps the
@@ -45,7 +59,9 @@ from ._tensor import append_dims, check_finite_number
 from .models import ScoreModel
 from .sde import SDE
 
-__all__ = ["WEIGHTINGS", "TIME_SAMPLINGS", "dsm_loss", "sample_times", "loss_weight"]
+__all__ = ["WEIGHTINGS", "TIME_SAMPLINGS", "LOSSES", "dsm_loss", "flow_matching_loss", "sample_times", "loss_weight"]
+
+LOSSES = ("dsm", "flow_matching")
 
 WEIGHTINGS = ("sigma2", "likelihood", "min_snr", "snr")
 TIME_SAMPLINGS = ("uniform", "stratified", "antithetic")
@@ -121,6 +137,35 @@ def loss_weight(sde: SDE, t: Tensor, weighting: Weighting = "sigma2", *, min_snr
     return torch.clamp(snr, max=gamma) / snr
 
 
+def _perturb(model: ScoreModel, x0: Tensor, *, time_sampling: str, importance: bool, t, noise, generator,
+             t_min, T) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    """Validate, draw (or take) t and eps, and form ``x_t = alpha_t x_0 + sigma_t eps``: ``(t, ratio, eps, x_t)``."""
+    if not isinstance(model, ScoreModel):
+        raise ValueError(f"model: expected a scoresde.ScoreModel, got {type(model).__name__}")
+    if not isinstance(x0, Tensor) or x0.ndim < 2 or not x0.is_floating_point():
+        raise ValueError(f"x0: expected a floating tensor of shape (batch, *event_shape), got "
+                         f"{tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__}")
+    sde, B = model.sde, x0.shape[0]
+    if t is None:
+        t, ratio = sample_times(sde, B, scheme=time_sampling, importance=importance, t_min=t_min, T=T,
+                                generator=generator, device=x0.device, dtype=x0.dtype)
+    else:
+        if importance:
+            raise ValueError("importance: cannot reweight given times t; leave t=None to draw them")
+        t = torch.as_tensor(t, device=x0.device, dtype=x0.dtype)
+        if t.shape != (B,):
+            raise ValueError(f"t: expected shape ({B},) to match the batch of x0, got {tuple(t.shape)}")
+        sde.validate_time(t)
+        ratio = None
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    elif noise.shape != x0.shape:
+        raise ValueError(f"noise: expected shape {tuple(x0.shape)} like x0, got {tuple(noise.shape)}")
+    alpha, sigma = sde.alpha_sigma(t)
+    x_t = append_dims(alpha, x0.ndim) * x0 + append_dims(sigma, x0.ndim) * noise
+    return t, ratio, noise, x_t
+
+
 def dsm_loss(model: ScoreModel, x0: Tensor, *, weighting: Weighting = "sigma2", time_sampling: str = "uniform",
              importance: bool = False, min_snr_gamma: float = 5.0, t: Tensor | None = None,
              noise: Tensor | None = None, generator: torch.Generator | None = None, t_min: float | None = None,
@@ -142,34 +187,41 @@ def dsm_loss(model: ScoreModel, x0: Tensor, *, weighting: Weighting = "sigma2", 
         ``E_{t ~ U(t_min, T)} E_{x_0, eps}[lambda(t) ||s_theta + eps/sigma_t||^2]``. With
         ``return_times``, ``(losses, t)``.
     """
-    if not isinstance(model, ScoreModel):
-        raise ValueError(f"model: expected a scoresde.ScoreModel, got {type(model).__name__}")
-    if not isinstance(x0, Tensor) or x0.ndim < 2 or not x0.is_floating_point():
-        raise ValueError(f"x0: expected a floating tensor of shape (batch, *event_shape), got "
-                         f"{tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__}")
     _check_weighting(weighting)
-    sde, B = model.sde, x0.shape[0]
-    if t is None:
-        t, ratio = sample_times(sde, B, scheme=time_sampling, importance=importance, t_min=t_min, T=T,
-                                generator=generator, device=x0.device, dtype=x0.dtype)
-    else:
-        if importance:
-            raise ValueError("importance: cannot reweight given times t; leave t=None to draw them")
-        t = torch.as_tensor(t, device=x0.device, dtype=x0.dtype)
-        if t.shape != (B,):
-            raise ValueError(f"t: expected shape ({B},) to match the batch of x0, got {tuple(t.shape)}")
-        sde.validate_time(t)
-        ratio = None
-    if noise is None:
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    elif noise.shape != x0.shape:
-        raise ValueError(f"noise: expected shape {tuple(x0.shape)} like x0, got {tuple(noise.shape)}")
-    alpha, sigma = sde.alpha_sigma(t)
-    x_t = append_dims(alpha, x0.ndim) * x0 + append_dims(sigma, x0.ndim) * noise
+    t, ratio, noise, x_t = _perturb(model, x0, time_sampling=time_sampling, importance=importance, t=t,
+                                    noise=noise, generator=generator, t_min=t_min, T=T)
     eps_hat = model.to_eps(model.predict(x_t, t), x_t, t)
-    sq = (eps_hat - noise).pow(2).reshape(B, -1).sum(1)
-    w = loss_weight(sde, t, weighting, min_snr_gamma=min_snr_gamma)
+    sq = (eps_hat - noise).pow(2).reshape(x0.shape[0], -1).sum(1)
+    w = loss_weight(model.sde, t, weighting, min_snr_gamma=min_snr_gamma)
     if ratio is not None:
         w = w * ratio
     loss = w * sq
+    return (loss, t) if return_times else loss
+
+
+def flow_matching_loss(model: ScoreModel, x0: Tensor, *, time_sampling: str = "uniform", t: Tensor | None = None,
+                       noise: Tensor | None = None, generator: torch.Generator | None = None,
+                       t_min: float | None = None, T: float | None = None, return_times: bool = False):
+    r"""Per-sample conditional flow-matching loss ``||u_theta(x_t, t) - (alpha' x_0 + sigma' eps)||^2``.
+
+    On :class:`~scoresde.sde.FlowMatchingSDE` the target is ``eps - x_0`` (Lipman et al. 2023, eq. 23
+    with sigma_min = 0; Liu et al. 2023, eq. 1). A ``'velocity'`` model's raw output is ``u_theta``;
+    any other parameterisation is converted (``u = alpha' x0_hat + sigma' eps_hat``). One counted
+    model call on the batch; t and eps are drawn as in :func:`dsm_loss` (uniform t, no weighting).
+
+    Returns:
+        ``(B,)`` losses (sum over data dimensions), and the times with ``return_times``.
+    """
+    t, _, noise, x_t = _perturb(model, x0, time_sampling=time_sampling, importance=False, t=t, noise=noise,
+                                generator=generator, t_min=t_min, T=T)
+    sde, nd = model.sde, x0.ndim
+    d_alpha = append_dims(sde.alpha(t) * sde.f(t), nd)
+    d_sigma = append_dims(sde.dsigma_dt(t), nd)
+    target = d_alpha * x0 + d_sigma * noise
+    out = model.predict(x_t, t)
+    if model.parameterization == "velocity":
+        u_hat = out
+    else:
+        u_hat = d_alpha * model.to_x0(out, x_t, t) + d_sigma * model.to_eps(out, x_t, t)
+    loss = (u_hat - target).pow(2).reshape(x0.shape[0], -1).sum(1)
     return (loss, t) if return_times else loss

@@ -1,14 +1,17 @@
 r"""The denoising score-matching trainer: AdamW, warm-up, clipping, EMA, exact resume, DDP.
 
 One step draws a batch ``x_0`` (and labels), diffusion times t and noise from the run's
-``torch.Generator``, takes the mean of :func:`scoresde.losses.dsm_loss` over the batch, clips the
+``torch.Generator``, takes the mean of :func:`scoresde.losses.dsm_loss` (or, with
+``loss='flow_matching'``, of :func:`scoresde.losses.flow_matching_loss`) over the batch, clips the
 gradient norm, steps AdamW with a linear learning-rate warm-up, and updates an exponential moving
 average of the weights (``torch.optim.swa_utils.AveragedModel``; Song et al. 2021 sample from the EMA).
 
 Checkpoints (``<out>/checkpoint.pt``) are written atomically (a temporary file, fsync, then
 ``os.replace``), so the previous good checkpoint survives any crash. They hold the model, the EMA,
 the optimiser, the step, every random state (the run's generator of each rank, torch's global and
-CUDA states, Python's and NumPy's) and the resolved config, and are loaded with
+CUDA states, Python's and NumPy's), the resolved config, the network's record (its registered
+name, constructor keyword arguments and the event shape of one sample, :func:`net_spec`) and the
+data's grey levels, and are loaded with
 ``weights_only=True`` and a strict key check. Resuming restores all of it, so ``2 x 50`` steps give
 bit-identical losses and weights to ``100`` steps.
 
@@ -20,6 +23,7 @@ writes. Resume restores every rank's generator from the checkpoint.
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import math
@@ -37,21 +41,25 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from . import make_sde, toy
-from ._files import as_tensor_data, clean_stale_temporaries, load_tensor_file, temporary_name
+from ._files import clean_stale_temporaries, temporary_name
 from ._tensor import check_count
-from .config import TrainConfig
-from .losses import dsm_loss
+from .config import RESERVED_NET_KWARGS, TrainConfig
+from .images.datasets import IMAGE_DATASETS, check_labels, load_images
+from .losses import dsm_loss, flow_matching_loss
 from .models import ScoreModel
-from .nets import build_net
+from .nets import NETS, build_net
+from .nets.precondition import precondition
 
-__all__ = ["Trainer", "TensorData", "ToyData", "make_data", "load_checkpoint", "load_model", "CHECKPOINT_NAME",
+__all__ = ["Trainer", "TensorData", "ToyData", "make_data", "load_checkpoint", "load_model", "net_spec",
+           "build_from_spec", "CHECKPOINT_NAME",
            "CONFIG_NAME", "LOG_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.json"
 LOG_NAME = "log.csv"
-_FORMAT = "scoresde-train-1"
-_CKPT_KEYS = frozenset({"format", "step", "config", "model", "ema", "optimizer", "rng", "world_size"})
+_FORMAT = "scoresde-train-2"
+_OLD_FORMATS = ("scoresde-train-1",)
+_CKPT_KEYS = frozenset({"format", "step", "config", "net", "data", "model", "ema", "optimizer", "rng", "world_size"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,6 +78,7 @@ class ToyData:
         self.name, self.labels = name, labels
         self.mixture = toy.mixture(name) if name in toy.MIXTURES else None
         self.event_shape = (2,)
+        self.levels = None
         self.num_classes = self.mixture.n_components if labels else None
 
     def draw(self, n: int, generator: torch.Generator, device) -> tuple[Tensor, Tensor | None]:
@@ -85,9 +94,13 @@ class ToyData:
 
 
 class TensorData:
-    """A fixed tensor ``x`` of shape ``(N, *event)`` (with optional integer labels ``y``), drawn with replacement."""
+    """A fixed tensor ``x`` of shape ``(N, *event)`` (with optional integer labels ``y``), drawn with replacement.
 
-    def __init__(self, x: Tensor, y: Tensor | None = None, labels: bool = False):
+    ``levels``: the number of integer grey levels the data was quantised to (None: continuous data).
+    """
+
+    def __init__(self, x: Tensor, y: Tensor | None = None, labels: bool = False, levels: int | None = None,
+                 name: str = "data"):
         x = torch.as_tensor(x)
         if x.ndim < 2 or x.shape[0] < 1 or not x.is_floating_point():
             raise ValueError(f"data: expected a floating tensor of shape (N, *event_shape), got "
@@ -95,15 +108,12 @@ class TensorData:
         if not torch.isfinite(x).all():
             raise ValueError("data: contains non-finite values")
         if labels and y is None:
-            raise ValueError("conditional: the data has no labels; give a .pt file with {'x': ..., 'y': ...} or (x, y)")
-        if y is not None:
-            y = torch.as_tensor(y)
-            if y.shape != (x.shape[0],) or y.is_floating_point() or (y < 0).any():
-                raise ValueError(f"data: labels must be non-negative integers of shape ({x.shape[0]},), got "
-                                 f"{tuple(y.shape)} of {y.dtype}")
+            raise ValueError(f"conditional: {name} has no labels; give a .pt file with {{'x': ..., 'y': ...}} or "
+                             "(x, y), a folder of class sub-folders, or a labelled set (digits)")
+        y = check_labels(y, x.shape[0], name)
         self.x = x.float()
-        self.y = y.long() if (labels and y is not None) else None
-        self.labels = labels
+        self.y = y if labels else None
+        self.labels, self.levels, self.name = labels, levels, name
         self.event_shape = tuple(x.shape[1:])
         self.num_classes = int(self.y.max()) + 1 if self.y is not None else None
         self._on: dict = {}
@@ -123,21 +133,19 @@ class TensorData:
         return float(self.x.double().std())
 
 
-def _load_tensor_file(path: Path):
-    return as_tensor_data(load_tensor_file(path, "data"), path, "data")
-
-
-def make_data(name: str, labels: bool = False):
-    """A data source from a toy set name or a ``.pt``/``.npy`` file path."""
+def make_data(name: str, labels: bool = False, image_size: int | None = None):
+    """A data source from a toy set name, an image set name (``digits``), a ``.pt``/``.npy`` file or an
+    image folder (see :mod:`scoresde.images.datasets`)."""
     if name in toy.DATASETS:
+        if image_size is not None:
+            raise ValueError(f"image_size: {image_size} given for the toy set {name!r}; it applies to image folders")
         return ToyData(name, labels)
     path = Path(name)
-    if path.suffix in (".pt", ".pth", ".npy"):
-        if not path.is_file():
-            raise ValueError(f"data: file {name!r} does not exist")
-        x, y = _load_tensor_file(path)
-        return TensorData(x, y, labels)
-    raise ValueError(f"data: {name!r} is neither a toy set ({', '.join(toy.available())}) nor a .pt/.npy file")
+    if name not in IMAGE_DATASETS and not path.is_dir() and path.suffix not in (".pt", ".pth", ".npy"):
+        raise ValueError(f"data: {name!r} is neither a toy set ({', '.join(toy.available())}), an image set "
+                         f"({', '.join(IMAGE_DATASETS)}), a folder of images nor a .pt/.npy file")
+    images = load_images(name, image_size)
+    return TensorData(images.x, images.y, labels, images.levels, images.name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,6 +234,10 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     except Exception as err:  # truncated zip, wrong format, unsafe pickle: all mean "not loadable"
         raise ValueError(f"checkpoint: {str(file)!r} is corrupt or not a torch checkpoint ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    if isinstance(ckpt, dict) and ckpt.get("format") in _OLD_FORMATS:
+        raise ValueError(f"checkpoint: {str(file)!r} has the old format {ckpt['format']!r}, which did not record the "
+                         f"network's name, options and event shape; this scoresde reads {_FORMAT!r} only: retrain "
+                         "the run (scoresde train)")
     if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
         raise ValueError(f"checkpoint: {str(file)!r} is not a scoresde training checkpoint (format {_FORMAT})")
     missing, unexpected = sorted(_CKPT_KEYS - set(ckpt)), sorted(set(ckpt) - _CKPT_KEYS)
@@ -234,21 +246,71 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return ckpt
 
 
-def _build_net(cfg: TrainConfig, event_shape, sde) -> nn.Module:
-    dim = math.prod(event_shape)
-    return build_net(cfg.net, dim=dim, sde=sde, parameterization=cfg.parameterization, width=cfg.width,
-                     depth=cfg.depth, embedding=cfg.embedding, emb_dim=cfg.emb_dim, time_input=cfg.time_input,
-                     sigma_data=cfg.sigma_data, num_classes=cfg.num_classes)
+def _takes(name: str) -> tuple[dict, bool]:
+    params = inspect.signature(NETS[name]).parameters
+    return params, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def _event_shape_of(state: dict) -> tuple[int, ...]:
-    return (int(state["inp.weight"].shape[1]),)
+def net_spec(cfg: TrainConfig, event_shape: tuple[int, ...]) -> dict:
+    """The record a checkpoint keeps of its network: ``{'name', 'kwargs', 'event_shape'}``.
+
+    ``kwargs`` are the constructor's keyword arguments except ``sde`` (rebuilt from the config):
+    ``parameterization`` and ``num_classes`` when the constructor takes them, the data's shape as
+    the constructor names it (``event_shape``; or ``dim = prod(event_shape)``; or ``in_channels`` and
+    ``image_size`` for square images ``(C, H, H)``), and the run's options
+    (:meth:`TrainConfig.net_options`). Options the constructor does not take are refused by name.
+    """
+    name, event_shape = cfg.net, tuple(int(n) for n in event_shape)
+    if name not in NETS:
+        raise ValueError(f"net: unknown {name!r}; allowed: {', '.join(NETS)}")
+    params, takes_any = _takes(name)
+    kwargs: dict = {}
+    if "event_shape" in params:
+        kwargs["event_shape"] = list(event_shape)
+    elif "dim" in params:
+        kwargs["dim"] = math.prod(event_shape)
+    elif "in_channels" in params and "image_size" in params:
+        if len(event_shape) != 3 or event_shape[1] != event_shape[2]:
+            raise ValueError(f"data: the net {name!r} takes square images (C, H, H); the data's event shape is "
+                             f"{event_shape}")
+        kwargs["in_channels"], kwargs["image_size"] = event_shape[0], event_shape[1]
+    else:
+        raise ValueError(f"net: {name!r} takes none of the shape arguments event_shape, dim, or in_channels and "
+                         "image_size; its constructor cannot be given the data's shape")
+    if "parameterization" in params or takes_any:
+        kwargs["parameterization"] = cfg.parameterization
+    if cfg.num_classes is not None:
+        if "num_classes" not in params and not takes_any:
+            raise ValueError(f"conditional: the net {name!r} takes no num_classes; it cannot be trained with labels")
+        kwargs["num_classes"] = cfg.num_classes
+    options = cfg.net_options()
+    unknown = [] if takes_any else sorted(k for k in options if k not in params)
+    if unknown:
+        known = sorted(k for k in params if k not in RESERVED_NET_KWARGS)
+        raise ValueError(f"net_kwargs: the net {name!r} takes no option {', '.join(map(repr, unknown))}; "
+                         f"its options: {', '.join(known)}")
+    kwargs.update(options)
+    return {"name": name, "kwargs": kwargs, "event_shape": list(event_shape)}
+
+
+def build_from_spec(spec: dict, cfg: TrainConfig, sde) -> nn.Module:
+    """The network of a :func:`net_spec` record under ``sde``, wrapped in ``cfg.precondition`` when set."""
+    if spec["name"] not in NETS:
+        raise ValueError(f"net: {spec['name']!r} is not registered here; registered: {', '.join(NETS)}")
+    params, takes_any = _takes(spec["name"])
+    extra = {"sde": sde} if "sde" in params or takes_any else {}
+    net = build_net(spec["name"], **extra, **spec["kwargs"])
+    return precondition(net, cfg.precondition, sde=sde, parameterization=cfg.parameterization,
+                        sigma_data=cfg.sigma_data if cfg.sigma_data is not None else 1.0)
 
 
 def load_model(path: str | Path, *, ema: bool = True, device=None, label: int | None = None) -> tuple[ScoreModel, TrainConfig]:
     """The trained score model of a run (EMA weights by default) as a :class:`ScoreModel`, and its config.
 
-    ``label`` conditions a class-conditional network on one class (None: the null label).
+    The network is rebuilt from the checkpoint's record (registered name, keyword arguments, event
+    shape; see :func:`net_spec`), whatever the architecture. The returned model carries ``.net``
+    (the module), ``.event_shape`` (one sample's shape) and ``.levels`` (the data's grey levels, or
+    None). ``label`` conditions a class-conditional network on one class (None: the null label).
     """
     ckpt = load_checkpoint(path)
     cfg = TrainConfig.from_dict(ckpt["config"])
@@ -256,7 +318,8 @@ def load_model(path: str | Path, *, ema: bool = True, device=None, label: int | 
     state = ckpt["ema"] if ema else ckpt["model"]
     if ema:  # AveragedModel keeps the network under "module." and a step counter
         state = {k[len("module."):]: v for k, v in state.items() if k.startswith("module.")}
-    net = _build_net(cfg, _event_shape_of(state), sde)
+    spec = ckpt["net"]
+    net = build_from_spec(spec, cfg, sde)
     net.load_state_dict(state, strict=True)
     device = torch.device("cpu") if device is None else _resolve_device(str(device))
     net = net.to(device).eval()
@@ -272,6 +335,8 @@ def load_model(path: str | Path, *, ema: bool = True, device=None, label: int | 
 
     model = ScoreModel(fn, sde, cfg.parameterization)
     model.net = net
+    model.event_shape = tuple(spec["event_shape"])
+    model.levels = ckpt["data"]["levels"]
     return model, cfg
 
 
@@ -305,7 +370,7 @@ class Trainer:
         self.rank = dist.get_rank() if self.distributed else 0
         self.world_size = dist.get_world_size() if self.distributed else 1
         self.out = None if out is None else Path(out)
-        self.data = make_data(config.data, config.conditional) if data is None else data
+        self.data = make_data(config.data, config.conditional, config.image_size) if data is None else data
 
         resolved = {}
         if config.sigma_data is None:
@@ -314,6 +379,10 @@ class Trainer:
             resolved["num_classes"] = self.data.num_classes
         if not config.conditional and config.num_classes is not None:
             raise ValueError(f"num_classes: {config.num_classes} given for an unconditional run; set conditional=True")
+        found = getattr(self.data, "num_classes", None)
+        if config.conditional and config.num_classes is not None and found is not None and found > config.num_classes:
+            raise ValueError(f"labels: the data has a label {found - 1}; num_classes={config.num_classes} allows "
+                             f"labels in [0, {config.num_classes - 1}]")
         self.config = cfg = config.replace(**resolved)
 
         if self.distributed and _resolve_device(cfg.device).type == "cuda":
@@ -323,11 +392,12 @@ class Trainer:
             self.device = _resolve_device(cfg.device)
 
         self.sde = make_sde(cfg.sde, **cfg.sde_kwargs)
+        self.net_spec = net_spec(cfg, self.data.event_shape)
         # model init from the seed alone, without touching the caller's global RNG
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(cfg.seed)
-            net = _build_net(cfg, self.data.event_shape, self.sde)
+            net = build_from_spec(self.net_spec, cfg, self.sde)
         self.net = net.to(self.device)
         self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         # foreach: one fused kernel launch per op over all parameters (CPU defaults to a Python loop)
@@ -367,6 +437,8 @@ class Trainer:
             "format": _FORMAT,
             "step": self.step,
             "config": self.config.to_dict(),
+            "net": self.net_spec,
+            "data": {"levels": getattr(self.data, "levels", None)},
             "model": self.net.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -417,9 +489,13 @@ class Trainer:
         x0, y = self._batch()
         net = self.ddp
         model = ScoreModel((lambda x, t: net(x, t, y)) if y is not None else net, self.sde, cfg.parameterization)
-        losses, t = dsm_loss(model, x0, weighting=cfg.weighting, time_sampling=cfg.time_sampling,
-                             importance=cfg.importance, min_snr_gamma=cfg.min_snr_gamma, generator=self.generator,
-                             return_times=True)
+        if cfg.loss == "flow_matching":
+            losses, t = flow_matching_loss(model, x0, time_sampling=cfg.time_sampling, generator=self.generator,
+                                           return_times=True)
+        else:
+            losses, t = dsm_loss(model, x0, weighting=cfg.weighting, time_sampling=cfg.time_sampling,
+                                 importance=cfg.importance, min_snr_gamma=cfg.min_snr_gamma,
+                                 generator=self.generator, return_times=True)
         loss = losses.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

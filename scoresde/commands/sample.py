@@ -1,7 +1,16 @@
-"""``scoresde sample``: draw samples from a trained run with any registered sampler, save and plot them."""
+"""``scoresde sample``: draw samples from a trained run with any registered sampler, save them, plot them.
+
+The samples keep the run's event shape (``(n, 2)`` for toy data, ``(n, C, H, W)`` for images);
+``--image-grid out.png`` writes a PNG grid of the first ``--grid-count`` images (``--grid`` names the time grid).
+The batch is cut into chunks of ``--batch-size`` with a seed per sample and per chunk
+(:mod:`scoresde.sharded`), so ``torchrun --nproc_per_node K -m scoresde sample ...`` shards the chunks over
+K processes (gloo on CPU, nccl with ``--device cuda``) and writes the same samples, bit for bit, for every K
+(under torchrun spell ``--n`` as ``--num-samples``: torchrun's own parser takes ``--n`` for one of its flags).
+"""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ._paths import check_output
@@ -16,8 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="dpm_solver++" if "dpm_solver++" in available() else "ddim",
                    help=f"sampler: one of {', '.join(available())}")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--grid", default="logsnr", choices=grids.available())
-    p.add_argument("--n", type=int, default=10000)
+    p.add_argument("--grid", default="logsnr", choices=grids.available(), help="time grid")
+    # --num-samples for torchrun, whose own parser reads "--n" as an ambiguous abbreviation of its flags
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=10000, help="number of samples")
+    p.add_argument("--batch-size", type=int, default=1000,
+                   help="samples per model call (a chunk); fixes the samples together with --seed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--label", type=int, default=None, help="class to sample (conditional runs)")
@@ -25,42 +37,87 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--final-denoise", action="store_true", help="finish with Tweedie's denoiser (one more call)")
     p.add_argument("--out", default="samples.pt", help="where to save the samples (.pt or .npy)")
     p.add_argument("--plot", default=None, help="PNG scatter plot of the samples (2D data)")
+    p.add_argument("--image-grid", default=None, metavar="PNG", help="PNG grid of the first --grid-count images")
+    p.add_argument("--grid-count", type=int, default=64, help="images in the --image-grid (default 64)")
+    p.add_argument("--grid-scale", type=int, default=4, help="pixel repetition in the --image-grid (default 4)")
     p.set_defaults(run=run)
 
 
-def run(args) -> int:
-    import numpy as np
-    import torch
-
-    from .. import sample, toy
-    from ..training import load_model
-
+def _check_args(args) -> None:
     out = Path(args.out)
     if out.suffix not in (".pt", ".npy"):
         raise ValueError(f"--out: expected a .pt or .npy file, got {args.out!r}")
-    for path in (out, Path(args.plot) if args.plot else None):
-        if path is not None and not path.parent.exists():
-            raise ValueError(f"--out/--plot: folder {path.parent} does not exist")
-    if args.n < 1:
-        raise ValueError(f"--n: expected a positive number of samples, got {args.n}")
-    check_output(out, "--out")
-    if args.plot:
-        check_output(args.plot, "--plot")
-    model, cfg = load_model(args.ckpt, ema=args.ema, device=args.device, label=args.label)
-    device = next(model.net.parameters()).device
-    gen = torch.Generator(device).manual_seed(args.seed)
+    for flag, name in (("--out", args.out), ("--plot", args.plot), ("--image-grid", args.image_grid)):
+        if name is not None and not Path(name).parent.exists():
+            raise ValueError(f"{flag}: folder {Path(name).parent} does not exist")
+    if args.image_grid is not None and Path(args.image_grid).suffix.lower() != ".png":
+        raise ValueError(f"--image-grid: expected a .png file, got {args.image_grid!r}")
+    for flag, v in (("--n", args.n), ("--batch-size", args.batch_size), ("--grid-count", args.grid_count),
+                    ("--grid-scale", args.grid_scale)):
+        if v < 1:
+            raise ValueError(f"{flag}: expected a positive integer, got {v}")
+    for flag, name in (("--out", args.out), ("--plot", args.plot), ("--image-grid", args.image_grid)):
+        if name is not None:
+            check_output(name, flag)
+
+
+def run(args) -> int:
+    import torch
+    import torch.distributed as dist
+
+    from ..training import _resolve_device, load_model
+
+    _check_args(args)
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    device = _resolve_device(args.device)
+    if launched:  # started by torchrun: one process per rank
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        _sample(args, load_model(args.ckpt, ema=args.ema, device=device, label=args.label), device)
+        if launched:
+            dist.barrier()  # every rank reaches the teardown before any leaves (see commands/train.py)
+    finally:
+        if launched:
+            dist.destroy_process_group()
+    return 0
+
+
+def _sample(args, loaded, device) -> None:
+    import numpy as np
+    import torch
+
+    from .. import toy
+    from ..sharded import sample_sharded
+
+    model, cfg = loaded
+    shape = model.event_shape
+    if args.plot and shape != (2,):
+        raise ValueError(f"--plot: scatter plots need 2D data, this run's samples have shape {shape}; "
+                         "use --image-grid for images")
+    if args.image_grid and not (len(shape) == 3 and shape[0] in (1, 3)):
+        raise ValueError(f"--image-grid: needs images of shape (1 or 3, H, W), this run's samples have shape {shape}")
     with torch.no_grad():
-        res = sample(model, model.sde, args.method, args.steps, shape=(args.n, model.net.dim), generator=gen,
-                     grid=args.grid, final_denoise=args.final_denoise, progress=True)
-    x = res.samples.cpu()
+        res = sample_sharded(model, args.method, args.steps, n=args.n, event_shape=shape, seed=args.seed,
+                             batch_size=args.batch_size, device=device, grid=args.grid,
+                             final_denoise=args.final_denoise, progress=True)
+    if res.samples is None:  # not rank 0: rank 0 writes
+        return
+    x, out = res.samples, Path(args.out)
     if out.suffix == ".npy":
         np.save(out, x.numpy())
     else:
         torch.save(x, out)
-    print(f"wrote {out}: {args.n} samples, {args.method}, {args.steps} steps, NFE {res.nfe}")
+    nfe = f"{res.nfe[0]}" if min(res.nfe) == max(res.nfe) else f"{min(res.nfe)}-{max(res.nfe)} per chunk"
+    print(f"wrote {out}: {args.n} samples of shape {tuple(shape)}, {args.method}, {args.steps} steps, NFE {nfe}")
+    if args.image_grid:
+        from ..images.grid import save_grid
+
+        save_grid(x[:args.grid_count], args.image_grid, scale=args.grid_scale)
+        print(f"wrote {args.image_grid}")
     if args.plot:
-        if x.shape[1] != 2:
-            raise ValueError(f"--plot: scatter plots need 2D data, these samples have {x.shape[1]} dimensions")
         import matplotlib
 
         matplotlib.use("Agg")
@@ -70,7 +127,7 @@ def run(args) -> int:
         if cfg.data in toy.DATASETS:
             ref = toy.sample(cfg.data, args.n, torch.Generator().manual_seed(args.seed + 1))
             ax.scatter(ref[:, 0], ref[:, 1], s=2, alpha=0.3, color="0.6", label="data")
-        ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5, label=f"{args.method}, NFE {res.nfe}")
+        ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5, label=f"{args.method}, NFE {nfe}")
         ax.set_aspect("equal")
         ax.legend(loc="upper right", markerscale=4)
         ax.set_title(f"{cfg.data} under {cfg.sde}: trained model, {args.steps} steps")
@@ -78,4 +135,3 @@ def run(args) -> int:
         fig.savefig(args.plot, dpi=120)
         plt.close(fig)
         print(f"wrote {args.plot}")
-    return 0

@@ -4,6 +4,12 @@ Every :class:`~scoresde.config.TrainConfig` field is a flag; ``--config FILE`` (
 base that explicit flags override; with ``--resume`` and no ``--config`` the base is the run's saved
 config, so ``scoresde train --out RUN --resume --steps N`` extends a run. Launch on several processes with ``torchrun``, e.g.
 ``torchrun --nproc_per_node 2 -m scoresde train ...`` (gloo on CPU, nccl with ``--device cuda``).
+
+Any registered network trains with ``--net NAME --net-kwargs JSON`` (its constructor's options, e.g.
+``--net unet --net-kwargs '{"channels": 32}'``); ``--width``/``--depth``/... are shorthands for options
+of those names. Images: ``--data digits``, a ``.pt``/``.npy`` array or a folder of PNG/JPEG files
+(``--image-size S`` resizes them). Flow matching: ``--loss flow_matching --sde flow --parameterization
+velocity``. EDM preconditioning: ``--precondition edm`` (the default) or ``none`` (the raw output is the target).
 """
 from __future__ import annotations
 
@@ -25,6 +31,12 @@ def _json_dict(text: str) -> dict:
     return d
 
 
+def _precondition(text: str) -> str:
+    if text not in ("edm", "none"):
+        raise argparse.ArgumentTypeError(f"expected 'edm' or 'none', got {text!r}")
+    return text
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from ..config import TrainConfig
 
@@ -35,15 +47,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="JSON/YAML file of TrainConfig fields (flags given here override it)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
                    help="continue the run in --out (or from the checkpoint file CKPT) exactly where it stopped")
-    helps = {"data": "toy set name or a .pt/.npy tensor file", "sde_kwargs": "SDE arguments as JSON",
+    from ..nets import NETS
+
+    helps = {"data": "toy set name, digits, a .pt/.npy array or a folder of PNG/JPEG images",
+             "sde_kwargs": "SDE arguments as JSON", "net": f"registered network: {', '.join(NETS)}",
+             "net_kwargs": "the network's constructor options as JSON, e.g. '{\"width\": 64}'",
+             "precondition": "edm (default: EDM's input/skip/output scalings) or none (the raw output is the target)",
+             "loss": "dsm (denoising score matching) or flow_matching (needs --sde flow --parameterization velocity)",
+             "image_size": "resize the images of a folder to this size",
              "device": "cpu, cuda, cuda:N or auto", "conditional": "train with labels (CFG-ready)"}
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kw = dict(dest=f.name, default=None, help=helps.get(f.name))
         if f.type in ("bool", bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        elif f.name == "sde_kwargs":
+        elif f.name in ("sde_kwargs", "net_kwargs"):
             p.add_argument(flag, type=_json_dict, **kw)
+        elif f.name == "precondition":
+            p.add_argument(flag, type=_precondition, **kw)
         else:
             typ = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
             p.add_argument(flag, type=typ, **kw)
@@ -62,6 +83,8 @@ def _config(args):
         base = TrainConfig()
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if getattr(args, f.name) is not None}
+    if overrides.get("precondition") == "none":
+        overrides["precondition"] = None
     return base.replace(**overrides)
 
 
