@@ -120,8 +120,8 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("data", "sde", *_CHOICES):
-            if not isinstance(getattr(self, name), str):
-                raise TypeError(f"{name}: expected a string, got {getattr(self, name)!r} of type "
+            if not isinstance(getattr(self, name), str) and not (name in _OPTIONAL and getattr(self, name) is None):
+                raise TypeError(f"{name}: expected a string{' or None' if name in _OPTIONAL else ''}, got {getattr(self, name)!r} of type "
                                 f"{type(getattr(self, name)).__name__}")
         for name in _BOOL_FIELDS:  # 'false' is a truthy string: only a real boolean says what is meant
             v = getattr(self, name)

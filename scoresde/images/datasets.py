@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._files import load_tensor_file
+
 __all__ = ["ImageData", "DIGITS_LEVELS", "IMAGE_DATASETS", "digits", "from_levels", "to_levels", "load_array",
            "load_folder", "IMAGE_SUFFIXES"]
 
@@ -92,20 +94,7 @@ def digits(split: str = "train") -> ImageData:
 # Files
 # ---------------------------------------------------------------------------------------------
 def _read_array_file(path: Path):
-    if path.suffix == ".npy":
-        try:
-            return torch.from_numpy(np.load(path, allow_pickle=False)), None
-        except ValueError as err:  # numpy refuses object arrays without pickling
-            raise ValueError(f"data: {str(path)!r} holds an object array ({err}); allowed: a numeric array "
-                             "(float, or uint8 for 8-bit images)") from None
-        except (OSError, EOFError) as err:
-            raise ValueError(f"data: {str(path)!r} is not a readable .npy file ({err})") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, wrong format, unsafe pickle: all mean "not loadable"
-        first = str(err).splitlines()[0] if str(err) else ""
-        raise ValueError(f"data: {str(path)!r} is corrupt or not a torch file ({type(err).__name__}: {first}); "
-                         "allowed: a tensor, {'x': ..., 'y': ...} or (x, y) saved with torch.save") from None
+    obj = load_tensor_file(path, "data")  # named errors for corrupt, pickled or non-numeric files
     if isinstance(obj, Tensor):
         return obj, None
     if isinstance(obj, dict) and "x" in obj:
