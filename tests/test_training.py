@@ -258,7 +258,7 @@ def test_net_options_are_checked_against_the_constructor(tinyconv):
         TrainConfig(net_kwargs={"dim": 3})
     with pytest.raises(ValueError, match="'width' also given as a field"):
         TrainConfig(width=8, net_kwargs={"width": 16})
-    with pytest.raises(ValueError, match="net: unknown 'unet9000'; allowed: mlp, tinyconv"):
+    with pytest.raises(ValueError, match="net: unknown 'unet9000'; allowed: mlp, unet, dit, tinyconv"):
         TrainConfig(net="unet9000")
     with pytest.raises(ValueError, match=r"data: the net 'tinyconv' takes square images .*event shape is \(2,\)"):
         Trainer(TrainConfig(net=tinyconv, steps=1, progress=False, tensorboard=False))  # 2D toy data
