@@ -360,10 +360,7 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
     try:
         with torch.set_grad_enabled(grad), model.grid(times):
             ctx.start(x)
-            if isinstance(sampler, SteppedSampler):
-                x = sampler.run(model, x, schedule, ctx)
-            else:
-                x = sampler.run(model, x, times, ctx)
+            x = sampler.run(model, x, schedule, ctx)
             if final_denoise:
                 x = model.x0(x, float(times[-1]))
                 if not _all_finite(x):

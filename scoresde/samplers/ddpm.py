@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+from ..schedule import Schedule
 from .base import Sampler, grid_points, register
 
 
@@ -30,6 +31,7 @@ class DDPM(Sampler):
     convergence_order = 1  # weak order
 
     def run(self, model, x, times, ctx):
+        times = times.t if isinstance(times, Schedule) else times  # sample() hands every sampler its Schedule
         pts = grid_points(model.sde, times)
         for i, (p, q) in enumerate(zip(pts[:-1], pts[1:], strict=True)):
             x0 = model.x0(x, p.t)

@@ -88,6 +88,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ..schedule import Schedule
 from .base import GridPoint, Sampler, grid_points, register
 
 __all__ = ["ExponentialIntegrator", "DPMSolver", "GridPoint", "psi"]
@@ -238,6 +239,7 @@ class ExponentialIntegrator(Sampler):
 
     # ----- the two variants ---------------------------------------------------------------------
     def run(self, model, x, times, ctx):
+        times = times.t if isinstance(times, Schedule) else times  # sample() hands every sampler its Schedule
         pts = grid_points(model.sde, times)
         orders = self.step_orders(len(pts) - 1)
         ctx.stats["orders"] = orders

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+from ..schedule import Schedule
 from .base import Sampler, register
 
 
@@ -30,6 +31,7 @@ class EulerMaruyama(Sampler):
     convergence_order = 1  # weak order
 
     def run(self, model, x, times, ctx):
+        times = times.t if isinstance(times, Schedule) else times  # sample() hands every sampler its Schedule
         sde = model.sde
         t_grid, f, g2 = times.tolist(), sde.f(times).tolist(), sde.g2(times).tolist()
         for i in range(len(times) - 1):

@@ -28,6 +28,7 @@ import math
 import torch
 
 from .._tensor import check_finite_number
+from ..schedule import Schedule
 from .base import Sampler, register
 
 
@@ -61,6 +62,7 @@ class Heun(Sampler):
         return 2 * steps - (1 if self.euler_last else 0)
 
     def run(self, model, x, times, ctx):
+        times = times.t if isinstance(times, Schedule) else times  # sample() hands every sampler its Schedule
         sde = model.sde
         n = len(times) - 1
         alpha, sigma = sde.alpha_sigma(times)

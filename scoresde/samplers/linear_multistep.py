@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..schedule import Schedule
 from .base import Sampler, register
 
 __all__ = ["LinearMultistep", "dpm_solver_2m_coefficients", "ddim_increments"]
@@ -102,6 +103,7 @@ class LinearMultistep(Sampler):
         return self.coefficients
 
     def run(self, model, x, times, ctx):
+        times = times.t if isinstance(times, Schedule) else times  # sample() hands every sampler its Schedule
         C = self.coefficient_matrix(model, times)
         steps = C.shape[0]
         # the non-zero terms of each row, and the last step that uses each prediction (freed after it);

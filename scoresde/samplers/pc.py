@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from .._tensor import check_finite_number
+from ..schedule import Schedule
 from .base import Sampler, register
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral", "none")
@@ -80,6 +81,7 @@ class PredictorCorrector(Sampler):
         self.convergence_order = 1 if n_corr == 0 else None
 
     def run(self, model, x, times, ctx):
+        times = times.t if isinstance(times, Schedule) else times  # sample() hands every sampler its Schedule
         sde = model.sde
         n = len(times) - 1
         t_grid = times.tolist()

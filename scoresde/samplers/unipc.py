@@ -67,6 +67,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..schedule import Schedule
 from ._thresholding import check_threshold_options, dynamic_threshold
 from .base import Sampler, grid_points, register
 
@@ -221,6 +222,7 @@ class UniPC(Sampler):
         return dynamic_threshold(x0, self.percentile, self.max_value) if self.thresholding else x0
 
     def run(self, model, x, times, ctx):
+        times = times.t if isinstance(times, Schedule) else times  # sample() hands every sampler its Schedule
         pts = grid_points(model.sde, times)
         data = self.prediction == "data"
         bh1 = self.variant == "bh1"
