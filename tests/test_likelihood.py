@@ -8,7 +8,7 @@ import scoresde as sd
 from scoresde import toy
 from scoresde.likelihood import bits_per_dim, divergence, draw_probes, log_likelihood
 
-SDES = {"vp": sd.VPSDE, "subvp": sd.SubVPSDE, "ve": sd.VESDE}
+SDES = {"vp": sd.VPSDE, "subvp": sd.SubVPSDE, "ve": sd.VESDE, "discrete": sd.DiscreteVPSDE}
 
 
 def mixture(dim):
