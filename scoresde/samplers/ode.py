@@ -25,12 +25,18 @@ Either way the model is only evaluated at times in [t_min, T] of the grid.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from torch import Tensor
+
 from .._tensor import check_finite_number
 from ..integrators import TORCHDIFFEQ_ADAPTIVE, TORCHDIFFEQ_FIXED, TORCHDIFFEQ_METHODS
-from .base import Sampler, _all_finite, register
+from ..models import ScoreModel
+from ..schedule import Schedule
+from .base import Sampler, SamplingContext, _all_finite, register
 
 
-def finite_score(model, schedule, label: str):
+def finite_score(model: ScoreModel, schedule: Schedule, label: str) -> Callable[[Tensor, Tensor], Tensor]:
     """``model.score`` that raises FloatingPointError on a non-finite value, naming the time and grid
     step: an adaptive solver fed NaN would only shrink its step until it underflows."""
     def score(x, t):
@@ -66,7 +72,7 @@ class ODE(Sampler):
     def describe(self):
         return {**super().describe(), "solver": self.solver}
 
-    def run(self, model, x, schedule, ctx):
+    def run(self, model: ScoreModel, x: Tensor, schedule: Schedule, ctx: SamplingContext) -> Tensor:
         nfe0 = model.nfe
         ctx.stats.update(solver=self.solver, rtol=self.rtol, atol=self.atol)
         flow = model.sde.probability_flow(finite_score(model, schedule, f"ode ({self.solver})"))

@@ -24,11 +24,14 @@ import math
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from .._tensor import check_finite_number
 from ..integrators import scipy_methods
+from ..models import ScoreModel
+from ..schedule import Schedule
 from ..sde import ProbabilityFlowODE
-from .base import Sampler, register
+from .base import Sampler, SamplingContext, register
 from .ode import finite_score
 
 
@@ -51,7 +54,7 @@ class ScipyODE(Sampler):
     def expected_nfe(self, steps: int) -> None:
         return None
 
-    def run(self, model, x, schedule, ctx):
+    def run(self, model: ScoreModel, x: Tensor, schedule: Schedule, ctx: SamplingContext) -> Tensor:
         from scipy.integrate import solve_ivp
         from scipy.sparse import block_diag
 

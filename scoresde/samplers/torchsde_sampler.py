@@ -33,8 +33,11 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
-from .base import BrownianNoise, Sampler, register
+from ..models import ScoreModel
+from ..schedule import Schedule
+from .base import BrownianNoise, Sampler, SamplingContext, register
 
 # method -> (sde_type the torchsde solver integrates, noise_type declared, weak order, model calls per step)
 METHODS = {"euler": ("ito", "additive", 1.0, 2), "milstein": ("ito", "additive", 1.0, 2),
@@ -105,7 +108,7 @@ class TorchSDE(Sampler):
         # reversible Heun evaluates the drift once at the start to seed its extra state
         return self.calls_per_step * steps + (1 if self.solver == "reversible_heun" else 0)
 
-    def run(self, model, x, schedule, ctx):
+    def run(self, model: ScoreModel, x: Tensor, schedule: Schedule, ctx: SamplingContext) -> Tensor:
         import torchsde
 
         shape = x.shape
