@@ -6,9 +6,17 @@ obeys the instantaneous change of variables (Chen et al. 2018, "Neural ODEs", th
 
 .. math::  \log p_{t_{min}}(x) = \log p_T(x(T)) + \int_{t_{min}}^{T} \nabla\cdot v(x(t), t)\, dt,
 
-where ``x(t)`` solves the ODE forward from ``x(t_min) = x``. We integrate the augmented state
-``(x, l)`` with ``dl/dt = div v`` from ``t_min`` to ``T`` and add the prior log-density at the
-latent ``x(T)``. The divergence is either
+where ``x(t)`` solves the ODE forward from ``x(t_min) = x``. We integrate it in the half log-SNR
+lam, where it is smooth for every schedule of the family, for ``y = x / alpha``
+(:class:`scoresde.sde.ProbabilityFlowODE`): ``dy/dlam = u(y, lam) = (sigma^2/alpha) s(alpha y, t(lam))``,
+with ``div_y u = sigma^2 div_x s``. Since ``div_x v dt = D f dt + div_y u dlam`` and ``f = d log alpha/dt``,
+
+.. math::  \log p_{t_{min}}(x) = \log p_T(x(T)) + D \log\frac{\alpha_T}{\alpha_{t_{min}}}
+           + \int_{\lambda(t_{min})}^{\lambda(T)} \nabla_y\cdot u\, d\lambda:
+
+the augmented state ``(y, l)`` with ``dl/dlam = div_y u`` runs from ``lam(t_min)`` down to ``lam(T)``
+and the prior log-density is taken at the latent ``x(T) = alpha_T y``. The score is only evaluated at
+times in [t_min, T]. The divergence is either
 
 * ``'exact'``: the trace of the Jacobian by reverse-mode autograd, one backward pass per
   dimension on one forward pass (the default up to :data:`EXACT_MAX_DIM` dimensions), or
@@ -52,7 +60,9 @@ from torch import Tensor
 from ._tensor import check_finite_number
 from .bounds import BoundResult, continuous_bound, variational_bound
 from .bounds.gaussian import check_levels, check_on_lattice
+from .integrators import TORCHDIFFEQ_ADAPTIVE
 from .models import ScoreModel
+from .sde import ProbabilityFlowODE
 
 __all__ = ["LikelihoodResult", "log_likelihood", "divergence", "draw_probes", "bits_per_dim",
            "ESTIMATORS", "PROBES", "BACKENDS", "EXACT_MAX_DIM", "variational_bound", "continuous_bound",
@@ -63,8 +73,6 @@ PROBES = ("rademacher", "gaussian")
 BACKENDS = ("torchdiffeq", "scipy")
 #: ``estimator='auto'`` uses the exact trace up to this many dimensions per sample.
 EXACT_MAX_DIM = 32
-
-_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "tsit5")
 
 
 @dataclass
@@ -180,34 +188,36 @@ def divergence(fn: Callable[[Tensor], Tensor], x: Tensor, *, probes: Tensor | No
 
 
 class _AugmentedFlow(torch.nn.Module):
-    """``(dx/dt, dl/dt) = (v(x, t), div v(x, t))`` for ``torchdiffeq.odeint`` on the tuple state."""
+    """``(dy/dlam, dl/dlam) = (u(y, lam), div_y u(y, lam))`` for ``torchdiffeq.odeint`` on the tuple state."""
 
-    def __init__(self, model: ScoreModel, probes: Tensor | None, create_graph: bool):
+    def __init__(self, model: ScoreModel, probes: Tensor | None, create_graph: bool, t_range: tuple[float, float]):
         super().__init__()
         self.model = model
-        self.flow = model.sde.probability_flow(model.score)
+        self.flow = ProbabilityFlowODE(model.sde, model.score, t_range=t_range)
         self.probes = probes
         self.create_graph = create_graph
 
-    def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        x = state[0]
-        return divergence(lambda x_: self.flow(t, x_), x, probes=self.probes, create_graph=self.create_graph)
+    def forward(self, lam: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        y = state[0]
+        return divergence(lambda y_: self.flow.lambda_drift(lam, y_), y, probes=self.probes,
+                          create_graph=self.create_graph)
 
 
 class _FiniteDrift(torch.nn.Module):
-    """Stops the solve at the first non-finite drift with a ValueError that blames the model, instead of
-    letting an adaptive solver shrink its step to nothing ("underflow in dt")."""
+    """Stops the solve at the first non-finite drift or divergence with a named error, instead of letting an
+    adaptive solver shrink its step to nothing ("underflow in dt"). A NaN network output is caught earlier,
+    by the model wrapper; this catches finite outputs whose drift or divergence overflows."""
 
     def __init__(self, flow: torch.nn.Module):
         super().__init__()
         self.flow = flow
 
-    def forward(self, t: Tensor, state):
-        dx, dl = self.flow(t, state)
+    def forward(self, lam: Tensor, state):
+        dx, dl = self.flow(lam, state)
         if not (torch.isfinite(dx).all() and torch.isfinite(dl).all()):
-            raise ValueError(f"model: the probability-flow drift is not finite at t={float(t):.6g} "
-                             f"({int((~torch.isfinite(dx)).sum())} of {dx.numel()} values); the model "
-                             "returned NaN/inf there")
+            raise FloatingPointError(f"model: the probability-flow drift or its divergence is not finite at "
+                                     f"lambda = {float(lam):.6g} ({int((~torch.isfinite(dx)).sum())} of {dx.numel()} "
+                                     "drift values); the model's outputs overflow there")
         return dx, dl
 
 
@@ -230,9 +240,10 @@ def log_likelihood(model: ScoreModel, x: Tensor, *, t_min: float | None = None, 
         n_probes, probe, generator: Hutchinson's probes (``'rademacher'`` or ``'gaussian'``), drawn
             once from ``generator`` and held fixed along the trajectory. ``generator`` also draws
             the dequantisation noise.
-        backend: ``'torchdiffeq'`` (default; ``method`` default ``'dopri5'``, ``options`` passed on)
+        backend: ``'torchdiffeq'`` (default; ``method`` default ``'dopri5'``, ``options`` passed on;
+            the independent variable is lam, so e.g. a fixed-step ``step_size`` is in lam)
             or ``'scipy'`` (``solve_ivp``, method default ``'RK45'``; evaluation only, no gradients).
-        rtol, atol: solver tolerances on the augmented state.
+        rtol, atol: solver tolerances on the augmented state ``(x / alpha, l)``.
         prior_log_prob: log-density of x(T), ``(B, *event) -> (B,)``; default the SDE's Gaussian
             prior. Pass the exact log p_T to separate the prior mismatch from the ODE error.
         bin_width, dequantize: discrete data on a lattice of spacing ``bin_width`` are dequantised
@@ -285,14 +296,18 @@ def log_likelihood(model: ScoreModel, x: Tensor, *, t_min: float | None = None, 
         points = x + bin_width * (u.to(x.device) - (0.5 if levels is not None else 0.0))
     probes = draw_probes(points, n_probes, probe, generator) if estimator == "hutchinson" else None
 
-    flow = _FiniteDrift(_AugmentedFlow(model, probes, create_graph=differentiable))
+    flow = _FiniteDrift(_AugmentedFlow(model, probes, create_graph=differentiable, t_range=(t_min, T)))
+    ends = torch.tensor([t_min, T], dtype=torch.float64)
+    lam, (alpha_min, alpha_T) = sde.lam(ends), sde.alpha(ends)
     nfe0 = model.nfe
     if backend == "torchdiffeq":
-        latent, delta = _solve_torchdiffeq(flow, points, t_min, T, method or "dopri5", rtol, atol,
+        y_T, integral = _solve_torchdiffeq(flow, points / alpha_min, lam, method or "dopri5", rtol, atol,
                                            options or {}, differentiable)
     else:
-        latent, delta = _solve_scipy(flow, points, t_min, T, method or "RK45", rtol, atol, options or {})
+        y_T, integral = _solve_scipy(flow, points / alpha_min, lam, method or "RK45", rtol, atol, options or {})
     nfe = model.nfe - nfe0
+    latent = alpha_T * y_T
+    delta = integral + dim * torch.log(alpha_T / alpha_min)
 
     with torch.set_grad_enabled(differentiable):
         prior = sde.prior_log_prob(latent) if prior_log_prob is None else prior_log_prob(latent)
@@ -307,21 +322,21 @@ def log_likelihood(model: ScoreModel, x: Tensor, *, t_min: float | None = None, 
     )
 
 
-def _solve_torchdiffeq(flow, x, t_min, T, method, rtol, atol, options, differentiable):
+def _solve_torchdiffeq(flow, y, lam, method, rtol, atol, options, differentiable):
+    """``(y, l)`` at ``lam[1]`` from ``(y, 0)`` at ``lam[0]``."""
     import torchdiffeq
 
-    times = torch.tensor([t_min, T], dtype=x.dtype, device=x.device)
-    if method in _ADAPTIVE:
-        # Land on T exactly: past T alpha and sigma may be undefined (cosine and flow schedules).
-        options = {"step_t": times[-1:], **options}
+    lam = lam.to(device=y.device, dtype=y.dtype)
+    if method in TORCHDIFFEQ_ADAPTIVE:
+        options = {"step_t": lam[-1:], **options}  # land on lam(T) exactly instead of stepping past it
     kwargs = {"options": options} if options else {}
-    state0 = (x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
+    state0 = (y, torch.zeros(y.shape[0], dtype=y.dtype, device=y.device))
     with torch.set_grad_enabled(differentiable):
-        xs, ls = torchdiffeq.odeint(flow, state0, times, method=method, rtol=rtol, atol=atol, **kwargs)
-    return xs[-1], ls[-1]
+        ys, ls = torchdiffeq.odeint(flow, state0, lam, method=method, rtol=rtol, atol=atol, **kwargs)
+    return ys[-1], ls[-1]
 
 
-def _solve_scipy(flow, x, t_min, T, method, rtol, atol, options):
+def _solve_scipy(flow, x, lam, method, rtol, atol, options):
     """``solve_ivp`` on the flattened float64 state; evaluation only (the state leaves autograd)."""
     import numpy as np
     from scipy.integrate import solve_ivp
@@ -330,11 +345,11 @@ def _solve_scipy(flow, x, t_min, T, method, rtol, atol, options):
 
     def rhs(t, y):
         state = torch.from_numpy(y[:n]).to(device=x.device, dtype=x.dtype).reshape(x.shape)
-        dx, dl = flow(torch.tensor(t, dtype=x.dtype, device=x.device), (state, None))
+        dx, dl = flow(torch.tensor(t, dtype=torch.float64), (state, None))
         return np.concatenate([dx.detach().reshape(-1).cpu().double().numpy(), dl.detach().cpu().double().numpy()])
 
     y0 = np.concatenate([x.detach().reshape(-1).cpu().double().numpy(), np.zeros(B)])
-    sol = solve_ivp(rhs, (t_min, T), y0, method=method, rtol=rtol, atol=atol, **options)
+    sol = solve_ivp(rhs, (float(lam[0]), float(lam[1])), y0, method=method, rtol=rtol, atol=atol, **options)
     if not sol.success:
         raise RuntimeError(f"scipy solve_ivp ({method}) failed: {sol.message}")
     y = torch.from_numpy(sol.y[:, -1]).to(device=x.device, dtype=x.dtype)

@@ -298,15 +298,18 @@ class SDE(ABC):
         t = self.validate_time(as_time(t, like=x)).to(x.dtype)
         return broadcast_time(self.f(t), x) * x
 
-    def reverse_drift(self, x: Tensor, t, score: Tensor, *, probability_flow: bool = False) -> Tensor:
-        """Drift of the reverse SDE ``f x - g^2 s`` (or of the PF ODE ``f x - g^2 s / 2``)."""
+    def reverse_drift(self, x: Tensor, t, score: Tensor) -> Tensor:
+        """Drift of the Anderson reverse-time SDE, ``f(t) x - g(t)^2 s`` (Song et al. 2021, eq. 6)."""
         t = as_time(t, like=x).to(x.dtype)
-        f = append_dims(self.f(t), x.ndim)
-        g2 = append_dims(self.g2(t), x.ndim)
-        return f * x - (0.5 if probability_flow else 1.0) * g2 * score
+        return append_dims(self.f(t), x.ndim) * x - append_dims(self.g2(t), x.ndim) * score
+
+    def probability_flow_drift(self, x: Tensor, t, score: Tensor) -> Tensor:
+        """Drift of the probability-flow ODE, ``f(t) x - g(t)^2 s / 2`` (Song et al. 2021, eq. 13)."""
+        t = as_time(t, like=x).to(x.dtype)
+        return append_dims(self.f(t), x.ndim) * x - 0.5 * append_dims(self.g2(t), x.ndim) * score
 
     def probability_flow(self, score_fn: ScoreFn) -> ProbabilityFlowODE:
-        """The probability-flow ODE dx/dt = f x - g^2 s / 2 as a module ``torchdiffeq.odeint`` accepts."""
+        """The probability-flow ODE of this SDE with score ``score_fn`` (see :class:`ProbabilityFlowODE`)."""
         return ProbabilityFlowODE(self, score_fn)
 
     def reverse_sde(self, score_fn: ScoreFn, event_shape=None, *, t_start: float | None = None) -> ReverseSDE:
@@ -652,7 +655,6 @@ class DiscreteVPSDE(_VariancePreserving):
         if self.t_min is None:
             object.__setattr__(self, "t_min", 1.0 / self.N)
         _check_times(self.T, self.t_min)
-        object.__setattr__(self, "_per_device", {})
         self._check_schedule(f"{'alphas_cumprod' if self.alphas_cumprod is not None else 'betas'} "
                              f"(N={self.N}), t_min={self.t_min}")
 
@@ -668,13 +670,11 @@ class DiscreteVPSDE(_VariancePreserving):
         return f"DiscreteVPSDE(N={self.N}, t_min={self.t_min})"
 
     def _knots(self, like: Tensor) -> tuple[Tensor, Tensor]:
-        """log alpha at t = 0, 1/N, ..., 1 (a knot at t = 0 with alpha = 1 closes the schedule) and slopes."""
-        key = (like.device, like.dtype)
-        if key not in self._per_device:
-            la = torch.cat([self._log_alpha_knots.new_zeros(1), self._log_alpha_knots])
-            la = la.to(device=like.device, dtype=like.dtype)
-            self._per_device[key] = (la, (la[1:] - la[:-1]) * self.N)
-        return self._per_device[key]
+        """log alpha at t = 0, 1/N, ..., 1 (a knot at t = 0 with alpha = 1 closes the schedule) and the
+        slopes between them, on ``like``'s device and dtype."""
+        la = torch.cat([self._log_alpha_knots.new_zeros(1), self._log_alpha_knots])
+        la = la.to(device=like.device, dtype=like.dtype)
+        return la, (la[1:] - la[:-1]) * self.N
 
     def _segment(self, t: Tensor) -> Tensor:
         return torch.clamp(torch.floor(t * self.N), 0, self.N - 1).long()
@@ -710,59 +710,75 @@ class DiscreteVPSDE(_VariancePreserving):
 # Dynamics as objects for torchdiffeq and torchsde.
 # ---------------------------------------------------------------------------------------------
 class ProbabilityFlowODE(torch.nn.Module):
-    """``dx/dt = f(t) x - g(t)^2 s(x, t) / 2`` as ``forward(t, x)`` for ``torchdiffeq.odeint``.
+    r"""The probability-flow ODE of ``sde`` with score ``score_fn`` (Song et al. 2021, eq. 13), in two variables.
 
-    Integrate from T down to t_min by passing decreasing times to ``odeint``.
+    In the SDE's time t (:meth:`forward`, the signature ``torchdiffeq.odeint`` takes):
+
+    .. math::  \frac{dx}{dt} = f(t)\, x - \tfrac12 g(t)^2\, s(x, t).
+
+    In the half log-SNR lam, for ``y = x / alpha`` (:meth:`lambda_drift`; Lu et al. 2022, "DPM-Solver",
+    eq. 3.4, whose exponential integrators discretise the same form):
+
+    .. math::  \frac{dy}{d\lambda} = -e^{-\lambda}\, \varepsilon(\alpha y, t(\lambda))
+               = \frac{\sigma^2}{\alpha}\, s(\alpha y, t(\lambda)),
+
+    with alpha, sigma taken at ``t(lam) = sde.t_of_lam(lam)``. Every SDE of the family has
+    ``x_t / alpha_t = x_0 + e^{-lam} eps``, so the marginals of y, and this field, depend on t only through
+    lam: it is smooth in lam even where the schedule is not smooth in t (DiscreteVPSDE's piecewise-linear
+    log alpha, whose f jumps at each of its N knots).
+
+    ``t_range = (lo, hi)``: the times handed to ``score_fn`` are clamped into it. Solvers look a little
+    outside the interval they integrate (a stage time a rounding error past an end; the first-step
+    heuristic of an adaptive solver, Hairer et al. "Solving ODEs I" II.4, much further), where alpha and
+    sigma may not exist; there the field is held at its value at the nearest end, and the score is never
+    evaluated outside the interval. :meth:`solve` sets it to the span of its times.
     """
 
-    def __init__(self, sde: SDE, score_fn: ScoreFn):
+    def __init__(self, sde: SDE, score_fn: ScoreFn, t_range: tuple[float, float] | None = None):
         super().__init__()
         self.sde = sde
         self.score_fn = score_fn
+        self.t_range = None if t_range is None else (float(min(t_range)), float(max(t_range)))
+
+    def _time(self, t: Tensor) -> Tensor:
+        return t if self.t_range is None else t.clamp(*self.t_range)
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        t = as_time(t, like=x).to(x.dtype)
-        return self.sde.reverse_drift(x, t, self.score_fn(x, t), probability_flow=True)
+        """dx/dt at ``(x, t)``: :meth:`SDE.probability_flow_drift` with the score."""
+        t = self._time(as_time(t, like=x).to(x.dtype))
+        return self.sde.probability_flow_drift(x, t, self.score_fn(x, t))
+
+    def lambda_drift(self, lam: Tensor, y: Tensor) -> Tensor:
+        """dy/dlam at ``(y, lam)`` for ``y = x / alpha``: ``(sigma^2 / alpha) s(alpha y, t(lam))``."""
+        t = self._time(self.sde.t_of_lam(as_time(lam).to(torch.float64)))
+        alpha, sigma = self.sde.alpha_sigma(t)
+        return sigma**2 / alpha * self.score_fn(alpha * y, t)
 
     def solve(self, x: Tensor, times, *, method: str = "dopri5", rtol: float = 1e-10, atol: float = 1e-10,
               **options) -> Tensor:
-        """Integrate through ``times`` (monotone) with ``torchdiffeq.odeint``; returns x at every time.
+        """Integrate from ``times[0]`` through ``times`` (monotone) with ``torchdiffeq.odeint``; x at every time.
 
-        Adaptive solvers must never evaluate the drift past the last time (below t = 0, or above
-        T for schedules whose alpha vanishes at 1, alpha and sigma are undefined); passing it as
-        ``step_t`` makes them land on it exactly instead of stepping past it and interpolating.
+        A fixed-step ``method`` (:data:`scoresde.integrators.TORCHDIFFEQ_FIXED`) steps in t, one step per
+        interval of ``times`` (or ``options['step_size']``, in t). An adaptive one integrates
+        :meth:`lambda_drift` in lam between ``lam(times)``, with ``rtol``/``atol`` on y = x / alpha (at
+        the data end alpha ~ 1, so on x), and lands exactly on the last time; x = alpha y at each time.
+        The score is only evaluated at times between ``times[0]`` and ``times[-1]``.
         """
         import torchdiffeq
 
-        times = torch.as_tensor(times, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
-        times = times.to(x.device)
-        func = self
-        if method in ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "tsit5"):
-            lo, hi = sorted((float(times[0]), float(times[-1])))
-            # torchdiffeq sizes its first step by probing the drift at t0 + h0 for a guessed h0 that can
-            # land far outside the interval (below t = 0, outside the SDE's domain); the probe only
-            # estimates a scale, so it is evaluated at the nearest end instead. Inside, t is unchanged.
-            func = _ClampedTime(self, lo, hi)
-            kinks = self.sde.breakpoints()
-            kinks = kinks[(kinks > lo) & (kinks < hi)].to(device=times.device, dtype=times.dtype)
-            # Non-smooth schedules (DiscreteVPSDE) have a kink at every knot; an error-controlled solver
-            # that does not know them shrinks its steps to nothing there, so it is told to jump over them.
-            if kinks.numel():
-                options = {"jump_t": kinks, **options}
-            options = {"step_t": times[-1:], **options}
+        from .integrators import is_adaptive
+
+        times = torch.as_tensor(times, dtype=torch.float64).detach().cpu()
+        flow = ProbabilityFlowODE(self.sde, self.score_fn, t_range=(float(times[0]), float(times[-1])))
         kwargs = {"options": options} if options else {}
-        return torchdiffeq.odeint(func, x, times, method=method, rtol=rtol, atol=atol, **kwargs)
-
-
-class _ClampedTime(torch.nn.Module):
-    """``ode(clamp(t, lo, hi), x)``: an ODE right-hand side never evaluated outside ``[lo, hi]``."""
-
-    def __init__(self, ode: torch.nn.Module, lo: float, hi: float):
-        super().__init__()
-        self.ode, self.lo, self.hi = ode, lo, hi
-
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        return self.ode(torch.clamp(t, self.lo, self.hi), x)
+        if not is_adaptive(method):
+            return torchdiffeq.odeint(flow, x, times.to(x.device), method=method, **kwargs)
+        lam = self.sde.lam(times)
+        alpha = self.sde.alpha(times)
+        options = {"step_t": lam[-1:].to(x.device), **options}
+        ys = torchdiffeq.odeint(flow.lambda_drift, x / alpha[0], lam.to(x.device), method=method, rtol=rtol,
+                                atol=atol, options=options)
+        return append_dims(alpha.to(x.device, x.dtype), ys.ndim) * ys
 
 
 class ReverseSDE(torch.nn.Module):

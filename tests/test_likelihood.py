@@ -8,7 +8,7 @@ import scoresde as sd
 from scoresde import toy
 from scoresde.likelihood import bits_per_dim, divergence, draw_probes, log_likelihood
 
-SDES = {"vp": sd.VPSDE, "subvp": sd.SubVPSDE, "ve": sd.VESDE}
+SDES = {"vp": sd.VPSDE, "subvp": sd.SubVPSDE, "ve": sd.VESDE, "discrete": sd.DiscreteVPSDE}
 
 
 def mixture(dim):
@@ -60,10 +60,12 @@ def test_latent_is_the_closed_form_gaussian_flow():
 
 def test_fixed_step_nfe_is_counted_by_the_model():
     # torchdiffeq's rk4 (3/8 rule) calls the drift 4 times per step; the model counter must agree.
+    # The independent variable is the half log-SNR, so the step size is in lam.
     sde, mix = sd.VPSDE(), toy.gaussian_mixture_2d()
     x = mix.sample(2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     steps = 10
-    res = log_likelihood(mix.model(sde), x, method="rk4", options={"step_size": (sde.T - sde.t_min) / steps})
+    span = float(sde.lam(sde.t_min) - sde.lam(sde.T))
+    res = log_likelihood(mix.model(sde), x, method="rk4", options={"step_size": span / steps})
     assert res.nfe == 4 * steps
 
 

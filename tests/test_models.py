@@ -37,7 +37,7 @@ def test_velocity_is_probability_flow_drift(any_sde):
     model = mix.model(any_sde)
     x = torch.randn(8, 2, dtype=torch.float64)
     t = torch.full((8,), 0.4 * any_sde.T, dtype=torch.float64)
-    drift = any_sde.reverse_drift(x, t, model.score(x, t), probability_flow=True)
+    drift = any_sde.probability_flow_drift(x, t, model.score(x, t))
     torch.testing.assert_close(model.velocity(x, t), drift, rtol=1e-9, atol=1e-9)
 
 

@@ -398,7 +398,8 @@ def test_a_sampler_class_in_place_of_a_name(vp):
         name = "test_pf_euler"
         order = 1
 
-        def run(self, model, x, times, ctx):
+        def run(self, model, x, schedule, ctx):
+            times = schedule.t
             for i in range(len(times) - 1):
                 t, dt = float(times[i]), float(times[i + 1] - times[i])
                 x = x + dt * model.velocity(x, t)

@@ -158,10 +158,52 @@ def gaussian_score(sde, mu, s2):
     return score
 
 
-@pytest.mark.parametrize("name", ["vp", "ve", "flow"])
+def test_drifts_against_the_gaussian_flow(any_sde):
+    # For Gaussian data N(mu, s2) the PF ODE moves x along x_t = alpha_t mu + (std_t/std_T)(x_T - alpha_T mu),
+    # std_t^2 = alpha_t^2 s2 + sigma_t^2, so its drift is alpha' mu + (std'/std)(x - alpha mu), with
+    # alpha' = f alpha and std' = (alpha alpha' s2 + sigma sigma')/std. The reverse-SDE drift has twice
+    # the score term: 2 (PF drift) - f x.
+    sde, mu, s2 = any_sde, 0.7, 0.3
+    t = interior_times(sde, 9)
+    x = torch.linspace(-2, 2, t.numel(), dtype=torch.float64)[:, None]
+    alpha, sigma = sde.alpha_sigma(t)
+    dalpha, dsigma = sde.f(t) * alpha, sde.dsigma_dt(t)
+    std = torch.sqrt(alpha**2 * s2 + sigma**2)
+    score = (-(x[:, 0] - alpha * mu) / std**2)[:, None]
+    dstd = (alpha * dalpha * s2 + sigma * dsigma) / std
+    flow = (dalpha * mu + dstd / std * (x[:, 0] - alpha * mu))[:, None]
+    torch.testing.assert_close(sde.probability_flow_drift(x, t, score), flow, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(sde.reverse_drift(x, t, score), 2 * flow - sde.f(t)[:, None] * x, rtol=1e-9, atol=1e-9)
+
+
+def test_probability_flow_in_lambda_is_the_t_form_changed_variables(any_sde):
+    # y = x / alpha: dy/dlam = (dx/dt / alpha - f y) / (dlam/dt), with dlam/dt = -g^2 / (2 sigma^2)
+    sde = any_sde
+    flow = sde.probability_flow(gaussian_score(sde, 0.7, 0.3))
+    x = torch.linspace(-2, 2, 5, dtype=torch.float64)[:, None]
+    for t in interior_times(sde, 7):
+        alpha, sigma = sde.alpha_sigma(t)
+        dlam_dt = -sde.g2(t) / (2 * sigma**2)
+        expected = (flow(t, x) / alpha - sde.f(t) * x / alpha) / dlam_dt
+        torch.testing.assert_close(flow.lambda_drift(sde.lam(t), x / alpha), expected, rtol=1e-8, atol=1e-10)
+
+
+def test_probability_flow_holds_the_score_inside_t_range():
+    # asked outside its range (as an adaptive solver's first-step probe does), the flow evaluates the
+    # score at the nearest end
+    sde, seen = sd.VPSDE(), []
+    flow = sd.ProbabilityFlowODE(sde, lambda x, t: (seen.append(float(t)), -x)[1], t_range=(0.2, 0.6))
+    x = torch.ones(3, 2, dtype=torch.float64)
+    flow(torch.tensor(-22.0, dtype=torch.float64), x)
+    flow.lambda_drift(torch.tensor(50.0, dtype=torch.float64), x)
+    flow.lambda_drift(sde.lam(torch.tensor(0.4, dtype=torch.float64)), x)
+    assert seen[:2] == [0.2, 0.2] and seen[2] == pytest.approx(0.4, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", ["vp", "ve", "flow", "discrete"])
 def test_probability_flow_ode_transports_gaussian_exactly(name):
     # For Gaussian data the PF ODE is the linear map x_t = alpha_t mu + (std_t/std_T)(x_T - alpha_T mu).
-    sde = {"vp": sd.VPSDE(), "ve": sd.VESDE(), "flow": sd.FlowMatchingSDE()}[name]
+    sde = {"vp": sd.VPSDE(), "ve": sd.VESDE(), "flow": sd.FlowMatchingSDE(), "discrete": sd.DiscreteVPSDE()}[name]
     mu, s2 = 0.7, 0.3
     x_T = torch.linspace(-2, 2, 7, dtype=torch.float64)[:, None] * sde.prior_std()
     ts = torch.tensor([sde.T, 0.3, sde.t_min], dtype=torch.float64)

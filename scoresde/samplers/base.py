@@ -83,7 +83,7 @@ class Sampler:
         """Model evaluations for ``steps`` grid steps (None where the solver decides, e.g. adaptive)."""
         return self.calls_per_step * steps
 
-    def run(self, model: ScoreModel, x: Tensor, times: Tensor, ctx: SamplingContext) -> Tensor:
+    def run(self, model: ScoreModel, x: Tensor, schedule: Schedule, ctx: SamplingContext) -> Tensor:
         raise NotImplementedError
 
     @classmethod
@@ -382,10 +382,7 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
         with torch.set_grad_enabled(grad):
             ctx.start(x)
             try:
-                if isinstance(sampler, SteppedSampler):
-                    x = sampler.run(model, x, schedule, ctx)
-                else:  # samplers not yet written on the Schedule take the plain grid
-                    x = sampler.run(model, x, times.detach(), ctx)
+                x = sampler.run(model, x, schedule, ctx)
             except NonFiniteModelOutput as e:
                 i = min(ctx.current_step, schedule.steps - 1)
                 raise NonFiniteModelOutput(f"{cls.name}: during step {i} (t = {ctx._t[i]:.6g} -> "
