@@ -47,6 +47,18 @@ def _never_called(x: Tensor, t: Tensor) -> Tensor:
     raise RuntimeError("ScoresdeScheduler: the sampler called the model; a SteppedSampler's step only converts outputs")
 
 
+def _wants_output(sampler: SteppedSampler, state) -> bool:
+    """Whether ``state``'s next step consumes a model output.
+
+    A sampler may define ``needs_output(state)``; UniPC's uncorrected last predictor (``stage = 2``)
+    is stepped with ``output=None``, as its own ``run`` does.
+    """
+    hook = getattr(sampler, "needs_output", None)
+    if callable(hook):
+        return bool(hook(state))
+    return not (sampler.name == "unipc" and state.stage == 2)
+
+
 def _stepped_names() -> list[str]:
     from ..samplers.base import SAMPLERS
 
@@ -84,7 +96,7 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
     @register_to_config
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
                  beta_schedule: str = "linear", trained_betas: list[float] | None = None,
-                 prediction_type: str = "epsilon", method: str = "dpm_solver++", options: dict | None = None,
+                 prediction_type: str = "epsilon", method: str = "ddim", options: dict | None = None,
                  grid: str = "logsnr", t_min: float | None = None, times: list[float] | None = None,
                  final_denoise: bool = True, time_rounding: str | None = None):
         if time_rounding not in TIME_ROUNDINGS:
@@ -170,8 +182,11 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
         state = self.sampler.init(self.schedule, x)
         t_eval = []
         while state.i < self.schedule.steps:
-            t_eval.append(torch.as_tensor(state.t_eval, dtype=torch.float64).reshape(()))
-            state = self.sampler.step(self.model, self.schedule, state, torch.zeros_like(x), ctx)
+            if _wants_output(self.sampler, state):
+                t_eval.append(torch.as_tensor(state.t_eval, dtype=torch.float64).reshape(()))
+                state = self.sampler.step(self.model, self.schedule, state, torch.zeros_like(x), ctx)
+            else:
+                state = self.sampler.step(self.model, self.schedule, state, None, ctx)
         return t_eval
 
     # ----- the protocol -----------------------------------------------------------------------
@@ -212,6 +227,8 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
                 state = dataclasses.replace(state, x=sample, x_eval=sample)
             self._ctx.noise = GeneratorNoise(generator)
             state = self.sampler.step(self.model, schedule, state, model_output, self._ctx)
+            while state.i < schedule.steps and not _wants_output(self.sampler, state):
+                state = self.sampler.step(self.model, schedule, state, None, self._ctx)
             prev = state.x_eval if state.i < schedule.steps else state.x
         self._state = state
         self._k = k + 1
