@@ -26,32 +26,47 @@ from ._tensor import append_dims, batch_time
 from .sde import SDE
 
 PARAMETERIZATIONS = ("score", "eps", "x0", "v", "velocity")
-TIME_INPUTS = ("continuous", "discrete")
+TIME_CONVENTIONS = ("continuous", "discrete")
 
-__all__ = ["ScoreModel", "PARAMETERIZATIONS"]
+__all__ = ["ScoreModel", "PARAMETERIZATIONS", "TIME_CONVENTIONS", "NonFiniteModelOutput"]
+
+
+class NonFiniteModelOutput(FloatingPointError):
+    """The network itself returned NaN or inf (as opposed to a sampler's state becoming non-finite)."""
 
 
 class ScoreModel:
     """Wrap ``fn(x, t)`` that predicts one of ``'score'``, ``'eps'``, ``'x0'``, ``'v'``, ``'velocity'``.
 
-    ``fn`` receives ``t`` as a ``(B,)`` tensor with ``x``'s dtype. With ``time_input='discrete'``
-    (for networks trained on a :class:`~scoresde.sde.DiscreteVPSDE`'s N steps) it receives the
-    step index ``N t - 1`` instead.
+    ``time_input`` says what ``fn`` receives as its time, always a ``(B,)`` tensor with ``x``'s dtype
+    computed from the continuous time ``t`` of the SDE:
+
+    * ``'continuous'``: ``t`` itself;
+    * ``'discrete'``: the step index ``N t - 1`` of a :class:`~scoresde.sde.DiscreteVPSDE` (a DDPM-trained
+      network's ``0 .. N-1``);
+    * a callable ``t -> network time`` for any other convention, e.g. score_sde's VP networks
+      (``lambda t: 999 * t``), its VE networks (``lambda t: sde.sigma(t)``), or integer snapping
+      (``lambda t: (sde.N * t - 1).round()``).
+
+    Each call of ``fn`` is counted in :attr:`nfe`; its output must be a tensor shaped like ``x``
+    (``TypeError`` / ``ValueError`` otherwise) and finite (:class:`NonFiniteModelOutput`, a
+    ``FloatingPointError``, naming the model and the time otherwise).
 
     The views :meth:`score`, :meth:`eps`, :meth:`x0`, :meth:`v`, :meth:`velocity` each cost one call;
     :meth:`predict` returns the raw output once so a sampler that needs two views pays one call.
     """
 
     def __init__(self, fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, parameterization: str = "eps",
-                 *, time_input: str = "continuous"):
+                 *, time_input: str | Callable[[Tensor], Tensor] = "continuous"):
         if not callable(fn):
             raise ValueError(f"fn: expected a callable fn(x, t), got {type(fn).__name__}")
         if not isinstance(sde, SDE):
             raise ValueError(f"sde: expected an instance of scoresde.SDE, got {type(sde).__name__}")
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization: unknown {parameterization!r}; allowed: {', '.join(PARAMETERIZATIONS)}")
-        if time_input not in TIME_INPUTS:
-            raise ValueError(f"time_input: unknown {time_input!r}; allowed: {', '.join(TIME_INPUTS)}")
+        if not callable(time_input) and time_input not in TIME_CONVENTIONS:
+            raise ValueError(f"time_input: unknown {time_input!r}; allowed: {', '.join(TIME_CONVENTIONS)} "
+                             "or a callable mapping the continuous time t to the network's time input")
         if time_input == "discrete" and not hasattr(sde, "discrete_time"):
             raise ValueError(f"time_input='discrete' needs an SDE with discrete_time (DiscreteVPSDE), got {sde!r}")
         self.fn = fn
@@ -59,7 +74,6 @@ class ScoreModel:
         self.parameterization = parameterization
         self.time_input = time_input
         self.nfe = 0
-        self._table: dict[float, tuple[float, float]] = {}
 
     def __repr__(self) -> str:
         return f"ScoreModel(parameterization={self.parameterization!r}, sde={self.sde!r}, nfe={self.nfe})"
@@ -69,57 +83,55 @@ class ScoreModel:
         n, self.nfe = self.nfe, 0
         return n
 
+    @property
+    def fn_name(self) -> str:
+        """A readable name of the wrapped network, for messages."""
+        return getattr(self.fn, "__qualname__", None) or type(self.fn).__name__
+
     # ----- the one place the network is called ------------------------------------------------
+    def network_time(self, t: Tensor) -> Tensor:
+        """The network's time input for the continuous times ``t`` (see ``time_input``)."""
+        if self.time_input == "continuous":
+            return t
+        if self.time_input == "discrete":
+            return self.sde.discrete_time(t)
+        return self.time_input(t)
+
     def predict(self, x: Tensor, t) -> Tensor:
         """Raw network output in the model's own parameterisation (one counted call)."""
-        # a number (the samplers' common case) is filled in directly: half the time of batch_time's 0-d
-        # tensor and expand
-        t = x.new_full((x.shape[0],), float(t)) if isinstance(t, (int, float)) else batch_time(t, x)
-        t_in = self.sde.discrete_time(t) if self.time_input == "discrete" else t
+        t = batch_time(t, x)
         self.nfe += 1
-        out = self.fn(x, t_in)
+        out = self.fn(x, self.network_time(t))
+        if not isinstance(out, Tensor):
+            hint = ""
+            if hasattr(out, "sample"):
+                hint = (" with a .sample attribute (a diffusers output such as UNet2DOutput): return its .sample "
+                        "(fn = lambda x, t: unet(x, t).sample) or wrap the network with scoresde.interop.from_diffusers")
+            raise TypeError(f"fn: returned {type(out).__module__}.{type(out).__qualname__}{hint}; "
+                            f"expected a torch.Tensor shaped like x {tuple(x.shape)}")
         if out.shape != x.shape:
             raise ValueError(f"fn: output shape {tuple(out.shape)} differs from input shape {tuple(x.shape)}")
+        if not bool(torch.isfinite(out).all()):
+            raise NonFiniteModelOutput(f"the model {self.fn_name} returned NaN/inf at t = {_describe_time(t)}")
         return out
 
     # ----- conversions (pure, no model call) ---------------------------------------------------
     def _time(self, x: Tensor, t) -> Tensor:
-        """A scalar time stays a 0-d tensor (the samplers' common case: coefficients cost a few scalar
-        ops, not a pass over the batch); a per-sample time becomes ``(B,)`` broadcast over x."""
+        """A per-sample time becomes ``(B,)`` broadcast over x; a scalar time a 0-d float64 CPU tensor,
+        which combines with x on any device without changing x's dtype."""
         if isinstance(t, Tensor) and t.ndim > 0:
             return append_dims(batch_time(t, x), x.ndim)
-        # 0-d float64 on the CPU: it combines with x on any device without promoting x's dtype
-        return torch.as_tensor(t, dtype=torch.float64).detach().cpu()
+        return torch.as_tensor(t, dtype=torch.float64).cpu()
 
-    def _coeffs(self, x: Tensor, t) -> tuple[Tensor, Tensor] | tuple[float, float]:
-        """alpha(t), sigma(t): broadcastable tensors for a per-sample t, Python floats for a scalar t
-        (a float64 number combines with x on any device exactly as a 0-d float64 CPU tensor does)."""
-        if isinstance(t, Tensor) and t.ndim > 0:
-            return self.sde.alpha_sigma(self._time(x, t))
-        t = float(t)
-        coeffs = self._table.get(t)
-        if coeffs is None:
-            alpha, sigma = self.sde.alpha_sigma(torch.tensor(t, dtype=torch.float64))
-            coeffs = float(alpha), float(sigma)
-        return coeffs
+    def _coeffs(self, x: Tensor, t) -> tuple[Tensor, Tensor]:
+        """alpha(t), sigma(t), broadcastable against x."""
+        return self.sde.alpha_sigma(self._time(x, t))
 
     @contextmanager
     def grid(self, times) -> Iterator[ScoreModel]:
-        """Within the block, conversions at the (scalar) times of ``times`` look alpha and sigma up.
-
-        :func:`scoresde.sample` wraps every sampler run in it: one vectorised SDE evaluation for the
-        grid replaces the dozen 0-d tensor operations (about 25 us on a CPU) that each conversion
-        would otherwise spend on alpha(t), sigma(t). Other times are computed as usual.
-        """
-        times = torch.as_tensor(times, dtype=torch.float64).detach().cpu().flatten()
-        alpha, sigma = self.sde.alpha_sigma(times)
-        saved = self._table
-        self._table = {**saved, **dict(zip(times.tolist(), zip(alpha.tolist(), sigma.tolist(), strict=True),
-                                           strict=True))}
-        try:
-            yield self
-        finally:
-            self._table = saved
+        """A no-op block, kept only while ``samplers/ode.py`` and ``samplers/torchsde_sampler.py`` still
+        enter it; conversions compute alpha and sigma from the SDE at every time."""
+        yield self
 
     def to_eps(self, out: Tensor, x: Tensor, t) -> Tensor:
         """Convert a raw output ``out`` at (x, t) to the noise prediction."""
@@ -143,15 +155,19 @@ class ScoreModel:
         if p == "x0":
             return out
         alpha, sigma = self._coeffs(x, t)
-        if p == "eps" and isinstance(sigma, float):
-            # (x - sigma eps) / alpha in two passes over the batch (the second in place on a fresh tensor)
-            return torch.add(x, out, alpha=-sigma).div_(alpha)
         if p == "v":
             return (alpha * x - sigma * out) / (alpha**2 + sigma**2)
         if p == "velocity":
             dalpha, dsigma = self._rates(x, t, alpha)
             return (dsigma * x - sigma * out) / (alpha * dsigma - sigma * dalpha)
         return (x - sigma * self.to_eps(out, x, t)) / alpha
+
+    def to_score(self, out: Tensor, x: Tensor, t) -> Tensor:
+        """Convert a raw output ``out`` at (x, t) to the score ``-eps / sigma``."""
+        if self.parameterization == "score":
+            return out
+        _, sigma = self._coeffs(x, t)
+        return self.to_eps(out, x, t) / -sigma
 
     def _rates(self, x: Tensor, t, alpha: Tensor) -> tuple[Tensor, Tensor]:
         t = self._time(x, t)
@@ -164,11 +180,7 @@ class ScoreModel:
 
     def score(self, x: Tensor, t) -> Tensor:
         """Score s(x, t) = -eps / sigma."""
-        out = self.predict(x, t)
-        if self.parameterization == "score":
-            return out
-        _, sigma = self._coeffs(x, t)
-        return self.to_eps(out, x, t) / -sigma
+        return self.to_score(self.predict(x, t), x, t)
 
     def x0(self, x: Tensor, t) -> Tensor:
         """Data prediction (Tweedie's denoiser) x0(x, t)."""
@@ -194,3 +206,9 @@ class ScoreModel:
         return dalpha * (x - sigma * eps) / alpha + dsigma * eps
 
     __call__ = score
+
+
+def _describe_time(t: Tensor) -> str:
+    t = t.detach()
+    lo, hi = float(t.min()), float(t.max())
+    return f"{lo:.6g}" if lo == hi else f"{lo:.6g} .. {hi:.6g} (per sample)"

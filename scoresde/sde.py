@@ -162,16 +162,18 @@ class SDE(ABC):
         mean, std = self.marginal(x0, t)
         return mean + std * noise
 
-    def prior_std(self) -> float:
-        return float(self.sigma(torch.tensor(float(self.T), dtype=torch.float64)))
+    def prior_std(self, T: float | None = None) -> float:
+        """sigma(T) of the prior N(0, sigma(T)^2 I) at the time ``T`` a run starts from (default: the SDE's T)."""
+        T = self.T if T is None else float(T)
+        return float(self.sigma(torch.tensor(T, dtype=torch.float64)))
 
     def prior_sample(self, shape, *, generator: torch.Generator | None = None,
-                     device=None, dtype: torch.dtype = torch.float32) -> Tensor:
-        """Draw from the prior N(0, sigma(T)^2 I)."""
+                     device=None, dtype: torch.dtype = torch.float32, T: float | None = None) -> Tensor:
+        """Draw from the prior N(0, sigma(T)^2 I) at ``T`` (default: the SDE's T)."""
         if device is None and generator is not None:
             device = generator.device
         z = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
-        return self.prior_std() * z
+        return self.prior_std(T) * z
 
     def prior_log_prob(self, x: Tensor) -> Tensor:
         """log N(x; 0, sigma(T)^2 I), summed over all non-batch dimensions: shape ``(B,)``."""

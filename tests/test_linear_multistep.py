@@ -12,7 +12,7 @@ from scoresde import toy
 from scoresde.samplers import sample
 from scoresde.samplers.linear_multistep import ddim_increments, dpm_solver_2m_coefficients
 from scoresde.studies.common import reference_pf_ode
-from scoresde.studies.solver_fit import FittedSolver, fit_linear_multistep, integrate_linear_multistep
+from scoresde.studies.solver_fit import FittedSolver, fit_linear_multistep, times_of_lam
 
 
 def _setup(sde_name="vp", batch=32, seed=0, name="gaussian_mixture_2d"):
@@ -64,21 +64,19 @@ def test_one_call_per_step_and_keeps_dtype():
 
 
 # ----- the fit -------------------------------------------------------------------------------------
-def test_differentiable_integrator_is_the_sampler():
-    sde, model, x_T = _setup()
+def test_times_of_lam_is_the_grid_with_pinned_ends():
+    sde, _, _ = _setup()
     times = sd.grids.make_grid("quadratic", sde, 6)
-    lam = sde.lam(times)
-    C = dpm_solver_2m_coefficients(lam) * (1 + 0.1 * torch.rand(6, 6, generator=torch.Generator().manual_seed(1),
-                                                                 dtype=torch.float64)).tril()
-    a = integrate_linear_multistep(model, x_T, lam, C, T=float(times[0]), t_min=float(times[-1]))
-    b = sample(model, sde, "linear_multistep", x_T=x_T, grid=times, coefficients=C).samples
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    got = times_of_lam(sde, sde.lam(times), T=float(times[0]), t_min=float(times[-1]))
+    assert float(got[0]) == float(times[0]) and float(got[-1]) == float(times[-1])
+    torch.testing.assert_close(got, times, rtol=1e-12, atol=0)
 
 
 def test_gradients_match_finite_differences():
-    # d(loss)/d(C_ij) and d(loss)/d(lam_k) by autograd (through the oracle, and through t(lam) by the
-    # implicit-function rule) against central differences with step 1e-6: the truncation error is
-    # O(1e-12) relative, rounding O(1e-16/1e-6 = 1e-10); 1e-5 relative separates a wrong chain rule.
+    # d(loss)/d(C_ij) and d(loss)/d(lam_k) by autograd through sample(grad=True) (through the oracle,
+    # and through t(lam) by the implicit-function rule) against central differences with step 1e-6:
+    # the truncation error is O(1e-12) relative, rounding O(1e-16/1e-6 = 1e-10); 1e-5 relative
+    # separates a wrong chain rule.
     sde, model, x_T = _setup(batch=8)
     times = sd.grids.make_grid("logsnr", sde, 4)
     lam = sde.lam(times).clone()
@@ -87,16 +85,20 @@ def test_gradients_match_finite_differences():
     T, t_min = float(times[0]), float(times[-1])
 
     def loss(lam_, C_):
-        return (integrate_linear_multistep(model, x_T, lam_, C_, T=T, t_min=t_min) - target).norm(dim=1).mean()
+        grid = times_of_lam(sde, lam_, T=T, t_min=t_min)
+        x = sample(model, sde, "linear_multistep", x_T=x_T, grid=grid, coefficients=C_, grad=True).samples
+        return (x - target).norm(dim=1).mean()
 
     lam_v, C_v = lam.clone().requires_grad_(True), C.clone().requires_grad_(True)
     loss(lam_v, C_v).backward()
     step = 1e-6
-    for (i, j) in [(0, 0), (2, 1), (3, 3)]:
+    # (1, 0) is zero in DPM-Solver-2M's C: a C that requires grad still gets its gradient there
+    for (i, j) in [(0, 0), (2, 1), (3, 3), (3, 0)]:
         E = torch.zeros_like(C)
-        E[i, j] = step * abs(float(C[i, j]))
+        E[i, j] = step * max(abs(float(C[i, j])), 1.0)
         fd = (loss(lam, C + E) - loss(lam, C - E)) / (2 * E[i, j])
         assert float(C_v.grad[i, j]) == pytest.approx(float(fd), rel=1e-5), (i, j)
+    assert float(C_v.grad[3, 0]) != 0.0
     for k in (1, 2, 3):
         E = torch.zeros_like(lam)
         E[k] = step

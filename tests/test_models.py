@@ -1,4 +1,5 @@
 """ScoreModel: every parameterisation round-trips to the same score, and every call is counted."""
+import numpy as np
 import pytest
 import torch
 
@@ -97,20 +98,70 @@ def test_bad_input():
 
 
 @pytest.mark.parametrize("param", ["eps", "x0", "v", "score"])
-def test_grid_lookup_gives_the_computed_conversions(any_sde, param):
-    # inside model.grid(times) scalar-time conversions look alpha, sigma up; the values must be the
-    # ones computed outside the block (to float64 rounding), and other times still work
+def test_a_0d_tensor_time_converts_as_a_number(any_sde, param):
+    # samplers pass schedule.t[i], a 0-d float64 tensor; the views must equal those at the float time
     mix = toy.gaussian_mixture_2d()
     model = sd.ScoreModel(lambda x_, t_: exact_views(mix, any_sde, x_, t_)[param], any_sde, param)
     x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    times = torch.linspace(any_sde.T, any_sde.t_min, 7, dtype=torch.float64)
-    outside = [(model.x0(x, t), model.score(x, t)) for t in times.tolist()]
-    with model.grid(times):
-        assert len(model._table) == 7
-        inside = [(model.x0(x, t), model.score(x, t)) for t in times.tolist()]
-        off_grid = model.x0(x, 0.5 * any_sde.T)
-    assert model._table == {}
-    for (a0, a1), (b0, b1) in zip(outside, inside, strict=True):
-        torch.testing.assert_close(b0, a0, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(b1, a1, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(off_grid, model.x0(x, 0.5 * any_sde.T), rtol=0, atol=0)
+    for t in torch.linspace(any_sde.T, any_sde.t_min, 5, dtype=torch.float64):
+        torch.testing.assert_close(model.x0(x, t), model.x0(x, float(t)), rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(model.score(x, t), model.score(x, float(t)), rtol=1e-13, atol=1e-13)
+
+
+def test_time_conventions():
+    assert sd.models.TIME_CONVENTIONS == ("continuous", "discrete")
+    sde = sd.VPSDE()
+    seen = {}
+
+    def fn(x, t):
+        seen["t"] = t
+        return torch.zeros_like(x)
+
+    # score_sde's VP networks take 999 t; a callable gets the (B,) continuous time in x's dtype
+    model = sd.ScoreModel(fn, sde, "eps", time_input=lambda t: 999 * t)
+    model.eps(torch.zeros(3, 2, dtype=torch.float64), torch.tensor([0.5, 0.25, 1e-3], dtype=torch.float64))
+    torch.testing.assert_close(seen["t"], torch.tensor([499.5, 249.75, 0.999], dtype=torch.float64))
+    # VE networks take sigma(t)
+    ve = sd.VESDE()
+    sd.ScoreModel(fn, ve, "score", time_input=ve.sigma).score(torch.zeros(2, 2, dtype=torch.float64), 0.5)
+    torch.testing.assert_close(seen["t"], ve.sigma(torch.full((2,), 0.5, dtype=torch.float64)))
+    # integer snapping on a discrete schedule: round(N t - 1)
+    dsde = sd.DiscreteVPSDE()
+    snap = sd.ScoreModel(fn, dsde, "eps", time_input=lambda t: (dsde.discrete_time(t)).round())
+    snap.eps(torch.zeros(2, 2, dtype=torch.float64), torch.tensor([0.5004, 0.0016], dtype=torch.float64))
+    assert seen["t"].tolist() == [499.0, 1.0]
+    with pytest.raises(ValueError, match="time_input: unknown 'sigma'.*continuous, discrete or a callable"):
+        sd.ScoreModel(fn, sde, "eps", time_input="sigma")
+
+
+class _Output:
+    """Like diffusers' UNet2DOutput: the tensor is in .sample."""
+
+    def __init__(self, sample):
+        self.sample = sample
+
+
+@pytest.mark.parametrize("returned, match", [
+    (None, "fn: returned builtins.NoneType; expected a torch.Tensor"),
+    (np.zeros((2, 2)), "fn: returned numpy.ndarray"),
+    (_Output(torch.zeros(2, 2)), r"_Output with a .sample attribute.*return its .sample.*from_diffusers"),
+])
+def test_a_network_that_returns_a_non_tensor_is_named(returned, match):
+    model = sd.ScoreModel(lambda x, t: returned, sd.VPSDE())
+    with pytest.raises(TypeError, match=match):
+        model.eps(torch.zeros(2, 2), 0.5)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_output_names_the_model_and_the_time(bad):
+    def my_net(x, t):
+        out = torch.zeros_like(x)
+        out[1, 0] = bad
+        return out
+
+    model = sd.ScoreModel(my_net, sd.VPSDE())
+    with pytest.raises(FloatingPointError, match=r"the model .*my_net returned NaN/inf at t = 0.25"):
+        model.eps(torch.zeros(3, 2), 0.25)
+    with pytest.raises(sd.models.NonFiniteModelOutput, match=r"t = 0.1 \.\. 0.3 \(per sample\)"):
+        model.eps(torch.zeros(3, 2), torch.tensor([0.1, 0.2, 0.3]))
+    assert model.nfe == 2

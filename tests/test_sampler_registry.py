@@ -31,6 +31,7 @@ from scoresde import toy
 from scoresde._tensor import append_dims
 from scoresde.metrics import sliced_wasserstein
 from scoresde.samplers import SAMPLERS, Sampler, available, get_sampler, register, sample
+from scoresde.samplers.base import GeneratorNoise, SamplingContext, Schedule, SteppedSampler
 
 NAMES = available()
 
@@ -172,6 +173,31 @@ def test_contract(name, opts, vp):
         else:
             assert res.nfe >= 1
         assert res.stats["wall_time"] > 0
+
+
+STEPPED = [(n, o) for n, o in VARIANTS if issubclass(SAMPLERS[n], SteppedSampler)]
+
+
+@pytest.mark.parametrize("name,opts", STEPPED, ids=[f"{n}[{_id(o)}]" for n, o in STEPPED])
+def test_a_stepped_sampler_driven_from_outside_is_sample(name, opts, vp):
+    # an external loop (a diffusers pipeline) owns the model calls: begin, then one step per call,
+    # each consuming the raw output at (x_eval, t_eval); the result and the call count equal sample()'s
+    model = mixture_model(vp)
+    steps, seed = 5, 3
+    x_T, res = run(name, opts, vp, model, steps, (4, 2), seed=seed)
+    sampler = SAMPLERS[name](**opts)
+    g = torch.Generator().manual_seed(seed)
+    sde_x_T = vp.prior_sample((4, 2), generator=g, dtype=torch.float64)  # the same draw as run()'s
+    assert torch.equal(sde_x_T, x_T)
+    times = sd.grids.make_grid("logsnr", vp, steps)
+    schedule = Schedule.from_times(vp, times)
+    ctx = SamplingContext(sampler, times, GeneratorNoise(g), g, record=False, progress=False)
+    state, calls = sampler.begin(schedule, x_T, ctx), 0
+    while state.i < schedule.steps:
+        state = sampler.step(model, schedule, state, model.predict(state.x_eval, state.t_eval), ctx)
+        calls += 1
+    assert torch.equal(state.x, res.samples)
+    assert calls == res.nfe == sampler.expected_nfe(steps)
 
 
 @pytest.mark.parametrize("name,opts", VARIANTS, ids=VARIANT_IDS)
@@ -333,12 +359,13 @@ def test_nan_model_names_step_time_and_sampler(name, vp):
     with pytest.raises(FloatingPointError) as e:
         _call(vp, method=name, model=model)
     msg = str(e.value)
-    assert name in msg and "step" in msg and "t =" in msg, msg
+    assert name in msg and "step" in msg and "t =" in msg and "the model" in msg and "returned NaN/inf" in msg, msg
+    assert isinstance(e.value, sd.models.NonFiniteModelOutput)
 
 
 @pytest.mark.parametrize("bad", [float("inf"), -float("inf"), float("nan")])
 def test_a_single_non_finite_entry_is_caught_at_its_step(bad, vp):
-    # one bad entry in a large batch, from the third call on: the per-step check names step 2
+    # one bad entry in a large batch, at the third call: the model's own check names step 2 and its time
     calls = []
 
     def fn(x, t):
@@ -348,8 +375,18 @@ def test_a_single_non_finite_entry_is_caught_at_its_step(bad, vp):
             out[17, 1] = bad
         return out
 
-    with pytest.raises(FloatingPointError, match="after step 2"):
+    with pytest.raises(FloatingPointError, match=r"ddim: during step 2 \(t = .*\): the model .*fn returned NaN/inf"):
         _call(vp, method="ddim", steps=6, model=sd.ScoreModel(fn, vp, "x0"), shape=(64, 2))
+
+
+def test_an_unstable_step_is_told_apart_from_a_bad_model(vp):
+    # finite outputs whose update overflows: the message blames the step, not the model
+    def fn(x, t):
+        return torch.full_like(x, 1e308)
+
+    with pytest.raises(FloatingPointError, match="state became non-finite after step 0.*outputs were finite") as e:
+        _call(vp, method="ddim", steps=3, model=sd.ScoreModel(fn, vp, "eps"), dtype=torch.float64)
+    assert not isinstance(e.value, sd.models.NonFiniteModelOutput)
 
 
 def test_a_sampler_class_in_place_of_a_name(vp):

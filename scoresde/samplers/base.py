@@ -1,8 +1,10 @@
 """The sampler contract: one registry, one call signature, one result type.
 
-A sampler is a class with metadata (``name``, ``order``, ``calls_per_step``, ``stochastic``) and a
-``run(model, x, times, ctx)`` method that takes the state at ``times[0]`` to ``times[-1]``, calling
-``ctx.step(i, x)`` after each grid step. :func:`sample` does everything around it once: validation,
+A sampler is a class with metadata (``name``, ``convergence_order``, ``calls_per_step``, ``stochastic``)
+and a ``run`` method that takes the state at ``t[0] = T`` to ``t[n] = t_min``, calling ``ctx.step(i, x)``
+after each grid step. A fixed-grid sampler is a :class:`SteppedSampler`: one update per model call
+with explicit state, on the :class:`~scoresde.schedule.Schedule` that :func:`sample` builds once.
+:func:`sample` does everything around it once: validation of every argument before any model call,
 the grid, the prior draw, NFE accounting from the model's own counter, trajectories, the final
 denoising step, progress and timing. Adding a sampler is one new file in this package that defines
 a subclass decorated with :func:`register`.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
@@ -20,12 +23,16 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import grids as _grids
-from ..models import ScoreModel
+from ..models import NonFiniteModelOutput, ScoreModel
 from ..schedule import Schedule
 from ..sde import SDE
 
 __all__ = ["Sampler", "SteppedSampler", "SamplerState", "Schedule", "SampleResult", "SamplingContext", "register", "get_sampler", "available", "sample",
-           "SAMPLERS", "GeneratorNoise", "BrownianNoise", "brownian_path", "GridPoint", "grid_points"]
+           "SAMPLERS", "GeneratorNoise", "BrownianNoise", "brownian_path", "GridPoint", "grid_points", "MAX_STEPS"]
+
+#: The most grid steps :func:`sample` accepts. Fixed-step samplers converge long before it (their
+#: error at 10^4 steps is already at float64 rounding on the oracle); a larger number is a typo.
+MAX_STEPS = 100_000
 
 SAMPLERS: dict[str, type[Sampler]] = {}
 
@@ -114,22 +121,27 @@ class SamplerState:
 class SteppedSampler(Sampler):
     """A fixed-grid sampler written as one update per model call, with explicit state.
 
-    ``init(schedule, x)`` gives the state at ``schedule.t[0]``; ``step(model, schedule, state,
-    output, ctx)`` consumes the raw network output at ``(state.x_eval, state.t_eval)`` and returns
-    the next state. ``run`` is the loop over them; an external loop (a diffusers pipeline) can own
-    the model calls instead and hand each output to :meth:`step`. ``model`` is used for its
-    conversions (``to_eps``, ``to_x0``) only, never called by ``step``.
+    ``init(schedule, x)`` gives the state at ``schedule.t[0]``; ``begin(schedule, x, ctx)`` is
+    ``init`` for samplers that draw noise before their first model call (Heun's churn) and is what
+    a loop calls; ``step(model, schedule, state, output, ctx)`` consumes the raw network output at
+    ``(state.x_eval, state.t_eval)`` and returns the next state. ``run`` is the loop over them; an
+    external loop (a diffusers pipeline) can own the model calls instead and hand each output to
+    :meth:`step`. ``model`` is used for its conversions (``to_eps``, ``to_x0``) only, never called
+    by ``step``.
     """
 
     def init(self, schedule: Schedule, x: Tensor) -> SamplerState:
         return SamplerState(x=x, i=0, x_eval=x, t_eval=schedule.t[0])
+
+    def begin(self, schedule: Schedule, x: Tensor, ctx: SamplingContext) -> SamplerState:
+        return self.init(schedule, x)
 
     def step(self, model: ScoreModel, schedule: Schedule, state: SamplerState, output: Tensor,
              ctx: SamplingContext) -> SamplerState:
         raise NotImplementedError
 
     def run(self, model: ScoreModel, x: Tensor, schedule: Schedule, ctx: SamplingContext) -> Tensor:
-        state = self.init(schedule, x)
+        state = self.begin(schedule, x, ctx)
         while state.i < schedule.steps:
             output = model.predict(state.x_eval, state.t_eval)
             i = state.i
@@ -233,7 +245,8 @@ class SamplingContext:
         self.stats: dict[str, Any] = {}
         self._record = record
         self._progress = progress
-        self._t = times.tolist()  # Python floats: no 0-d tensor per step
+        self._t = times.tolist()
+        self.current_step = 0  # the grid step in progress, for messages
         self.trajectory: list[Tensor] = []
         self._bar = tqdm(total=len(times) - 1, desc=sampler.name, disable=not progress, leave=False)
 
@@ -253,9 +266,12 @@ class SamplingContext:
     def step(self, i: int, x: Tensor) -> None:
         """Report that step ``i`` (from times[i] to times[i+1]) is done with state ``x``."""
         if not _all_finite(x):
+            # the model's outputs are checked where they are produced, so this is the update's doing
             raise FloatingPointError(
-                f"{self.sampler.name}: non-finite values after step {i} (t = {self._t[i]:.6g} -> "
-                f"{self._t[i + 1]:.6g}); the model returned NaN/inf or the step is unstable")
+                f"{self.sampler.name}: the state became non-finite after step {i} (t = {self._t[i]:.6g} -> "
+                f"{self._t[i + 1]:.6g}) although the model's outputs were finite: an unstable step or schedule "
+                f"(sigma = 0, alpha = 0 or a huge log-SNR step there)")
+        self.current_step = i + 1
         if self._record:
             self.trajectory.append(x.detach().clone())
         if self._progress:
@@ -278,7 +294,11 @@ class SamplingContext:
 
 
 class GridPoint(NamedTuple):
-    """A grid time with its SDE coefficients, as float64 Python numbers (no 0-d tensor per step)."""
+    """A grid time with its SDE coefficients as float64 Python numbers.
+
+    Kept only while ``dpm_solver.py`` and ``unipc.py`` read their grids this way; samplers on the
+    :class:`~scoresde.schedule.Schedule` read ``schedule.t``, ``lam``, ``alpha``, ``sigma`` instead.
+    """
 
     t: float
     lam: float
@@ -295,40 +315,45 @@ def grid_points(sde: SDE, times: Tensor) -> list[GridPoint]:
 
 
 def _all_finite(x: Tensor) -> bool:
-    # max |x| is NaN or inf exactly when an entry is: one reduction and one sync, about a fifth of the
-    # time of isfinite(x).all() on a CPU
-    return x.numel() == 0 or math.isfinite(float(x.abs().amax()))
-
-
-def _coefficients(sde: SDE, t: float) -> tuple[float, float]:
-    if t == 0.0:
-        return 1.0, 0.0
-    a, s = sde.alpha_sigma(torch.tensor(t, dtype=torch.float64))
-    return float(a), float(s)
+    return bool(torch.isfinite(x).all())
 
 
 def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T: Tensor | None = None,
-           shape=None, generator: torch.Generator | None = None, grid="logsnr", t_min: float | None = None,
-           T: float | None = None, final_denoise: bool = False, brownian=None, dtype: torch.dtype | None = None,
-           return_trajectory: bool = False, progress: bool = False, grad: bool = False, **options) -> SampleResult:
+           shape: tuple[int, ...] | None = None, generator: torch.Generator | None = None, grid="logsnr",
+           t_min: float | None = None, T: float | None = None, final_denoise: bool = False, brownian=None,
+           dtype: torch.dtype | None = None, return_trajectory: bool = False, progress: bool = False,
+           grad: bool = False, **options) -> SampleResult:
     """Sample from ``model`` by integrating the reverse dynamics of ``sde`` with ``method``.
+
+    Every argument is checked before the first model call; a bad one raises a ``ValueError`` or
+    ``TypeError`` naming it, the value given and what is allowed.
 
     Args:
         model: a :class:`ScoreModel` (its ``sde`` must be ``sde``).
         method: a registered name (see :func:`available`) or a :class:`Sampler` subclass.
-        steps: number of grid steps (may be None for adaptive solvers).
-        x_T: the starting state at T; or give ``shape`` (with ``generator``, ``dtype``) to draw it
-            from the prior N(0, sigma(T)^2 I).
-        grid: a grid name (``scoresde.grids.available()``), a callable, or a decreasing tensor of times.
+        steps: number of grid steps, an integer in ``[1, MAX_STEPS]`` (may be None for adaptive solvers
+            or with a grid tensor).
+        x_T: the starting state at ``T`` (``(batch, *event_shape)``, floating, finite, batch >= 1); or
+            give ``shape`` (a tuple of positive ints, with ``generator`` and a floating ``dtype``) to draw
+            it from the prior N(0, sigma(T)^2 I) at the ``T`` the run starts from.
+        generator: a ``torch.Generator`` for the prior draw and the sampler's noise.
+        grid: a grid name (``scoresde.grids.available()``), a callable ``fn(sde, steps, t_min, T)``
+            returning ``steps + 1`` decreasing times from ``T`` to ``t_min``, or a decreasing tensor of
+            times in ``(0, sde.T]`` (which fixes both ends and the step count).
         t_min, T: the two ends of the grid (default: the SDE's).
         final_denoise: finish with Tweedie's denoiser x0(x, t_min) (one more model call).
-        brownian: a torchsde Brownian path (see :func:`brownian_path`) for stochastic samplers;
-            default: increments drawn from ``generator``.
-        return_trajectory: keep the state at every grid time.
+        brownian: a torchsde Brownian path (see :func:`brownian_path`) for stochastic samplers, of size
+            ``(batch, prod(event_shape))`` covering ``[0, T - t_min]``; default: noise from ``generator``.
+        return_trajectory: keep the state at every grid time (detached).
         progress: show a tqdm progress bar.
         grad: run with autograd on, so that the samples are differentiable with respect to the
-            network's parameters, ``x_T`` and tensor-valued sampler options (default: no graph).
+            network's parameters, ``x_T``, a grid tensor and tensor-valued sampler options (default: no graph).
         **options: the sampler's own options (``method``'s constructor arguments).
+
+    Raises:
+        NonFiniteModelOutput: (a ``FloatingPointError``) the network returned NaN/inf; the message
+            names the step and the time.
+        FloatingPointError: the state became non-finite with finite model outputs (an unstable step).
     """
     cls = get_sampler(method)
     if not isinstance(model, ScoreModel):
@@ -337,6 +362,11 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
         raise ValueError(f"sde: expected a scoresde.SDE, got {type(sde).__name__}")
     if model.sde is not sde and model.sde != sde:
         raise ValueError(f"sde: {sde!r} differs from the model's SDE {model.sde!r}")
+    for name, flag in (("final_denoise", final_denoise), ("return_trajectory", return_trajectory),
+                       ("progress", progress), ("grad", grad)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name}: expected True or False, got {flag!r}")
+    _check_generator(generator)
     allowed = cls.option_names()
     unknown = sorted(set(options) - set(allowed))
     if unknown:
@@ -344,62 +374,169 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
                          f"its options are: {', '.join(allowed) or '(none)'}")
     sampler = cls(**options)
 
-    if steps is None and not sampler.adaptive and not isinstance(grid, (Tensor, list, tuple)):
-        raise ValueError(f"steps: {cls.name!r} needs a number of steps (a positive integer)")
-    if steps is None and sampler.adaptive and not isinstance(grid, (Tensor, list, tuple)):
+    user_grid = isinstance(grid, (Tensor, list, tuple))
+    if steps is not None:
+        steps = _check_steps(steps)
+    elif not user_grid:
+        if not sampler.adaptive:
+            raise ValueError(f"steps: {cls.name!r} needs a number of steps (a positive integer), got None")
         steps = 1  # an adaptive solver only needs the two ends
-    times = _grids.make_grid(grid, sde, steps, t_min=t_min, T=T)
+    t_min, T = _check_time("t_min", t_min), _check_time("T", T)
+    times = _make_times(grid, sde, steps, t_min, T)
 
-    x = _initial_state(sde, x_T, shape, generator, dtype)
-    noise = GeneratorNoise(generator) if brownian is None else BrownianNoise(brownian, float(times[0]))
-    ctx = SamplingContext(sampler, times, noise, generator, return_trajectory, progress)
+    t_start, t_last = float(times[0].detach()), float(times[-1].detach())
+    x = _initial_state(sde, x_T, shape, generator, dtype, T=t_start)
+    if brownian is not None:
+        _check_brownian(brownian, x, times.detach())
+    noise = GeneratorNoise(generator) if brownian is None else BrownianNoise(brownian, t_start)
+    ctx = SamplingContext(sampler, times.detach(), noise, generator, return_trajectory, progress)
 
     schedule = Schedule.from_times(sde, times)
     nfe0 = model.nfe
     start = time.perf_counter()
     try:
-        with torch.set_grad_enabled(grad), model.grid(times):
+        with torch.set_grad_enabled(grad):
             ctx.start(x)
-            if isinstance(sampler, SteppedSampler):
-                x = sampler.run(model, x, schedule, ctx)
-            else:
-                x = sampler.run(model, x, times, ctx)
+            try:
+                if isinstance(sampler, SteppedSampler):
+                    x = sampler.run(model, x, schedule, ctx)
+                else:  # samplers not yet written on the Schedule take the plain grid
+                    x = sampler.run(model, x, times.detach(), ctx)
+            except NonFiniteModelOutput as e:
+                i = min(ctx.current_step, schedule.steps - 1)
+                raise NonFiniteModelOutput(f"{cls.name}: during step {i} (t = {ctx._t[i]:.6g} -> "
+                                           f"{ctx._t[i + 1]:.6g}): {e}") from None
             if final_denoise:
-                x = model.x0(x, float(times[-1]))
+                try:
+                    x = model.x0(x, schedule.t[-1])
+                except NonFiniteModelOutput as e:
+                    raise NonFiniteModelOutput(f"{cls.name}: in the final denoising step: {e}") from None
                 if not _all_finite(x):
-                    raise FloatingPointError(f"{cls.name}: non-finite values in the final denoising step at t = {float(times[-1]):.6g}")
+                    raise FloatingPointError(f"{cls.name}: the final denoising step at t = {t_last:.6g} "
+                                             "gave non-finite values from finite model outputs (alpha(t_min) = 0?)")
     finally:
         ctx.close()
     ctx.stats["wall_time"] = time.perf_counter() - start
 
-    t_end = 0.0 if final_denoise else float(times[-1])
-    a0, s0 = _coefficients(sde, float(times[0]))
-    a1, s1 = _coefficients(sde, t_end)
+    t_end = 0.0 if final_denoise else t_last
+    a1, s1 = (1.0, 0.0) if final_denoise else (float(schedule.alpha[-1].detach()), float(schedule.sigma[-1].detach()))
     return SampleResult(
-        samples=x, times=times, nfe=model.nfe - nfe0, method=cls.name, convergence_order=sampler.convergence_order,
-        t_start=float(times[0]), t_end=t_end, alpha_start=a0, sigma_start=s0, alpha_end=a1, sigma_end=s1,
+        samples=x, times=times.detach(), nfe=model.nfe - nfe0, method=cls.name,
+        convergence_order=sampler.convergence_order, t_start=t_start, t_end=t_end,
+        alpha_start=float(schedule.alpha[0].detach()), sigma_start=float(schedule.sigma[0].detach()), alpha_end=a1, sigma_end=s1,
         trajectory=torch.stack(ctx.trajectory) if return_trajectory else None, stats=ctx.stats,
     )
 
 
-def _initial_state(sde: SDE, x_T, shape, generator, dtype) -> Tensor:
+# ----- checks at the boundary of sample() ------------------------------------------------------------
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_generator(generator) -> None:
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    seed = generator if isinstance(generator, int) and not isinstance(generator, bool) else 0
+    raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__module__}."
+                    f"{type(generator).__qualname__} {generator!r}; make one with "
+                    f"torch.Generator().manual_seed({seed}) (a numpy Generator or a seed cannot drive torch's draws)")
+
+
+def _check_steps(steps) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps: expected a positive integer of at most MAX_STEPS = {MAX_STEPS}, got {steps!r}")
+    return int(steps)
+
+
+def _check_time(name: str, value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, Tensor) and value.ndim == 0 and value.is_floating_point():
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number (a time of the SDE) or None, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite time, got {value!r}")
+    return float(value)
+
+
+def _make_times(grid, sde: SDE, steps: int | None, t_min: float | None, T: float | None) -> Tensor:
+    """The grid, checked: strictly decreasing from T to t_min inside (0, sde.T], steps + 1 points."""
+    if isinstance(grid, (Tensor, list, tuple)):
+        times = _grids.make_grid(grid, sde, steps)
+        for name, given, end in (("T", T, float(times[0])), ("t_min", t_min, float(times[-1]))):
+            if given is not None and not math.isclose(given, end, rel_tol=1e-12):
+                raise ValueError(f"{name}: {given!r} differs from the grid tensor's end {end!r}; a grid tensor fixes "
+                                 "both ends (leave T and t_min out)")
+        if isinstance(grid, Tensor) and grid.requires_grad:
+            return grid.to(torch.float64).cpu()  # the same values, with the graph kept for grad=True
+        return times
+    if T is not None and not 0 < T <= sde.T * (1 + 1e-12):
+        raise ValueError(f"T: expected a start time in (0, sde.T = {sde.T}], got {T!r}")
+    times = _grids.make_grid(grid, sde, steps, t_min=t_min, T=T)
+    T_ = float(sde.T if T is None else T)
+    t_min_ = float(sde.t_min if t_min is None else t_min)
+    if times.numel() != steps + 1:
+        raise ValueError(f"grid: {grid!r} returned {times.numel()} times for steps={steps}; expected steps + 1 = "
+                         f"{steps + 1}")
+    if not (math.isclose(float(times[0]), T_, rel_tol=1e-9) and math.isclose(float(times[-1]), t_min_, rel_tol=1e-9)):
+        raise ValueError(f"grid: {grid!r} returned times from {float(times[0])!r} to {float(times[-1])!r}; expected "
+                         f"them to run from T = {T_!r} to t_min = {t_min_!r}")
+    return times
+
+
+def _check_shape(shape) -> tuple[int, ...]:
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list, torch.Size)):
+        raise TypeError(f"shape: expected a tuple of positive ints (batch, *event_shape), e.g. (16, 2), got {shape!r}")
+    if len(shape) < 2 or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) for n in shape):
+        raise ValueError(f"shape: expected a tuple of at least two positive ints (batch, *event_shape), got {shape!r}")
+    if min(shape) < 1:
+        what = "an empty batch (batch size 0)" if shape[0] == 0 else "a size below 1"
+        raise ValueError(f"shape: expected positive sizes, got {tuple(shape)}, {what}")
+    return tuple(int(n) for n in shape)
+
+
+def _initial_state(sde: SDE, x_T, shape, generator, dtype, *, T: float) -> Tensor:
+    if shape is not None:
+        shape = _check_shape(shape)
+    if dtype is not None:
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype: expected a torch.dtype ({', '.join(map(str, FLOAT_DTYPES))}), got {dtype!r}")
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"dtype: the prior draw needs a floating dtype ({', '.join(map(str, FLOAT_DTYPES))}), "
+                             f"got {dtype}")
     if x_T is None:
         if shape is None:
             raise ValueError("x_T/shape: give the starting state x_T or a shape to draw it from the prior")
-        shape = tuple(int(s) for s in shape)
-        if len(shape) < 2 or min(shape) < 1:
-            raise ValueError(f"shape: expected (batch, *event_shape) with positive sizes, got {shape}")
-        return sde.prior_sample(shape, generator=generator, dtype=dtype or torch.float32)
+        return sde.prior_sample(shape, generator=generator, dtype=dtype or torch.float32, T=T)
     if not isinstance(x_T, Tensor):
         raise ValueError(f"x_T: expected a tensor, got {type(x_T).__name__}")
-    if x_T.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise ValueError(f"x_T: expected a floating dtype (float16, bfloat16, float32, float64), got {x_T.dtype}")
+    if x_T.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"x_T: expected a floating dtype ({', '.join(map(str, FLOAT_DTYPES))}), got {x_T.dtype}")
     if x_T.ndim < 2:
         raise ValueError(f"x_T: expected shape (batch, *event_shape), got {tuple(x_T.shape)}")
-    if shape is not None and tuple(shape) != tuple(x_T.shape):
-        raise ValueError(f"x_T: shape {tuple(x_T.shape)} differs from shape={tuple(shape)}")
+    if x_T.shape[0] == 0:
+        raise ValueError(f"x_T: an empty batch, shape {tuple(x_T.shape)}; give at least one sample")
+    if shape is not None and shape != tuple(x_T.shape):
+        raise ValueError(f"x_T: shape {tuple(x_T.shape)} differs from shape={shape}")
     if dtype is not None and dtype != x_T.dtype:
         raise ValueError(f"x_T: dtype {x_T.dtype} differs from dtype={dtype}")
-    if not torch.isfinite(x_T).all():
+    if not bool(torch.isfinite(x_T).all()):
         raise ValueError("x_T: contains non-finite values")
     return x_T
+
+
+def _check_brownian(path, x: Tensor, times: Tensor) -> None:
+    size = getattr(path, "shape", None)
+    expected = (x.shape[0], math.prod(x.shape[1:]))
+    if not callable(path):
+        raise TypeError(f"brownian: expected a Brownian path path(s_a, s_b) -> increment (see brownian_path), "
+                        f"got {type(path).__name__}")
+    if size is not None and tuple(size) != expected:
+        raise ValueError(f"brownian: the path has size {tuple(size)}, the batch needs {expected} "
+                         f"(build it with brownian_path(times, x.shape))")
+    # torchsde keeps a BrownianInterval's ends as _start and _end; other paths are trusted
+    lo, hi = getattr(path, "_start", None), getattr(path, "_end", None)
+    span = float(times[0] - times[-1])
+    if lo is not None and hi is not None and (float(lo) > 1e-12 * span or float(hi) < span * (1 - 1e-9)):
+        raise ValueError(f"brownian: the path covers s in [{float(lo):.6g}, {float(hi):.6g}], the run needs "
+                         f"[0, T - t_min] = [0, {span:.6g}] (build it with brownian_path(times, x.shape))")

@@ -17,26 +17,24 @@ order 1. The grid ends at t_min > 0, where sigma_s > 0, so the last step also dr
 """
 from __future__ import annotations
 
-import math
+import torch
 
-from .base import Sampler, grid_points, register
+from .base import SamplerState, SteppedSampler, register
 
 
 @register
-class DDPM(Sampler):
+class DDPM(SteppedSampler):
     name = "ddpm"
     stochastic = True
     calls_per_step = 1
     convergence_order = 1  # weak order
 
-    def run(self, model, x, times, ctx):
-        pts = grid_points(model.sde, times)
-        for i, (p, q) in enumerate(zip(pts[:-1], pts[1:], strict=True)):
-            x0 = model.x0(x, p.t)
-            h = q.lam - p.lam
-            one_minus = -math.expm1(-2 * h)  # 1 - e^{-2h} without cancellation for small h
-            # mean + noise as multiply-adds on one fresh tensor
-            x = x.mul((q.sigma / p.sigma) * math.exp(-h)).add_(x0, alpha=q.alpha * one_minus)
-            x.add_(ctx.normal(i, x), alpha=q.sigma * math.sqrt(one_minus))
-            ctx.step(i, x)
-        return x
+    def step(self, model, schedule, state, output, ctx):
+        i, x = state.i, state.x
+        sigma_t = schedule.sigma[i]
+        alpha_s, sigma_s, h = schedule.alpha[i + 1], schedule.sigma[i + 1], schedule.h[i]
+        x0_hat = model.to_x0(output, x, schedule.t[i])
+        one_minus = -torch.expm1(-2 * h)  # 1 - e^{-2h} without cancellation for small h
+        mean = (sigma_s / sigma_t) * torch.exp(-h) * x + alpha_s * one_minus * x0_hat
+        x_next = mean + sigma_s * torch.sqrt(one_minus) * ctx.normal(i, x)
+        return SamplerState(x=x_next, i=i + 1, x_eval=x_next, t_eval=schedule.t[i + 1])

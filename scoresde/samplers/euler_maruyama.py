@@ -17,28 +17,20 @@ the last (use ``sample(final_denoise=True)`` for a noise-free Tweedie step at th
 """
 from __future__ import annotations
 
-import math
-
-from .base import Sampler, register
+from .base import SamplerState, SteppedSampler, register
 
 
 @register
-class EulerMaruyama(Sampler):
+class EulerMaruyama(SteppedSampler):
     name = "euler_maruyama"
     stochastic = True
     calls_per_step = 1
     convergence_order = 1  # weak order
 
-    def run(self, model, x, times, ctx):
-        sde = model.sde
-        t_grid, f, g2 = times.tolist(), sde.f(times).tolist(), sde.g2(times).tolist()
-        for i in range(len(times) - 1):
-            t = t_grid[i]
-            dt = t_grid[i + 1] - t
-            f_t, g2_t = f[i], g2[i]
-            score = model.score(x, t)
-            # (1 + f dt) x - g^2 dt s + g dw as multiply-adds on one fresh tensor
-            x = x.mul(1 + f_t * dt).add_(score, alpha=-g2_t * dt)
-            x.add_(ctx.brownian_increment(i, x), alpha=math.sqrt(g2_t))
-            ctx.step(i, x)
-        return x
+    def step(self, model, schedule, state, output, ctx):
+        i, x, sde = state.i, state.x, schedule.sde
+        t = schedule.t[i]
+        dt = schedule.t[i + 1] - t
+        drift = sde.reverse_drift(x, t, model.to_score(output, x, t))
+        x_next = x + drift * dt + sde.g(t) * ctx.brownian_increment(i, x)
+        return SamplerState(x=x_next, i=i + 1, x_eval=x_next, t_eval=schedule.t[i + 1])

@@ -20,19 +20,34 @@ Churn (Alg. 2, stochastic): with ``S_churn > 0``, at steps whose ``s_i`` lies in
 the noise level is first raised to ``s_hat = s_i (1 + gamma)``, ``gamma = min(S_churn/N, sqrt2 - 1)``
 (capped at the SDE's largest level s(T)), by adding ``sqrt(s_hat^2 - s_i^2) S_noise z`` to y; the step
 then starts from ``s_hat``. The standard normal z is the grid step's Brownian increment / sqrt(|dt|).
+
+As a :class:`~.base.SteppedSampler` a step has two stages: stage 0 evaluates ``d_i`` at the (churned)
+``(alpha_hat y_hat, t_hat)``, stage 1 ``d_{i+1}'`` at the Euler point ``(alpha_{i+1} y~, t_{i+1})``; the
+churn of step ``i + 1`` is drawn when step ``i`` finishes (of step 0, by :meth:`Heun.begin`).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from .._tensor import check_finite_number
-from .base import Sampler, register
+from .base import SamplerState, SteppedSampler, register
+
+
+@dataclass(frozen=True)
+class HeunState(SamplerState):
+    """Adds the step's start in EDM variables (``y_hat``, ``s_hat``) and the stage-0 slope ``d``."""
+
+    y_hat: Tensor | None = None
+    s_hat: Tensor | None = None
+    d: Tensor | None = None
 
 
 @register
-class Heun(Sampler):
+class Heun(SteppedSampler):
     name = "heun"
     calls_per_step = 2
     convergence_order = 2
@@ -60,34 +75,45 @@ class Heun(Sampler):
     def expected_nfe(self, steps: int) -> int:
         return 2 * steps - (1 if self.euler_last else 0)
 
-    def run(self, model, x, times, ctx):
-        sde = model.sde
-        n = len(times) - 1
-        alpha, sigma = sde.alpha_sigma(times)
-        s = (sigma / alpha).tolist()
-        t_grid, alpha = times.tolist(), alpha.tolist()
-        s_top = float(torch.exp(-sde.lam(torch.tensor(float(sde.T), dtype=torch.float64))))
-        gamma = min(self.S_churn / n, math.sqrt(2) - 1)
-        y = x / alpha[0]
-        for i in range(n):
-            t_i, s_i, a_i = t_grid[i], s[i], alpha[i]
-            if gamma > 0 and self.S_tmin <= s_i <= self.S_tmax:
-                s_hat = min(s_i * (1 + gamma), s_top)
-                if s_hat > s_i:
-                    y = torch.add(y, ctx.normal(i, y), alpha=math.sqrt(s_hat**2 - s_i**2) * self.S_noise)
-                    t_i = min(float(sde.t_of_lam(torch.tensor(-math.log(s_hat), dtype=torch.float64))), float(sde.T))
-                    s_i, a_i = s_hat, float(sde.alpha(torch.tensor(t_i, dtype=torch.float64)))
-                    x = None
-            if x is None:
-                x = a_i * y
-            t_next, s_next, a_next = t_grid[i + 1], s[i + 1], alpha[i + 1]
-            ds = s_next - s_i
-            d = model.eps(x, t_i)
-            y_next = torch.add(y, d, alpha=ds)
-            if i < n - 1 or not self.euler_last:
-                d_next = model.eps(a_next * y_next, t_next)
-                y_next = torch.add(y, d, alpha=0.5 * ds).add_(d_next, alpha=0.5 * ds)
-            y = y_next
-            x = a_next * y  # the state, and the next step's model input unless churn moves y
-            ctx.step(i, x)
-        return x
+    def init(self, schedule, x):
+        """The state at ``t[0]`` without the churn of step 0 (:meth:`begin` draws it)."""
+        return self._start(schedule, 0, x, None)
+
+    def begin(self, schedule, x, ctx):
+        return self._start(schedule, 0, x, ctx)
+
+    def _start(self, schedule, i: int, x: Tensor, ctx) -> HeunState:
+        """Step ``i`` from ``x`` at ``t_i``: raise the noise level (Alg. 2, lines 4-6) when churning."""
+        sde = schedule.sde
+        s_i = schedule.sigma[i] / schedule.alpha[i]
+        y = x / schedule.alpha[i]
+        x_hat, t_hat, s_hat = x, schedule.t[i], s_i
+        gamma = min(self.S_churn / schedule.steps, math.sqrt(2) - 1) if self.S_tmin <= s_i <= self.S_tmax else 0.0
+        if ctx is not None and gamma > 0:
+            s_top = torch.exp(-sde.lam(torch.tensor(float(sde.T), dtype=torch.float64)))
+            s_up = torch.minimum(s_i * (1 + gamma), s_top)
+            if s_up > s_i:
+                y = y + torch.sqrt(s_up**2 - s_i**2) * self.S_noise * ctx.normal(i, y)
+                t_hat = torch.clamp(sde.t_of_lam(-torch.log(s_up)), max=float(sde.T))
+                s_hat = s_up
+                x_hat = sde.alpha(t_hat) * y
+        return HeunState(x=x, i=i, x_eval=x_hat, t_eval=t_hat, y_hat=y, s_hat=s_hat)
+
+    def step(self, model, schedule, state, output, ctx):
+        i = state.i
+        ds = schedule.sigma[i + 1] / schedule.alpha[i + 1] - state.s_hat
+        if state.stage == 0:
+            d = model.to_eps(output, state.x_eval, state.t_eval)
+            y_euler = state.y_hat + ds * d
+            if i == schedule.steps - 1 and self.euler_last:
+                return self._finish(schedule, i, y_euler, ctx)
+            return HeunState(x=state.x, i=i, x_eval=schedule.alpha[i + 1] * y_euler, t_eval=schedule.t[i + 1],
+                             stage=1, y_hat=state.y_hat, s_hat=state.s_hat, d=d)
+        d_next = model.to_eps(output, state.x_eval, state.t_eval)
+        return self._finish(schedule, i, state.y_hat + ds * (state.d + d_next) / 2, ctx)
+
+    def _finish(self, schedule, i: int, y_next: Tensor, ctx) -> HeunState:
+        x_next = schedule.alpha[i + 1] * y_next
+        if i + 1 < schedule.steps:
+            return self._start(schedule, i + 1, x_next, ctx)
+        return HeunState(x=x_next, i=i + 1, x_eval=x_next, t_eval=schedule.t[i + 1])

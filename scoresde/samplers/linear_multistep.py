@@ -22,19 +22,25 @@ none to come. Every multistep exponential integrator in the noise prediction is 
 Without ``coefficients`` the sampler uses DPM-Solver-2M's, for any grid, and has its order 2 (the
 tests check both identities). With coefficients fitted to one model, one step count and one pair of
 ends (:func:`scoresde.studies.solver_fit.fit_linear_multistep`, which also fits the grid), it is a
-calibrated solver: no order is claimed (``order`` is None), and the coefficients only make sense on
-the grid they were fitted with.
+calibrated solver: no order is claimed (``convergence_order`` is None), and the coefficients only make
+sense on the grid they were fitted with. ``coefficients`` may require grad: ``sample(..., grad=True)``
+then differentiates the samples with respect to every entry of its lower triangle (the fit of
+:mod:`scoresde.studies.solver_fit` does exactly this).
 
-Memory: a prediction is dropped once no later row of ``C`` uses it, so the default keeps two.
+State: ``state.history`` holds the predictions ``(eps_i, eps_{i-1}, ...)`` newest first, as many as
+the band of ``C`` needs (two for the default; all of them for a ``C`` that requires grad).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .base import Sampler, register
+from ..schedule import Schedule
+from .base import SamplerState, SteppedSampler, register
 
-__all__ = ["LinearMultistep", "dpm_solver_2m_coefficients", "ddim_increments"]
+__all__ = ["LinearMultistep", "MultistepState", "dpm_solver_2m_coefficients", "ddim_increments"]
 
 
 def ddim_increments(lam: Tensor) -> Tensor:
@@ -56,8 +62,16 @@ def dpm_solver_2m_coefficients(lam: Tensor) -> Tensor:
     return C
 
 
+@dataclass(frozen=True)
+class MultistepState(SamplerState):
+    """Adds the run's coefficient matrix ``C`` and how many past predictions its rows use (``width``)."""
+
+    C: Tensor | None = None
+    width: int = 1
+
+
 @register
-class LinearMultistep(Sampler):
+class LinearMultistep(SteppedSampler):
     r"""``x_{i+1} = alpha_{i+1}/alpha_i x_i + alpha_{i+1} sum_{j<=i} C_ij eps_theta(x_j, t_j)``.
 
     Option: ``coefficients``, a lower-triangular ``(steps, steps)`` tensor ``C`` for the grid it is
@@ -69,20 +83,20 @@ class LinearMultistep(Sampler):
 
     def __init__(self, coefficients: Tensor | None = None):
         if coefficients is not None:
-            C = torch.as_tensor(coefficients)
+            if not isinstance(coefficients, Tensor):
+                raise ValueError(f"coefficients: expected a torch.Tensor, got {type(coefficients).__name__}")
+            C = coefficients
             if not (C.is_floating_point() and C.ndim == 2 and C.shape[0] == C.shape[1] and C.shape[0] >= 1):
                 raise ValueError(f"coefficients: expected a square floating-point (steps, steps) tensor, got "
-                                 f"{getattr(coefficients, 'dtype', type(coefficients).__name__)} of shape "
-                                 f"{tuple(C.shape)}")
-            C = C.detach().to(device="cpu", dtype=torch.float64)
-            if not bool(torch.isfinite(C).all()):
+                                 f"{C.dtype} of shape {tuple(C.shape)}")
+            if not bool(torch.isfinite(C.detach()).all()):
                 raise ValueError("coefficients: contains NaN or inf")
-            above = torch.triu(C, diagonal=1).nonzero()
+            above = torch.triu(C.detach(), diagonal=1).nonzero()
             if len(above):
                 i, j = (int(v) for v in above[0])
                 raise ValueError(f"coefficients: entry ({i}, {j}) is above the diagonal: step {i} cannot use the "
                                  f"prediction of a later step {j}; C must be lower triangular")
-            coefficients = C
+            coefficients = C.to(device="cpu", dtype=torch.float64)  # keeps the graph of a C that requires grad
         self.coefficients = coefficients
         self.convergence_order = 2 if coefficients is None else None
 
@@ -91,37 +105,27 @@ class LinearMultistep(Sampler):
             return "LinearMultistep(coefficients=None)  # DPM-Solver-2M"
         return f"LinearMultistep(coefficients=<{self.coefficients.shape[0]} steps>)"
 
-    def coefficient_matrix(self, model, times: Tensor) -> Tensor:
-        lam = model.sde.lam(times.to(torch.float64))
+    def coefficient_matrix(self, schedule: Schedule) -> Tensor:
+        """``C`` for this schedule: the option, or DPM-Solver-2M's on the schedule's log-SNRs."""
         if self.coefficients is None:
-            return dpm_solver_2m_coefficients(lam)
-        steps = len(times) - 1
-        if self.coefficients.shape[0] != steps:
-            raise ValueError(f"coefficients: fitted for {self.coefficients.shape[0]} steps, but the grid has {steps} "
-                             "(pass the grid the coefficients were fitted with)")
+            return dpm_solver_2m_coefficients(schedule.lam)
+        if self.coefficients.shape[0] != schedule.steps:
+            raise ValueError(f"coefficients: fitted for {self.coefficients.shape[0]} steps, but the grid has "
+                             f"{schedule.steps} (pass the grid the coefficients were fitted with)")
         return self.coefficients
 
-    def run(self, model, x, times, ctx):
-        C = self.coefficient_matrix(model, times)
-        steps = C.shape[0]
-        # the non-zero terms of each row, and the last step that uses each prediction (freed after it);
-        # from C's non-zeros, so a banded C (the default) costs O(steps), not O(steps^2), in Python
-        nz = C.nonzero().tolist()
-        values = C[C != 0].tolist()  # row-major, the order of nonzero()
-        terms: list[list[tuple[int, float]]] = [[] for _ in range(steps)]
-        last_use = [-1] * steps
-        for (i, j), c in zip(nz, values, strict=True):
-            terms[i].append((j, c))
-            last_use[j] = max(last_use[j], i)
-        t_grid = times.tolist()
-        alpha = model.sde.alpha_sigma(times)[0].tolist()
-        eps: dict[int, Tensor] = {}
-        for i in range(steps):
-            eps[i] = model.eps(x, t_grid[i])
-            x = x.mul(alpha[i + 1] / alpha[i])  # a fresh tensor: the in-place adds below touch nothing else
-            for j, c in terms[i]:
-                x.add_(eps[j], alpha=alpha[i + 1] * c)
-            for j in [j for j in eps if last_use[j] <= i]:
-                del eps[j]
-            ctx.step(i, x)
-        return x
+    def init(self, schedule, x):
+        C = self.coefficient_matrix(schedule)
+        if C.requires_grad:
+            width = C.shape[0]  # every entry of the lower triangle gets a gradient, zeros included
+        else:
+            width = 1 + max((i - j for i, j in C.nonzero().tolist()), default=0)
+        return MultistepState(x=x, i=0, x_eval=x, t_eval=schedule.t[0], C=C, width=width)
+
+    def step(self, model, schedule, state, output, ctx):
+        i, x, C = state.i, state.x, state.C
+        history = (model.to_eps(output, x, schedule.t[i]),) + state.history  # eps_i, eps_{i-1}, ...
+        combination = sum(C[i, i - k] * eps_j for k, eps_j in enumerate(history[:i + 1]))
+        x_next = schedule.alpha[i + 1] / schedule.alpha[i] * x + schedule.alpha[i + 1] * combination
+        return MultistepState(x=x_next, i=i + 1, x_eval=x_next, t_eval=schedule.t[min(i + 1, schedule.steps)],
+                              history=history[:state.width - 1], C=C, width=state.width)

@@ -30,26 +30,26 @@ The correctors (z fresh N(0, I) noise, off the Brownian path; ``r`` = ``snr``):
   ``e = 2 a_i (r sigma_t)^2``.
 
 ``denoise_last_step=True`` returns the mean of the last predictor step (score_sde's ``denoise``).
-Model calls per step: 1 (predictor) + ``n_corrector_steps`` (0 when ``corrector='none'``).
+Model calls per step: 1 (predictor) + ``n_corrector_steps`` (0 when ``corrector='none'``); as a
+:class:`~.base.SteppedSampler` each call is one stage of the step (``state.stage`` counts the
+corrector steps done), the predictor's the last.
 Order: weak order 1 without a corrector; none with one (the Langevin steps have a step size fixed
 by the snr, whose bias does not vanish as the grid is refined).
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from .._tensor import check_finite_number
-from .base import Sampler, register
+from .base import SamplerState, SteppedSampler, register
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral", "none")
 CORRECTORS = ("langevin", "annealed_langevin", "none")
 
 
 @register
-class PredictorCorrector(Sampler):
+class PredictorCorrector(SteppedSampler):
     name = "pc"
     stochastic = True
     # corrector-only sampling is left out: one Langevin step per level at snr 0.16 does not relax to
@@ -79,58 +79,60 @@ class PredictorCorrector(Sampler):
         self.calls_per_step = (predictor != "none") + n_corr
         self.convergence_order = 1 if n_corr == 0 else None
 
-    def run(self, model, x, times, ctx):
-        sde = model.sde
-        n = len(times) - 1
-        t_grid = times.tolist()
-        lam = sde.lam(times)
-        alpha, sigma = sde.alpha_sigma(times)
-        a_ratios = (alpha[:-1] / alpha[1:]).tolist()  # a = alpha_t / alpha_s of the transition s -> t
-        # G^2 = sigma_t^2 (1 - e^{-2h}) of each transition
-        G2s = (sigma[:-1] ** 2 * -torch.expm1(-2 * (lam[1:] - lam[:-1]))).tolist()
-        sigma, f, g2 = sigma.tolist(), sde.f(times).tolist(), sde.g2(times).tolist()
-        for i in range(n):
-            a_ratio = a_ratios[i]
-            j = i + 1 if self.predictor == "none" else i
-            for _ in range(self._n_corr):
-                x = self._correct(model, x, t_grid[j], sigma[j], a_ratio**2, ctx)
-            if self.predictor != "none":
-                t, dt = t_grid[i], t_grid[i + 1] - t_grid[i]
-                score = model.score(x, t)
-                # the mean as multiply-adds on one fresh tensor, then the noise added to it in place
-                if self.predictor == "euler_maruyama":
-                    x = x.mul(1 + f[i] * dt).add_(score, alpha=-g2[i] * dt)
-                    noise, scale = ctx.brownian_increment(i, x), math.sqrt(g2[i])
-                else:
-                    G2 = G2s[i]
-                    if self.predictor == "reverse_diffusion":
-                        x = x.mul(2 - a_ratio).add_(score, alpha=G2)
-                    else:
-                        x = torch.add(x, score, alpha=G2).div_(a_ratio)
-                    noise, scale = ctx.normal(i, x), math.sqrt(G2)
-                if not (self.denoise_last_step and i == n - 1):
-                    x.add_(noise, alpha=scale)
-            ctx.step(i, x)
-        return x
+    def _eval_time(self, schedule, i: int, stage: int) -> Tensor:
+        """Where call ``stage`` of step ``i`` evaluates the model (module docstring: order of operations)."""
+        if stage < self._n_corr and self.predictor == "none":
+            return schedule.t[i + 1]
+        return schedule.t[i]
 
-    def _correct(self, model, x, t, sigma_t, a_i, ctx):
-        score = model.score(x, t)
+    def init(self, schedule, x):
+        return SamplerState(x=x, i=0, x_eval=x, t_eval=self._eval_time(schedule, 0, 0))
+
+    def step(self, model, schedule, state, output, ctx):
+        i, x, stage = state.i, state.x, state.stage
+        score = model.to_score(output, x, state.t_eval)
+        if stage < self._n_corr:
+            j = i + 1 if self.predictor == "none" else i
+            a_i = (schedule.alpha[i] / schedule.alpha[i + 1]) ** 2
+            x_new = self._correct(score, x, schedule.sigma[j], a_i, ctx)
+            if stage + 1 < self.calls_per_step:
+                return SamplerState(x=x_new, i=i, x_eval=x_new, t_eval=self._eval_time(schedule, i, stage + 1),
+                                    stage=stage + 1)
+            return self._next(schedule, i, x_new)
+        return self._next(schedule, i, self._predict(score, x, schedule, i, ctx))
+
+    def _next(self, schedule, i: int, x: Tensor) -> SamplerState:
+        t_eval = self._eval_time(schedule, i + 1, 0) if i + 1 < schedule.steps else schedule.t[i + 1]
+        return SamplerState(x=x, i=i + 1, x_eval=x, t_eval=t_eval)
+
+    def _predict(self, score: Tensor, x: Tensor, schedule, i: int, ctx) -> Tensor:
+        """One predictor step from ``t = t_i`` to ``s = t_{i+1}`` (module docstring)."""
+        sde, t = schedule.sde, schedule.t[i]
+        last = self.denoise_last_step and i == schedule.steps - 1
+        if self.predictor == "euler_maruyama":
+            mean = x + sde.reverse_drift(x, t, score) * (schedule.t[i + 1] - t)
+            return mean if last else mean + sde.g(t) * ctx.brownian_increment(i, x)
+        a = schedule.alpha[i] / schedule.alpha[i + 1]
+        G2 = schedule.sigma[i] ** 2 * -torch.expm1(-2 * schedule.h[i])
+        if self.predictor == "reverse_diffusion":
+            mean = x - (a - 1) * x + G2 * score
+        else:
+            mean = (x + G2 * score) / a
+        return mean if last else mean + torch.sqrt(G2) * ctx.normal(i, x)
+
+    def _correct(self, score: Tensor, x: Tensor, sigma_t: Tensor, a_i: Tensor, ctx) -> Tensor:
+        """One Langevin step ``x + e s + sqrt(2 e) z`` with the corrector's step size ``e``."""
         z = ctx.randn_like(x)
         if self.corrector == "langevin":
             # batch-averaged norms, as score_sde: a per-sample ||s|| vanishes at a mode of p_t and
             # would give that sample an unbounded step
-            z_norm, s_norm = _mean_norms(z, score)
-            eps = 2 * a_i * (self.snr * z_norm / max(s_norm, torch.finfo(x.dtype).tiny)) ** 2
+            z_norm, s_norm = _mean_norm(z), _mean_norm(score)
+            e = 2 * a_i * (self.snr * z_norm / s_norm.clamp_min(torch.finfo(x.dtype).tiny)) ** 2
         else:
-            eps = 2 * a_i * (self.snr * sigma_t) ** 2
-        return torch.add(x, score, alpha=eps).add_(z, alpha=math.sqrt(2 * eps))
+            e = 2 * a_i * (self.snr * sigma_t) ** 2
+        return x + e * score + torch.sqrt(2 * e) * z
 
 
-def _mean_norms(a: Tensor, b: Tensor) -> list[float]:
-    """Means over the batch of the per-sample Euclidean norms of ``a`` and ``b`` (one sync)."""
-    v = torch.stack([a.flatten(1), b.flatten(1)])
-    if v.dtype in (torch.float32, torch.float64):
-        # sums of squares as a matrix-vector product: a norm over a short last dimension (2-D data)
-        # is a slow reduction on a CPU, the product is not
-        return v.square_().matmul(v.new_ones(v.shape[-1])).sqrt_().mean(1).tolist()
-    return v.norm(dim=2).mean(1).tolist()  # half precision: no squares that overflow
+def _mean_norm(v: Tensor) -> Tensor:
+    """The mean over the batch of the per-sample Euclidean norms of ``v`` (a 0-d tensor)."""
+    return torch.linalg.vector_norm(v.flatten(1), dim=1).mean()

@@ -14,10 +14,11 @@ parameters, in the spirit of calibrated solvers (Shaul et al. 2023, "Bespoke Sol
   so ``R = 0`` is DPM-Solver-2M and ``R`` is scale-free.
 
 The loss is the mean Euclidean endpoint error over a calibration batch, ``mean_b ||x_b - x_b^ref||``
-(the statistic the benchmarks report), differentiated through the model with autograd (the model
-must be differentiable in x and t: the exact mixture oracle and the networks of :mod:`scoresde.nets`
-are). Gradients with respect to the times go through ``t(lam)`` by the implicit-function rule
-``dt/dlam = 1 / lam'(t)``. Adam with a cosine-decayed step; the iterate with the lowest calibration
+(the statistic the benchmarks report) of the registered ``linear_multistep`` sampler run through
+``scoresde.sample(..., grad=True)`` with the grid tensor and ``coefficients`` carrying the graph, so
+the fitted solver is the sampler it is later run as. The model must be differentiable in x and t
+(the exact mixture oracle and the networks of :mod:`scoresde.nets` are). Gradients with respect to
+the times go through ``t(lam)`` by the implicit-function rule ``dt/dlam = 1 / lam'(t)``. Adam with a cosine-decayed step; the iterate with the lowest calibration
 loss is returned. Judge a fitted solver on *other* starting points (``x_valid``): it is fitted to one
 model, one step count and one pair of ends, and nothing else.
 """
@@ -37,7 +38,7 @@ from ..samplers import sample
 from ..samplers.linear_multistep import ddim_increments, dpm_solver_2m_coefficients
 from .grid_opt import lam_from_logits, logits_of_grid
 
-__all__ = ["FittedSolver", "fit_linear_multistep", "integrate_linear_multistep"]
+__all__ = ["FittedSolver", "fit_linear_multistep", "times_of_lam"]
 
 
 @dataclass
@@ -94,20 +95,11 @@ def _t_of_lam(sde, lam: Tensor) -> Tensor:
     return t0 + (lam - lam.detach()) / dlam_dt
 
 
-def integrate_linear_multistep(model: ScoreModel, x: Tensor, lam: Tensor, C: Tensor, *, T: float,
-                               t_min: float) -> Tensor:
-    """The :class:`LinearMultistep` update from ``x`` at ``T``, differentiable in ``x``, ``lam`` (the
-    interior entries) and ``C``. ``lam`` has ``steps + 1`` entries from ``lam(T)`` to ``lam(t_min)``."""
-    sde = model.sde
-    t = torch.cat([torch.tensor([T], dtype=torch.float64), _t_of_lam(sde, lam[1:-1]),
-                   torch.tensor([t_min], dtype=torch.float64)])
-    alpha = sde.alpha_sigma(t)[0].to(x.dtype)
-    C = C.to(x.dtype)
-    eps = []
-    for i in range(C.shape[0]):
-        eps.append(model.eps(x, t[i].to(x.dtype).expand(x.shape[0])))
-        x = x * (alpha[i + 1] / alpha[i]) + alpha[i + 1] * sum(C[i, j] * eps[j] for j in range(i + 1))
-    return x
+def times_of_lam(sde, lam: Tensor, *, T: float, t_min: float) -> Tensor:
+    """The grid with half log-SNRs ``lam`` (``steps + 1`` entries, ``lam(T)`` .. ``lam(t_min)``), its two
+    ends pinned to ``T`` and ``t_min`` exactly; differentiable in the interior entries of ``lam``."""
+    return torch.cat([torch.tensor([T], dtype=torch.float64), _t_of_lam(sde, lam[1:-1]),
+                      torch.tensor([t_min], dtype=torch.float64)])
 
 
 def _mean_error(x: Tensor, ref: Tensor) -> Tensor:
@@ -163,7 +155,10 @@ def fit_linear_multistep(model: ScoreModel, steps: int, x_calib: Tensor, ref_cal
         return lam, C
 
     def error(x_T, ref, lam, C):
-        return _mean_error(integrate_linear_multistep(model, x_T, lam, C, T=T_, t_min=t_min_), ref)
+        times = times_of_lam(sde, lam, T=T_, t_min=t_min_)
+        x = sample(model, sde, "linear_multistep", x_T=x_T, grid=times, coefficients=C,
+                   grad=torch.is_grad_enabled()).samples
+        return _mean_error(x, ref)
 
     params = [{"params": [R], "lr": lr_coefficients}] + ([{"params": [w], "lr": lr_grid}] if fit_grid else [])
     opt = torch.optim.Adam(params)
@@ -188,8 +183,7 @@ def fit_linear_multistep(model: ScoreModel, steps: int, x_calib: Tensor, ref_cal
     if best[1] is None:
         raise FloatingPointError("fit_linear_multistep: the calibration loss was never finite")
     _, lam_best, C_best = best
-    times = _t_of_lam(sde, lam_best)
-    times[0], times[-1] = T_, t_min_
+    times = times_of_lam(sde, lam_best, T=T_, t_min=t_min_)
     fit_nfe = model.nfe - nfe0
 
     with torch.no_grad():
