@@ -78,7 +78,7 @@ def test_ddpm_pipeline_equals_sample(unet, method, options):
         res = sd.sample(model, sde, method, STEPS, x_T=x_T, final_denoise=True, **options)
     ours = (res.samples / 2 + 0.5).clamp(0, 1)
     inside = float(((ours > 0) & (ours < 1)).double().mean())
-    assert inside > 0.5, inside
+    assert inside > 0.25, inside
     assert rel(ours, images) < RTOL
     assert len(sched.timesteps) == res.nfe  # one listed timestep per model call
 
@@ -197,8 +197,8 @@ def test_refuses_what_it_did_not_produce(unet):
 
 
 def test_bad_configs_are_named():
-    with pytest.raises(ValueError, match="method: 'euler_maruyama' is not a SteppedSampler.*stepped samplers: .*ddim"):
-        ScoresdeScheduler(method="euler_maruyama")
+    with pytest.raises(ValueError, match="method: 'ode' is not a SteppedSampler.*stepped samplers: .*ddim"):
+        ScoresdeScheduler(method="ode")
     with pytest.raises(ValueError, match="method: unknown sampler 'nope'"):
         ScoresdeScheduler(method="nope")
     with pytest.raises(ValueError, match="options: 'ddim' does not accept order"):
@@ -214,3 +214,26 @@ def test_bad_configs_are_named():
     fixed = ScoresdeScheduler(times=[1.0, 0.5, 0.001])
     with pytest.raises(ValueError, match="num_inference_steps: this scheduler's grid has 2 steps"):
         fixed.set_timesteps(5)
+
+
+@pytest.mark.parametrize("method, options", [("ddim", {"eta": 1.0}), ("heun", {"S_churn": 10.0}), ("ddpm", {})])
+def test_stochastic_samplers_draw_from_the_pipelines_generator(unet, method, options):
+    """The pipeline draws x_T, then hands its generator to every step: scoresde.sample with x_T from the
+    same generator and that generator after it sees the same noise in the same order."""
+    stepped(method)
+    sched = ScoresdeScheduler(prediction_type="v_prediction", method=method, options=options)
+    pipe = diffusers.DDPMPipeline(unet, sched)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=2, generator=torch.Generator().manual_seed(6), num_inference_steps=STEPS,
+                  output_type="pt").images
+    model, sde = from_diffusers(pipe)
+    g = torch.Generator().manual_seed(6)
+    x_T = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        res = sd.sample(model, sde, method, STEPS, x_T=x_T, final_denoise=True, generator=g, **options)
+    ours = (res.samples / 2 + 0.5).clamp(0, 1)
+    assert rel(ours, images) < RTOL
+    with torch.no_grad():
+        other = sd.sample(model, sde, method, STEPS, x_T=x_T, final_denoise=True,
+                          generator=torch.Generator().manual_seed(99), **options).samples
+    assert rel((other / 2 + 0.5).clamp(0, 1), images) > 1e-3  # the noise matters

@@ -179,7 +179,7 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
         x = torch.zeros(1, 1, dtype=torch.float64)
         ctx = SamplingContext(self.sampler, self.schedule.t, GeneratorNoise(torch.Generator().manual_seed(0)),
                               None, False, False)
-        state = self.sampler.init(self.schedule, x)
+        state = self.sampler.begin(self.schedule, x, ctx)
         t_eval = []
         while state.i < self.schedule.steps:
             if _wants_output(self.sampler, state):
@@ -217,7 +217,10 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
         model_output = model_output.to(sample.dtype)
         schedule = self.schedule
         if k == 0:
-            self._state = self.sampler.init(schedule, sample)
+            # begin() may draw noise before the first call (Heun's churn); the pipeline has made that call
+            # at x_T, which is where the grid-start state is for every sampler without churn at T
+            self._ctx.noise = GeneratorNoise(generator)
+            self._state = self.sampler.begin(schedule, sample, self._ctx)
         state = self._state
         if state.i >= schedule.steps:  # the final denoising call
             prev = self.model.to_x0(model_output, state.x, schedule.t[-1])

@@ -62,7 +62,4 @@ def score_sde_model(net: Callable[[Tensor, Tensor], Tensor], sde: SDE, parameter
     if parameterization is None:
         parameterization = "eps" if _kind(sde) == "vp" else "score"
 
-    def fn(x: Tensor, t: Tensor) -> Tensor:
-        return net(x, label(t))
-
-    return ScoreModel(fn, sde, parameterization)
+    return ScoreModel(net, sde, parameterization, time_input=label)
