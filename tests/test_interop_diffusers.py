@@ -124,6 +124,7 @@ def run_diffusers(sched, unet, z, steps):
 CASES = [
     ("DDIMScheduler", dict(timestep_spacing="leading", set_alpha_to_one=True, clip_sample=False)),
     ("DDIMScheduler", dict(timestep_spacing="trailing", set_alpha_to_one=False, clip_sample=False)),
+    ("DDIMScheduler", dict(timestep_spacing="leading", steps_offset=1, set_alpha_to_one=False, clip_sample=False)),
     ("DPMSolverMultistepScheduler", dict(timestep_spacing="trailing", solver_order=2)),
     ("DPMSolverMultistepScheduler", dict(timestep_spacing="leading", solver_order=2, final_sigmas_type="sigma_min")),
     ("UniPCMultistepScheduler", dict(timestep_spacing="trailing", solver_order=2)),
@@ -133,13 +134,15 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("name, config", CASES, ids=[f"{n}-{c['timestep_spacing']}" for n, c in CASES])
+@pytest.mark.parametrize("name, config", CASES, ids=[f"{n}-{c['timestep_spacing']}-{c.get('steps', STEPS)}" for n, c in CASES])
 def test_scoresde_reproduces_diffusers(loaded, name, config):
     pipe, model, sde, prediction = loaded
+    config = dict(config)
+    steps = config.pop("steps", STEPS)
     sched = getattr(diffusers, name).from_config(pipe.scheduler.config, **config)
     z = x_T(seed=1)
-    theirs = run_diffusers(sched, pipe.unet, z, STEPS).to(torch.float64)
-    kw = diffusers_equivalent(sched, STEPS)
+    theirs = run_diffusers(sched, pipe.unet, z, steps).to(torch.float64)
+    kw = diffusers_equivalent(sched, steps)
     method = kw.pop("method")
     with torch.no_grad():
         ours = sd.sample(model, sde, method, x_T=z, **kw).samples
@@ -173,6 +176,12 @@ def test_diffusers_grid(name, spacing, steps, expect):
     assert g.timesteps.tolist() == expect
     torch.testing.assert_close(g.times, (torch.tensor(expect, dtype=torch.float64) + 1) / 1000, rtol=0, atol=0)
     assert g.final_denoise and g.kwargs()["final_denoise"]
+    # DDIM steps from k to k - N // steps: with 3 'trailing' steps [999, 666, 332] it steps 666 -> 333,
+    # a timestep it does not list (and 'linspace' does so at any step count)
+    with pytest.raises(ValueError, match=r"spacing: DDIMScheduler with timestep_spacing='trailing'.*\[999, 666, 332\]"):
+        diffusers_grid(diffusers.DDIMScheduler(), 3, spacing="trailing", final="zero")
+    with pytest.raises(ValueError, match="spacing: DDIMScheduler with timestep_spacing='linspace'"):
+        diffusers_grid(diffusers.DDIMScheduler(), 7, spacing="linspace")
     low = diffusers_grid({"_class_name": "DDIMScheduler"}, 4, spacing="trailing", final="sigma_min")
     assert not low.final_denoise and float(low.times[-1]) == 1 / 1000 and len(low.times) == 5
 

@@ -334,7 +334,10 @@ def diffusers_grid(config, steps: int, spacing: str | None = None, final: str | 
     ``final_sigmas_type='zero'``; Euler and Heun always) or ``'sigma_min'`` (``alphas_cumprod[0]``).
     The timesteps come from the scheduler's own ``set_timesteps`` (the rules differ between
     families: 'leading' is ``N // steps`` apart for DDIM, ``N // (steps + 1)`` for DPM-Solver);
-    Heun's repeated timesteps count once. With fractional timesteps (Euler's and Heun's 'linspace')
+    Heun's repeated timesteps count once. DDIM steps from timestep k to k - N // steps: where that
+    is not the next listed timestep ('linspace') it is refused, and where its last step lands on a
+    knot >= 0 (e.g. 'trailing' with N // steps - 1 as its last timestep) that knot ends the grid,
+    whatever ``final`` says. With fractional timesteps (Euler's and Heun's 'linspace')
     diffusers interpolates sigma linearly in the timestep where the DiscreteVPSDE interpolates
     log alpha linearly in t, so the noise levels there agree only to that interpolation.
     """
@@ -375,6 +378,18 @@ def diffusers_grid(config, steps: int, spacing: str | None = None, final: str | 
     else:
         final_used = scfg.get("final_sigmas_type", "zero") or "zero"
     times = (ts + 1) / n_train
+    if name == "DDIMScheduler":
+        # DDIM steps from timestep k to k - N // steps (diffusers' DDIMScheduler.step), not to the next listed one
+        ratio = n_train // steps
+        prev = ts - ratio
+        if not torch.equal(prev[:-1], ts[1:]):
+            raise ValueError(f"spacing: DDIMScheduler with timestep_spacing={scfg.timestep_spacing!r} steps from each "
+                             f"timestep k to k - {ratio}, and with {steps} steps that is not the next timestep it "
+                             f"lists ({ts.long().tolist()}), so no grid reproduces it; use a number of steps that "
+                             f"divides {n_train}, or 'leading' spacing")
+        if float(prev[-1]) >= 0:  # its last step lands on a listed knot, not on the final alpha
+            times = torch.cat([times, ((prev[-1:] + 1) / n_train)])
+            final_used = "sigma_min" if float(prev[-1]) == 0 else f"timestep {int(prev[-1])}"
     if final_used == "sigma_min" and float(times[-1]) > 1.5 / n_train:
         times = torch.cat([times, torch.tensor([1.0 / n_train], dtype=torch.float64)])
     return DiffusersGrid(times=times, final_denoise=final_used == "zero", timesteps=ts, final=final_used,

@@ -131,19 +131,21 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
         self._ctx = None
 
     @classmethod
-    def from_fitted(cls, solver, **config) -> ScoresdeScheduler:
+    def from_fitted(cls, solver, config=None, **overrides) -> ScoresdeScheduler:
         """A scheduler running a :class:`~scoresde.studies.solver_fit.FittedSolver` (or the path it was
-        saved to): ``linear_multistep`` with its coefficients on its grid. ``config`` gives the rest
-        (the training schedule must be the one the solver was fitted on)."""
+        saved to): ``linear_multistep`` with its coefficients on its grid, no final denoising unless
+        asked. ``config``: the training schedule, e.g. ``pipe.scheduler.config`` (it must be the one
+        the solver was fitted on; keys this scheduler does not know are ignored); ``overrides`` win."""
         from ..studies.solver_fit import FittedSolver
 
         if isinstance(solver, (str, os.PathLike)):
             solver = FittedSolver.load(solver)
         if not isinstance(solver, FittedSolver):
             raise TypeError(f"solver: expected a FittedSolver or the path it was saved to, got {type(solver).__name__}")
-        config.setdefault("final_denoise", False)
-        return cls(method="linear_multistep", options={"coefficients": solver.coefficients.tolist()},
-                   times=solver.times.to(torch.float64).tolist(), **config)
+        overrides.setdefault("final_denoise", False)
+        return cls.from_config(dict(config or {}), method="linear_multistep",
+                               options={"coefficients": solver.coefficients.tolist()},
+                               times=solver.times.to(torch.float64).tolist(), **overrides)
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
