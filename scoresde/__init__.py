@@ -12,6 +12,7 @@ from .sde import (
     ProbabilityFlowODE,
     ReverseSDE,
     SubVPSDE,
+    check_sde_kwargs,
 )
 
 __version__ = "0.1.0"
@@ -42,7 +43,7 @@ def make_sde(name: str, **kwargs) -> SDE:
     """Build an SDE by its short name (see :data:`SDES`)."""
     if name not in SDES:
         raise ValueError(f"sde: unknown name {name!r}; known SDEs: {', '.join(SDES)}")
-    return SDES[name](**kwargs)
+    return SDES[name](**check_sde_kwargs(SDES[name], kwargs))
 
 
 __all__ = [

@@ -30,6 +30,15 @@ _CHOICES = {
 }
 
 
+def _same_kind(err: Exception, message: str) -> Exception:
+    """A TypeError or ValueError like ``err`` with a message that says where it came from."""
+    return TypeError(message) if isinstance(err, TypeError) else ValueError(message)
+
+
+#: fields that take a boolean; from a file only a JSON/YAML boolean (never the string "false")
+_BOOL_FIELDS = ("conditional", "importance", "progress", "tensorboard")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run.
@@ -79,6 +88,14 @@ class TrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self):
+        for name in ("data", "sde", *_CHOICES):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name}: expected a string, got {getattr(self, name)!r} of type "
+                                f"{type(getattr(self, name)).__name__}")
+        for name in _BOOL_FIELDS:  # 'false' is a truthy string: only a real boolean says what is meant
+            v = getattr(self, name)
+            if not isinstance(v, bool):
+                raise TypeError(f"{name}: expected true or false (a boolean), got {v!r} of type {type(v).__name__}")
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: unknown {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
@@ -87,6 +104,7 @@ class TrainConfig:
             raise ValueError(f"sde: unknown {self.sde!r}; allowed: {', '.join(SDES)}")
         if not isinstance(self.sde_kwargs, dict):
             raise ValueError(f"sde_kwargs: expected a mapping of SDE arguments, got {self.sde_kwargs!r}")
+        self._check_sde_kwargs()
         for name in ("width", "depth", "emb_dim", "steps", "batch_size", "log_every", "ckpt_every", "t_buckets"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -104,13 +122,26 @@ class TrainConfig:
             ok = ok and (v < hi) and not (name in ("lr", "min_snr_gamma") and v == 0)
             if not ok:
                 raise ValueError(f"{name}: expected a number {what}, got {v!r}")
-        if self.sigma_data is not None and not (isinstance(self.sigma_data, (int, float)) and self.sigma_data > 0):
+        if self.sigma_data is not None and not (isinstance(self.sigma_data, (int, float))
+                                                and not isinstance(self.sigma_data, bool)
+                                                and math.isfinite(self.sigma_data) and self.sigma_data > 0):
             raise ValueError(f"sigma_data: expected a positive number or None (estimated from the data), got {self.sigma_data!r}")
         if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
                                              or self.num_classes < 1):
             raise ValueError(f"num_classes: expected a positive integer or None (from the data), got {self.num_classes!r}")
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"device: expected a device string such as 'cpu', 'cuda', 'cuda:1' or 'auto', got {self.device!r}")
+
+    def _check_sde_kwargs(self) -> None:
+        """Build the SDE once, so unknown or bad ``sde_kwargs`` fail here, naming the argument, not mid-run."""
+        from . import SDES
+        from .sde import check_sde_kwargs
+
+        check_sde_kwargs(SDES[self.sde], self.sde_kwargs, name=f"sde_kwargs (sde={self.sde!r})")
+        try:
+            SDES[self.sde](**self.sde_kwargs)
+        except (TypeError, ValueError) as err:
+            raise _same_kind(err, f"sde_kwargs (sde={self.sde!r}): {err}") from None
 
     # ----- conversions ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -122,7 +153,7 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise ValueError(f"config: expected a mapping of fields, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(map(str, set(d) - known))
         if unknown:
             raise ValueError(f"config: unknown keys {', '.join(map(repr, unknown))}; known keys: {', '.join(sorted(known))}")
         return cls(**d)
@@ -132,24 +163,48 @@ class TrainConfig:
         """Read a JSON (``.json``) or YAML (``.yaml``/``.yml``, needs PyYAML) config file."""
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"config: file {str(path)!r} does not exist")
-        text = path.read_text()
+            what = "is a folder, not a file" if path.is_dir() else "does not exist"
+            raise ValueError(f"config: {str(path)!r} {what}")
+        if path.suffix not in (".json", ".yaml", ".yml"):
+            raise ValueError(f"config: expected a .json, .yaml or .yml file, got {str(path)!r}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"config: {str(path)!r} is not a UTF-8 text file") from None
+        except OSError as err:
+            raise ValueError(f"config: cannot read {str(path)!r} ({err.strerror or err})") from None
         if path.suffix in (".yaml", ".yml"):
             try:
                 import yaml
             except ImportError:
                 raise ValueError(f"config: reading {path.name} needs PyYAML (pip install pyyaml); or use JSON") from None
-            d = yaml.safe_load(text)
-        elif path.suffix == ".json":
+            try:
+                d = yaml.safe_load(text)
+            except yaml.YAMLError as err:
+                where = getattr(err, "problem_mark", None)
+                at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+                problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+                raise ValueError(f"config: {str(path)!r} is not valid YAML{at}: {problem}") from None
+        else:
             try:
                 d = json.loads(text)
             except json.JSONDecodeError as err:
                 raise ValueError(f"config: {path} is not valid JSON: {err}") from None
-        else:
-            raise ValueError(f"config: expected a .json, .yaml or .yml file, got {str(path)!r}")
-        return cls.from_dict(d or {})
+        if d is None:  # an empty file: all defaults
+            d = {}
+        if not isinstance(d, dict):
+            raise ValueError(f"config: {str(path)!r} must hold a mapping of TrainConfig fields, got a "
+                             f"{type(d).__name__}")
+        try:
+            return cls.from_dict(d)
+        except (TypeError, ValueError) as err:
+            raise _same_kind(err, f"config {str(path)!r}: {err}") from None
 
     def replace(self, **changes) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"config: unknown keys {', '.join(map(repr, unknown))}; known keys: {', '.join(sorted(known))}")
         return dataclasses.replace(self, **changes)
 
     def mismatches(self, other: TrainConfig, ignore=RESUME_FREE_FIELDS) -> dict[str, tuple[Any, Any]]:

@@ -20,6 +20,8 @@ import math
 import torch
 from torch import Tensor
 
+from ._tensor import check_count, check_generator
+
 __all__ = ["sliced_wasserstein", "wasserstein2", "wasserstein1d_sq"]
 
 
@@ -74,8 +76,8 @@ def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 256, generator
     "noise floor" that shrinks like n^{-1/2}; compare against it, not against 0.
     """
     x, y = _check_pair(x, y)
-    if isinstance(n_projections, bool) or int(n_projections) != n_projections or int(n_projections) < 1:
-        raise ValueError(f"n_projections: expected a positive integer, got {n_projections!r}")
+    n_projections = check_count("n_projections", n_projections)
+    check_generator("generator", generator)
     d = x.shape[1]
     gen_device = generator.device if generator is not None else torch.device("cpu")
     theta = torch.randn(d, int(n_projections), generator=generator, device=gen_device, dtype=torch.float64)

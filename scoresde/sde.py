@@ -19,9 +19,24 @@ closed forms for speed (the tests check both against finite differences).
 
 All methods are pure functions of ``t``: device and dtype follow ``t``. Python numbers are turned
 into float64 tensors. Nothing is cached on a fixed device.
+
+Domains (checked with one reduction per call; NaN fails the check):
+
+* the closed-form evaluators ``alpha``, ``sigma``, ``alpha_sigma`` and ``lam`` accept every t in the
+  closed form's natural domain ``sde.domain``: ``[0, inf)`` for VP and sub-VP, ``[0, t_max]`` for VE
+  (t_max: where sigma(t)^2 reaches e^700, near the float64 limit), ``[0, 1]`` for the cosine schedule,
+  the flow-matching path and the discrete schedule (alpha vanishes or the knots end at 1), and
+  ``[0, T]`` for a new subclass;
+* the process on ``[0, T]``: ``marginal``, ``perturb``, ``drift`` and ``validate_time``;
+* ``t_of_lam`` accepts any finite half log-SNR.
+
+A constructor refuses parameters of the wrong type (TypeError) or outside their range (ValueError),
+and parameters whose schedule leaves float64 (alpha(T) underflowing to 0, sigma(T)^2 overflowing, an
+infinite log-SNR, f or g^2 at t_min or T), naming them, so that no evaluation later returns NaN or inf.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -30,7 +45,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ._tensor import append_dims, as_time, check_finite_number
+from ._tensor import append_dims, as_time, broadcast_time, check_finite_number
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -45,13 +60,46 @@ __all__ = [
     "ProbabilityFlowODE",
     "ReverseSDE",
     "ForwardSDE",
+    "sde_arguments",
+    "check_sde_kwargs",
 ]
+
+# log alpha(T) or log sigma(t_min) below this, or log sigma(T) above minus half of it (sigma^2 and g^2 ~ sigma^2
+# must stay finite), leaves float64 (exp underflows near -745 and overflows near 709)
+_LOG_FLOAT64_LIMIT = -700.0
+
+
+def sde_arguments(cls: type) -> tuple[str, ...]:
+    """The constructor arguments of an SDE dataclass (what ``sde_kwargs`` may hold)."""
+    if not dataclasses.is_dataclass(cls):
+        return ()
+    return tuple(f.name for f in dataclasses.fields(cls) if f.init)
+
+
+def check_sde_kwargs(cls: type, kwargs: dict, name: str = "sde_kwargs") -> dict:
+    """Refuse keys ``cls`` does not take, listing the ones it does (instead of the dataclass's TypeError)."""
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise TypeError(f"{name}: expected a mapping of argument names to values, got {kwargs!r}")
+    allowed = sde_arguments(cls)
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"{name}: unknown argument(s) {', '.join(map(repr, unknown))} for {cls.__name__}; "
+                         f"allowed: {', '.join(allowed) or 'none'}")
+    return kwargs
 
 
 def _derivative(fn: Callable[[Tensor], Tensor], t: Tensor) -> Tensor:
     """Elementwise derivative of an elementwise function by forward-mode AD (works under no_grad)."""
     _, d = torch.func.jvp(fn, (t,), (torch.ones_like(t),))
     return d
+
+
+def _check_points(name: str, x) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point() or x.ndim == 0:
+        raise ValueError(f"{name}: expected a floating-point tensor with a batch dimension, got shape "
+                         f"{tuple(x.shape)} of {x.dtype}")
 
 
 class SDE(ABC):
@@ -73,17 +121,64 @@ class SDE(ABC):
     def sigma(self, t: Tensor) -> Tensor:
         """Marginal standard deviation sigma(t) of the noise part."""
 
+    # ----- the domain of the closed forms -------------------------------------------------------
+    @property
+    def domain(self) -> tuple[float, float]:
+        """Closed interval of times where the closed forms hold (a new subclass: ``[0, T]``)."""
+        return 0.0, float(self.T)
+
+    def _in_domain(self, t, name: str = "t") -> Tensor:
+        """``t`` as a tensor, checked to lie in :attr:`domain` with one reduction (NaN fails it)."""
+        t = as_time(t)
+        lo, hi = self.domain
+        if not bool(((t >= lo) & (t <= hi)).all()):
+            bad = t.detach().flatten()
+            bad = bad[~((bad >= lo) & (bad <= hi))][:4].tolist()
+            interval = f"[{lo:g}, {hi:g}]" if math.isfinite(hi) else f"[{lo:g}, inf)"
+            raise ValueError(f"{name}: times must lie in {interval} (the domain of {type(self).__name__}'s "
+                             f"closed forms), got {bad}")
+        return t
+
+    def _check_schedule(self, params: str) -> None:
+        """Refuse parameters (named in ``params``) whose schedule leaves float64 on [t_min, T].
+
+        alpha(T) underflowing to 0 makes x_0 unrecoverable at T (every sampler would blame the model),
+        sigma(T) overflowing makes the prior infinite, and an infinite lambda breaks every log-SNR grid.
+        """
+        ends = torch.tensor([float(self.t_min), float(self.T)], dtype=torch.float64)
+        log_alpha, log_sigma = self.log_alpha(ends), self.log_sigma(ends)
+        lam = log_alpha - log_sigma
+        problem = None
+        if not bool(torch.isfinite(log_alpha).all() & torch.isfinite(log_sigma).all() & torch.isfinite(lam).all()):
+            problem = (f"log alpha = {log_alpha.tolist()}, log sigma = {log_sigma.tolist()} at (t_min, T) are not "
+                       "all finite")
+        elif float(log_alpha[1]) < _LOG_FLOAT64_LIMIT:
+            problem = f"alpha(T) = exp({float(log_alpha[1]):.4g}) underflows to 0 in float64"
+        elif float(log_sigma[1]) > -0.5 * _LOG_FLOAT64_LIMIT:
+            problem = f"sigma(T)^2 = exp({2 * float(log_sigma[1]):.4g}) overflows float64"
+        elif float(log_sigma[0]) < _LOG_FLOAT64_LIMIT:
+            problem = f"sigma(t_min) = exp({float(log_sigma[0]):.4g}) underflows to 0 in float64"
+        else:  # the ends lie in the domain now, so f and g^2 can be evaluated there
+            f, g2 = self.f(ends), self.g2(ends)
+            if not bool(torch.isfinite(f).all() & torch.isfinite(g2).all()):
+                problem = f"f = {f.tolist()}, g^2 = {g2.tolist()} at (t_min, T) are not all finite"
+        if problem is not None:
+            raise ValueError(f"{params}: the schedule leaves float64 ({problem}); allowed: parameters with "
+                             f"log alpha(T) and log sigma(t_min) above {_LOG_FLOAT64_LIMIT:g}, log sigma(T) "
+                             f"below {-0.5 * _LOG_FLOAT64_LIMIT:g} and finite f, g^2 at t_min and T")
+
     # ----- derived quantities (subclasses may override with closed forms) ----------------------
     def alpha(self, t) -> Tensor:
-        """Mean coefficient alpha(t) = exp(log_alpha(t))."""
-        return torch.exp(self.log_alpha(as_time(t)))
+        """Mean coefficient alpha(t) = exp(log_alpha(t)), for t in :attr:`domain`."""
+        return torch.exp(self.log_alpha(self._in_domain(t)))
 
     def log_sigma(self, t) -> Tensor:
         return torch.log(self.sigma(as_time(t)))
 
     def alpha_sigma(self, t) -> tuple[Tensor, Tensor]:
-        t = as_time(t)
-        return self.alpha(t), self.sigma(t)
+        """alpha(t) and sigma(t) for t in :attr:`domain`."""
+        t = self._in_domain(t)
+        return torch.exp(self.log_alpha(t)), self.sigma(t)
 
     def f(self, t) -> Tensor:
         """Drift coefficient f(t) = d log alpha(t) / dt (the drift is f(t) x)."""
@@ -100,27 +195,35 @@ class SDE(ABC):
         return torch.sqrt(self.g2(t))
 
     def lam(self, t) -> Tensor:
-        """Half log-SNR lambda(t) = log alpha(t) - log sigma(t), strictly decreasing in t."""
-        t = as_time(t)
+        """Half log-SNR lambda(t) = log alpha(t) - log sigma(t), strictly decreasing in t (t in :attr:`domain`)."""
+        t = self._in_domain(t)
         return self.log_alpha(t) - self.log_sigma(t)
 
     def log_snr(self, t) -> Tensor:
         """log SNR = log(alpha^2 / sigma^2) = 2 lambda(t)."""
         return 2 * self.lam(t)
 
+    def _finite_lam(self, lam) -> Tensor:
+        """``lam`` as a tensor, checked finite with one reduction (a NaN time would follow silently)."""
+        lam = as_time(lam)
+        if not bool(torch.isfinite(lam).all()):
+            bad = lam.detach().flatten()
+            raise ValueError(f"lam: expected finite half log-SNR values, got {bad[~torch.isfinite(bad)][:4].tolist()}")
+        return lam
+
     def t_of_lam(self, lam) -> Tensor:
-        """Inverse of :meth:`lam`: the time at which the half log-SNR equals ``lam``.
+        """Inverse of :meth:`lam`: the time at which the half log-SNR equals ``lam`` (finite).
 
         Default: vectorised bisection on [0, T] in float64 (lam is monotone), 100 halvings,
         which pins t to float64 resolution. Values beyond the range clamp to 0 or T.
         """
-        lam = as_time(lam)
+        lam = self._finite_lam(lam)
         target = lam.to(torch.float64)
         lo = torch.zeros_like(target)
         hi = torch.full_like(target, float(self.T))
         for _ in range(100):
             mid = 0.5 * (lo + hi)
-            above = self.lam(mid) > target  # lam decreases with t: the root lies to the right
+            above = self.log_alpha(mid) - self.log_sigma(mid) > target  # lam decreases with t: the root is right
             lo = torch.where(above, mid, lo)
             hi = torch.where(above, hi, mid)
         return (0.5 * (lo + hi)).to(lam.dtype)
@@ -137,26 +240,32 @@ class SDE(ABC):
 
     # ----- marginals and prior -----------------------------------------------------------------
     def validate_time(self, t, name: str = "t") -> Tensor:
-        """Check that times are finite and within [0, T]; return them as a tensor."""
+        """Check that times are finite and within [0, T] (T as rounded to t's dtype); return them as a tensor."""
         t = as_time(t)
         if not torch.isfinite(t).all():
             raise ValueError(f"{name}: times must be finite, got {t.flatten()[:8].tolist()}")
         lo, hi = float(t.min()), float(t.max())
-        if lo < 0 or hi > self.T * (1 + 1e-12):
+        # T rounded to t's dtype (0.999 is 0.99900001 in float32) is T
+        T = max(self.T, float(torch.tensor(self.T, dtype=t.dtype))) if t.is_floating_point() else self.T
+        if lo < 0 or hi > T * (1 + 1e-12):
             raise ValueError(f"{name}: times must lie in [0, T={self.T}] for {self!r}, got range [{lo}, {hi}]")
         return t
 
     def marginal(self, x0: Tensor, t) -> tuple[Tensor, Tensor]:
-        """Mean ``alpha(t) x0`` and std ``sigma(t)`` (broadcast to x0's shape) of p(x_t | x_0)."""
+        """Mean ``alpha(t) x0`` and std ``sigma(t)`` (broadcast to x0's shape) of p(x_t | x_0), t in [0, T]."""
+        _check_points("x0", x0)
         t = self.validate_time(as_time(t, like=x0))
         t = t.to(x0.dtype)
+        broadcast_time(t, x0)
         alpha, sigma = self.alpha_sigma(t)
         mean = append_dims(alpha, x0.ndim) * x0
         std = append_dims(sigma, x0.ndim).expand_as(x0)
         return mean, std
 
     def perturb(self, x0: Tensor, t, noise: Tensor) -> Tensor:
-        """Sample x_t = alpha(t) x0 + sigma(t) noise for given noise (same shape as x0)."""
+        """Sample x_t = alpha(t) x0 + sigma(t) noise for given noise (same shape as x0), t in [0, T]."""
+        _check_points("x0", x0)
+        _check_points("noise", noise)
         if noise.shape != x0.shape:
             raise ValueError(f"noise: expected shape {tuple(x0.shape)} like x0, got {tuple(noise.shape)}")
         mean, std = self.marginal(x0, t)
@@ -184,9 +293,10 @@ class SDE(ABC):
 
     # ----- dynamics ----------------------------------------------------------------------------
     def drift(self, x: Tensor, t) -> Tensor:
-        """Forward drift f(t) x, with per-sample t broadcast over x."""
-        t = as_time(t, like=x).to(x.dtype)
-        return append_dims(self.f(t), x.ndim) * x
+        """Forward drift f(t) x, with per-sample t broadcast over x, t in [0, T]."""
+        _check_points("x", x)
+        t = self.validate_time(as_time(t, like=x)).to(x.dtype)
+        return broadcast_time(self.f(t), x) * x
 
     def reverse_drift(self, x: Tensor, t, score: Tensor, *, probability_flow: bool = False) -> Tensor:
         """Drift of the reverse SDE ``f x - g^2 s`` (or of the PF ODE ``f x - g^2 s / 2``)."""
@@ -220,7 +330,7 @@ class _VariancePreserving(SDE):
 
     def sigma(self, t) -> Tensor:
         # sigma^2 = 1 - alpha^2; expm1 keeps precision when alpha is close to 1 (small t).
-        return torch.sqrt(-torch.expm1(2 * self.log_alpha(as_time(t))))
+        return torch.sqrt(-torch.expm1(2 * self.log_alpha(self._in_domain(t))))
 
     def log_sigma(self, t) -> Tensor:
         return 0.5 * torch.log(-torch.expm1(2 * self.log_alpha(as_time(t))))
@@ -229,10 +339,17 @@ class _VariancePreserving(SDE):
         return -2 * self.f(t)
 
     def t_of_lam(self, lam) -> Tensor:
-        lam = as_time(lam)
+        lam = self._finite_lam(lam)
         # alpha^2 = sigmoid(2 lam)  =>  log alpha = -softplus(-2 lam) / 2
         log_alpha = -0.5 * torch.nn.functional.softplus(-2 * lam)
         return self.t_of_log_alpha(log_alpha)
+
+
+def _check_dataclass_types(sde) -> None:
+    """Refuse strings, booleans and other non-numbers for the float fields (``beta_min='0.1'``, ``T=True``)."""
+    for f in dataclasses.fields(sde):
+        if f.init and f.type in ("float", float):
+            check_finite_number(f.name, getattr(sde, f.name))
 
 
 def _check_beta_range(beta_min, beta_max):
@@ -269,11 +386,13 @@ class _LinearBeta:
         return -0.5 * self.beta(t)
 
     def t_of_log_alpha(self, log_alpha: Tensor) -> Tensor:
-        # Root of a t^2 + b t - c = 0 with c = -log alpha >= 0, in the cancellation-free form.
+        # Root of a t^2 + b t - c = 0 with c = -log alpha >= 0, in the cancellation-free form
+        # 2c / (b + sqrt(b^2 + 4ac)), divided through by sqrt(c) so that no square overflows for huge c.
         a = 0.25 * (self.beta_max - self.beta_min)
         b = 0.5 * self.beta_min
         c = -log_alpha
-        return 2 * c / (b + torch.sqrt(b * b + 4 * a * c))
+        root_c = torch.sqrt(c)
+        return torch.where(c > 0, 2 * root_c / (b / root_c + torch.sqrt(b * b / c + 4 * a)), torch.zeros_like(c))
 
 
 @dataclass(frozen=True)
@@ -290,8 +409,14 @@ class VPSDE(_LinearBeta, _VariancePreserving):
     t_min: float = 1e-3
 
     def __post_init__(self):
+        _check_dataclass_types(self)
         _check_beta_range(self.beta_min, self.beta_max)
         _check_times(self.T, self.t_min)
+        self._check_schedule(f"beta_min={self.beta_min}, beta_max={self.beta_max}, T={self.T}, t_min={self.t_min}")
+
+    @property
+    def domain(self) -> tuple[float, float]:
+        return 0.0, math.inf
 
 
 @dataclass(frozen=True)
@@ -307,11 +432,17 @@ class SubVPSDE(_LinearBeta, SDE):
     t_min: float = 1e-3
 
     def __post_init__(self):
+        _check_dataclass_types(self)
         _check_beta_range(self.beta_min, self.beta_max)
         _check_times(self.T, self.t_min)
+        self._check_schedule(f"beta_min={self.beta_min}, beta_max={self.beta_max}, T={self.T}, t_min={self.t_min}")
+
+    @property
+    def domain(self) -> tuple[float, float]:
+        return 0.0, math.inf
 
     def sigma(self, t) -> Tensor:
-        return -torch.expm1(2 * self.log_alpha(as_time(t)))
+        return -torch.expm1(2 * self.log_alpha(self._in_domain(t)))
 
     def log_sigma(self, t) -> Tensor:
         return torch.log(-torch.expm1(2 * self.log_alpha(as_time(t))))
@@ -321,7 +452,7 @@ class SubVPSDE(_LinearBeta, SDE):
         return self.beta(t) * -torch.expm1(4 * self.log_alpha(t))
 
     def t_of_lam(self, lam) -> Tensor:
-        lam = as_time(lam)
+        lam = self._finite_lam(lam)
         # e^lam = alpha / (1 - alpha^2)  =>  alpha = 2 e^lam / (1 + sqrt(1 + 4 e^{2 lam})).
         # In logs, with the square root written as e^lam * sqrt(e^{-2 lam} + 4) for large lam.
         log_root = torch.where(
@@ -347,11 +478,18 @@ class VESDE(SDE):
     t_min: float = 1e-5
 
     def __post_init__(self):
+        _check_dataclass_types(self)
         smin = check_finite_number("sigma_min", self.sigma_min, positive=True)
         smax = check_finite_number("sigma_max", self.sigma_max, positive=True)
         if smin >= smax:
             raise ValueError(f"sigma_min must be smaller than sigma_max, got sigma_min={self.sigma_min}, sigma_max={self.sigma_max}")
         _check_times(self.T, self.t_min)
+        self._check_schedule(f"sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, T={self.T}, t_min={self.t_min}")
+
+    @property
+    def domain(self) -> tuple[float, float]:
+        # sigma(t) = sigma_min (sigma_max / sigma_min)^t and g^2 ~ sigma^2 stay float64 numbers up to t_max
+        return 0.0, (-0.5 * _LOG_FLOAT64_LIMIT - math.log(self.sigma_min)) / self._log_ratio
 
     @property
     def _log_ratio(self) -> float:
@@ -361,13 +499,13 @@ class VESDE(SDE):
         return torch.zeros_like(as_time(t))
 
     def alpha(self, t) -> Tensor:
-        return torch.ones_like(as_time(t))
+        return torch.ones_like(self._in_domain(t))
 
     def log_sigma(self, t) -> Tensor:
         return math.log(self.sigma_min) + as_time(t) * self._log_ratio
 
     def sigma(self, t) -> Tensor:
-        return torch.exp(self.log_sigma(t))
+        return torch.exp(self.log_sigma(self._in_domain(t)))
 
     def f(self, t) -> Tensor:
         return torch.zeros_like(as_time(t))
@@ -376,7 +514,7 @@ class VESDE(SDE):
         return 2 * self._log_ratio * self.sigma(t) ** 2
 
     def t_of_lam(self, lam) -> Tensor:
-        return (-as_time(lam) - math.log(self.sigma_min)) / self._log_ratio
+        return (-self._finite_lam(lam) - math.log(self.sigma_min)) / self._log_ratio
 
 
 @dataclass(frozen=True)
@@ -392,10 +530,16 @@ class CosineVPSDE(_VariancePreserving):
     t_min: float = 1e-3
 
     def __post_init__(self):
+        _check_dataclass_types(self)
         check_finite_number("s", self.s, positive=True)
         _check_times(self.T, self.t_min)
         if self.T >= 1:
             raise ValueError(f"T must be below 1 for the cosine schedule (alpha(1) = 0), got T={self.T}")
+        self._check_schedule(f"s={self.s}, T={self.T}, t_min={self.t_min}")
+
+    @property
+    def domain(self) -> tuple[float, float]:
+        return 0.0, 1.0  # alpha(1) = 0; past 1 the cosine turns negative
 
     def _phase(self, t) -> Tensor:
         return 0.5 * math.pi * (as_time(t) + self.s) / (1 + self.s)
@@ -432,15 +576,21 @@ class FlowMatchingSDE(SDE):
     t_min: float = 1e-3
 
     def __post_init__(self):
+        _check_dataclass_types(self)
         _check_times(self.T, self.t_min)
         if self.T >= 1:
             raise ValueError(f"T must be below 1 for the flow-matching path (alpha(1) = 0), got T={self.T}")
+        self._check_schedule(f"T={self.T}, t_min={self.t_min}")
+
+    @property
+    def domain(self) -> tuple[float, float]:
+        return 0.0, 1.0  # alpha = 1 - t reaches 0 at t = 1
 
     def log_alpha(self, t) -> Tensor:
         return torch.log1p(-as_time(t))
 
     def sigma(self, t) -> Tensor:
-        return as_time(t).clone()
+        return self._in_domain(t).clone()
 
     def f(self, t) -> Tensor:
         return -1 / (1 - as_time(t))
@@ -451,7 +601,18 @@ class FlowMatchingSDE(SDE):
 
     def t_of_lam(self, lam) -> Tensor:
         # (1 - t)/t = e^lam  =>  t = 1/(1 + e^lam) = sigmoid(-lam)
-        return torch.sigmoid(-as_time(lam))
+        return torch.sigmoid(-self._finite_lam(lam))
+
+
+def _as_schedule_tensor(name: str, values) -> Tensor:
+    """A 1-D float64 CPU tensor of schedule values; a TypeError naming ``name`` for anything else."""
+    if isinstance(values, (str, bytes, dict)) or (isinstance(values, Tensor) and (values.is_complex()
+                                                                                  or values.dtype == torch.bool)):
+        raise TypeError(f"{name}: expected a 1-D sequence or tensor of real numbers, got {type(values).__name__}")
+    try:
+        return torch.as_tensor(values, dtype=torch.float64).flatten().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name}: expected a 1-D sequence or tensor of real numbers, got {values!r:.80}") from None
 
 
 @dataclass(frozen=True, eq=False)
@@ -476,12 +637,12 @@ class DiscreteVPSDE(_VariancePreserving):
             raise ValueError("DiscreteVPSDE: give betas or alphas_cumprod, not both")
         if self.alphas_cumprod is None:
             betas = self.betas if self.betas is not None else torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
-            betas = torch.as_tensor(betas, dtype=torch.float64).flatten().cpu()
+            betas = _as_schedule_tensor("betas", betas)
             if betas.numel() < 2 or not torch.isfinite(betas).all() or (betas <= 0).any() or (betas >= 1).any():
                 raise ValueError(f"betas: expected at least 2 values in the open interval (0, 1), got {betas.numel()} values in [{float(betas.min())}, {float(betas.max())}]")
             log_ac = torch.cumsum(torch.log1p(-betas), 0)
         else:
-            ac = torch.as_tensor(self.alphas_cumprod, dtype=torch.float64).flatten().cpu()
+            ac = _as_schedule_tensor("alphas_cumprod", self.alphas_cumprod)
             if ac.numel() < 2 or not torch.isfinite(ac).all() or (ac <= 0).any() or (ac >= 1).any():
                 raise ValueError("alphas_cumprod: expected at least 2 values in the open interval (0, 1)")
             if (ac[1:] >= ac[:-1]).any():
@@ -492,6 +653,8 @@ class DiscreteVPSDE(_VariancePreserving):
             object.__setattr__(self, "t_min", 1.0 / self.N)
         _check_times(self.T, self.t_min)
         object.__setattr__(self, "_per_device", {})
+        self._check_schedule(f"{'alphas_cumprod' if self.alphas_cumprod is not None else 'betas'} "
+                             f"(N={self.N}), t_min={self.t_min}")
 
     @property
     def N(self) -> int:
@@ -573,8 +736,13 @@ class ProbabilityFlowODE(torch.nn.Module):
 
         times = torch.as_tensor(times, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
         times = times.to(x.device)
+        func = self
         if method in ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "tsit5"):
             lo, hi = sorted((float(times[0]), float(times[-1])))
+            # torchdiffeq sizes its first step by probing the drift at t0 + h0 for a guessed h0 that can
+            # land far outside the interval (below t = 0, outside the SDE's domain); the probe only
+            # estimates a scale, so it is evaluated at the nearest end instead. Inside, t is unchanged.
+            func = _ClampedTime(self, lo, hi)
             kinks = self.sde.breakpoints()
             kinks = kinks[(kinks > lo) & (kinks < hi)].to(device=times.device, dtype=times.dtype)
             # Non-smooth schedules (DiscreteVPSDE) have a kink at every knot; an error-controlled solver
@@ -583,7 +751,18 @@ class ProbabilityFlowODE(torch.nn.Module):
                 options = {"jump_t": kinks, **options}
             options = {"step_t": times[-1:], **options}
         kwargs = {"options": options} if options else {}
-        return torchdiffeq.odeint(self, x, times, method=method, rtol=rtol, atol=atol, **kwargs)
+        return torchdiffeq.odeint(func, x, times, method=method, rtol=rtol, atol=atol, **kwargs)
+
+
+class _ClampedTime(torch.nn.Module):
+    """``ode(clamp(t, lo, hi), x)``: an ODE right-hand side never evaluated outside ``[lo, hi]``."""
+
+    def __init__(self, ode: torch.nn.Module, lo: float, hi: float):
+        super().__init__()
+        self.ode, self.lo, self.hi = ode, lo, hi
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        return self.ode(torch.clamp(t, self.lo, self.hi), x)
 
 
 class ReverseSDE(torch.nn.Module):

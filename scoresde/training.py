@@ -37,6 +37,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from . import make_sde, toy
+from ._files import as_tensor_data, clean_stale_temporaries, load_tensor_file, temporary_name
+from ._tensor import check_count
 from .config import TrainConfig
 from .losses import dsm_loss
 from .models import ScoreModel
@@ -122,16 +124,7 @@ class TensorData:
 
 
 def _load_tensor_file(path: Path):
-    if path.suffix == ".npy":
-        return torch.from_numpy(np.load(path, allow_pickle=False)), None
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, Tensor):
-        return obj, None
-    if isinstance(obj, dict) and "x" in obj:
-        return obj["x"], obj.get("y")
-    if isinstance(obj, (tuple, list)) and len(obj) == 2:
-        return obj[0], obj[1]
-    raise ValueError(f"data: {path} must hold a tensor, a dict with 'x' (and 'y'), or a pair (x, y)")
+    return as_tensor_data(load_tensor_file(path, "data"), path, "data")
 
 
 def make_data(name: str, labels: bool = False):
@@ -192,8 +185,14 @@ def _resolve_device(name: str) -> torch.device:
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
 def _atomic_save(obj, path: Path) -> None:
-    """Write ``obj`` to ``path`` so that ``path`` is always either the old file or the complete new one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Write ``obj`` to ``path`` so that ``path`` is always either the old file or the complete new one.
+
+    The temporary ``.NAME.tmp-PID`` is renamed over ``path`` only once complete and fsynced; the
+    temporaries of earlier processes killed mid-write are removed first (so a run that starts or
+    resumes, which writes config.json at once, clears them).
+    """
+    clean_stale_temporaries(path.parent)
+    tmp = temporary_name(path)
     try:
         with open(tmp, "wb") as fh:
             if isinstance(obj, (bytes, str)):
@@ -488,7 +487,7 @@ class Trainer:
     def train(self, steps: int | None = None) -> list[StepRecord]:
         """Train until ``steps`` total steps (default ``config.steps``); return this call's step records."""
         cfg = self.config
-        target = cfg.steps if steps is None else int(steps)
+        target = cfg.steps if steps is None else check_count("steps", steps, minimum=0)
         if target < self.step:
             raise ValueError(f"steps: the run is already at step {self.step}, asked to train to {target}")
         writing = self.rank == 0 and self.out is not None

@@ -139,3 +139,27 @@ def test_a_different_method_does_not_agree(mix):
     sched = _scheduler("DDIMScheduler", clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
     rel = _compare(mix, sched, 10, "dpm_solver++", "zero", order=2, lower_order_final=False)
     assert rel > 100 * RTOL and math.isfinite(rel)
+
+
+
+@pytest.mark.parametrize("max_value", [0.5, 1.5])
+def test_dpm_solver_pp_thresholding(mix, max_value):
+    """Dynamic thresholding of the data prediction as diffusers applies it, ``sample_max_value``
+    below 1 included (then s = max_value: a clip rescaled to [-1, 1]). The state is (B, 2, 1):
+    diffusers thresholds (batch, channels, *rest) tensors only."""
+    def run(threshold: bool):
+        sched = _scheduler("DPMSolverMultistepScheduler", algorithm_type="dpmsolver++", solver_order=2,
+                           solver_type="midpoint", lower_order_final=True, final_sigmas_type="sigma_min",
+                           thresholding=threshold, dynamic_thresholding_ratio=0.995, sample_max_value=max_value)
+        sde = sd.DiscreteVPSDE(alphas_cumprod=sched.alphas_cumprod.to(torch.float64))
+        eps_2d = _exact_eps(mix, sde)
+        eps_fn = lambda x, t: eps_2d(x[..., 0], t)[..., None]  # noqa: E731
+        x_T = torch.randn(256, 2, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        timesteps, theirs = _run_diffusers(sched, 10, x_T, eps_fn)
+        times, _ = _our_grid(timesteps, "alpha0")
+        ours = sd.sample(sd.ScoreModel(eps_fn, sde, "eps"), sde, "dpm_solver++", x_T=x_T, grid=times, order=2,
+                         lower_order_final=True, thresholding=True, percentile=0.995, max_value=max_value).samples
+        return float((ours - theirs.double()).norm() / theirs.double().norm())
+
+    assert run(True) < RTOL
+    assert run(False) > 100 * RTOL  # thresholding changed the run: the comparison can fail

@@ -14,7 +14,7 @@ import scoresde as sd
 from scoresde import toy
 from scoresde._tensor import append_dims
 from scoresde.samplers import sample
-from scoresde.samplers.dpm_solver import DPMSolver, psi
+from scoresde.samplers.dpm_solver import DPMSolver
 from scoresde.samplers.dpm_solver_pp import DPMSolverPP, dynamic_threshold
 
 NAMES = ("dpm_solver", "dpm_solver++")
@@ -26,18 +26,6 @@ def _setup(sde, batch=64, seed=0):
     model = toy.mixture("gaussian_mixture_2d").model(sde)
     gen = torch.Generator().manual_seed(seed)
     return model, sde.prior_sample((batch, 2), generator=gen, dtype=torch.float64)
-
-
-# ----- the phi functions ---------------------------------------------------------------------------
-@pytest.mark.parametrize("z", [-3.0, -0.7, -0.49, -1e-3, 1e-6, 0.3, 0.51, 2.0])
-def test_psi_is_the_tail_of_the_exponential_series(z):
-    # psi_k(z) = sum_{j>=k} z^j/j!: compare with 60 terms of the series summed in exact rationals.
-    from fractions import Fraction
-
-    for k in (1, 2, 3):
-        zf = Fraction(z)
-        exact = sum(zf**j / math.factorial(j) for j in range(k, 60))
-        assert psi(k, z) == pytest.approx(float(exact), rel=1e-13, abs=1e-300)
 
 
 # ----- identities --------------------------------------------------------------------------------
@@ -62,8 +50,8 @@ class PublishedDPMSolverPP3M(DPMSolverPP):
 
     name = "published_dpm_solver++_3m"
 
-    def multistep_derivatives(self, Fs, lams, h):
-        terms = super().multistep_derivatives(Fs, lams, h)
+    def multistep_derivatives(self, history, h):
+        terms = super().multistep_derivatives(history, h)
         if len(terms) == 3:
             terms[2] = 0.5 * terms[2]
         return terms
@@ -182,6 +170,9 @@ def test_agrees_with_diffusers_and_the_contrast_is_the_published_3m(order, steps
     ours = PublishedDPMSolverPP3M if order == 3 else ("dpm_solver++" if algorithm == "dpmsolver++" else "dpm_solver")
     out = sample(model, sde, ours, x_T=x_T, grid=times, order=order, lower_order_final=steps < 15).samples
     assert float((out - x).norm() / x.norm()) < 1e-4
+    # the default lower_order_final=None is diffusers' rule: the same run without the option
+    default = sample(model, sde, ours, x_T=x_T, grid=times, order=order).samples
+    torch.testing.assert_close(default, out, rtol=0, atol=0)
     if order == 3:  # and the corrected 3M differs from it by far more than that
         corrected = sample(model, sde, "dpm_solver++", x_T=x_T, grid=times, order=3, lower_order_final=steps < 15).samples
         assert float((corrected - x).norm() / x.norm()) > 1e-3
@@ -189,11 +180,17 @@ def test_agrees_with_diffusers_and_the_contrast_is_the_published_3m(order, steps
 
 def test_lower_order_final_declares_the_cap():
     # The last step at order 1 has local error O(h^2): the declared global order is at most 2.
+    # The default None lowers below 15 steps only; convergence_order is the order from 15 steps on.
     for name in NAMES:
+        cls = sd.samplers.get_sampler(name)
         for variant in ("multistep", "singlestep"):
-            s = sd.samplers.get_sampler(name)(order=3, variant=variant)
-            assert s.convergence_order == 2 and s.step_orders(5)[-2:] == [2, 1]
-            assert sd.samplers.get_sampler(name)(order=3, variant=variant, lower_order_final=False).convergence_order == 3
+            forced = cls(order=3, variant=variant, lower_order_final=True)
+            assert forced.convergence_order == 2 and forced.step_orders(20)[-2:] == [2, 1]
+            assert cls(order=3, variant=variant, lower_order_final=False).convergence_order == 3
+            default = cls(order=3, variant=variant)
+            assert default.convergence_order == 3 == default.convergence_order_for(15)
+            assert default.convergence_order_for(14) == 2
+            assert default.step_orders(14)[-2:] == [2, 1] and default.step_orders(15)[-2:] == [3, 3]
 
 
 def test_lower_order_final_changes_the_result_at_second_order():
@@ -220,13 +217,16 @@ def test_dynamic_threshold_matches_its_definition():
         torch.linspace(-4, 4, 48, dtype=torch.float64).reshape(3, 4, 4),      # s = quantile of |x0|
         6 * torch.randn(3, 4, 4, generator=gen, dtype=torch.float64),
     ])
-    for p, max_value in [(0.995, math.inf), (0.9, math.inf), (0.995, 2.0), (0.5, 1.0)]:
+    for p, max_value in [(0.995, math.inf), (0.9, math.inf), (0.995, 2.0), (0.5, 1.0), (0.995, 0.5)]:
         out = dynamic_threshold(x0, p, max_value)
         q = np.quantile(x0.abs().reshape(3, -1).numpy(), p, axis=1)  # independent: numpy's linear rule
-        s = torch.from_numpy(np.clip(q, 1.0, max_value)).reshape(3, 1, 1, 1)
+        s = torch.from_numpy(np.minimum(np.maximum(q, 1.0), max_value)).reshape(3, 1, 1, 1)
         torch.testing.assert_close(out, x0.clamp(-s, s) / s, rtol=1e-14, atol=1e-14)
         assert out.abs().max() <= 1.0
-        torch.testing.assert_close(out[0], x0[0], rtol=0, atol=0)  # already inside: untouched
+        if max_value >= 1:
+            torch.testing.assert_close(out[0], x0[0], rtol=0, atol=0)  # already inside: untouched
+        else:  # s = max_value for every sample: a clip to [-0.5, 0.5] rescaled to [-1, 1]
+            torch.testing.assert_close(out, x0.clamp(-max_value, max_value) / max_value, rtol=1e-15, atol=0)
 
 
 def test_thresholding_acts_on_the_data_prediction():
@@ -246,10 +246,11 @@ def test_thresholding_acts_on_the_data_prediction():
 
 # ----- NFE, recorded orders, conformance -------------------------------------------------------------
 def _expected_orders(order, variant, lower_order_final, steps):
+    lower = steps < 15 if lower_order_final is None else lower_order_final
     orders = []
     for i in range(steps):
         k = order if variant == "singlestep" else min(order, i + 1)
-        orders.append(min(k, steps - i) if lower_order_final else k)
+        orders.append(min(k, steps - i) if lower else k)
     return orders
 
 
@@ -268,10 +269,10 @@ def test_nfe_orders_and_steps_are_as_declared(name, variant):
     model = _gaussian_model(sde)
     x_T = sde.prior_sample((3, 1, 2, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float32)
     for order in (1, 2, 3):
-        for lof in (True, False):
+        for lof in (None, True, False):
             sampler = sd.samplers.get_sampler(name)(order=order, variant=variant, lower_order_final=lof)
             assert sampler.calls_per_step == (1 if variant == "multistep" else order)
-            for steps in (1, 2, 3, 5):
+            for steps in (1, 2, 3, 5) + ((15,) if lof is None else ()):
                 res = sample(model, sde, name, steps, x_T=x_T, order=order, variant=variant,
                              lower_order_final=lof, return_trajectory=True)
                 expected = _expected_orders(order, variant, lof, steps)
@@ -319,6 +320,7 @@ def test_every_sde_agrees_with_a_fine_solution(any_sde):
     (dict(variant="adaptive"), "variant"),
     (dict(solver_type="midpoint"), "solver_type"),
     (dict(lower_order_final="yes"), "lower_order_final"),
+    (dict(lower_order_final=1), "lower_order_final"),
 ])
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_options_raise(name, options, match):
@@ -330,7 +332,8 @@ def test_bad_options_raise(name, options, match):
 @pytest.mark.parametrize("options,match", [
     (dict(thresholding=True, percentile=0.0), "percentile"),
     (dict(thresholding=True, percentile=1.5), "percentile"),
-    (dict(thresholding=True, max_value=0.5), "max_value"),
+    (dict(thresholding=True, max_value=0.0), "max_value"),
+    (dict(thresholding=True, max_value=-1.0), "max_value"),
     (dict(thresholding=True, max_value=float("nan")), "max_value"),
     (dict(thresholding="on"), "thresholding"),
 ])

@@ -67,7 +67,8 @@ def run(args) -> int:
 
     from .. import grids, make_sde
     from ..studies import jobs
-    from ..studies.common import check_grids, check_steps, check_writable_dir, parse_methods, staged_output
+    from ..studies.common import check_grids, check_steps, parse_methods, staged_output
+    from ._paths import check_output
 
     # ----- validate everything before any work starts ---------------------------------------
     methods = parse_methods(args.methods or jobs.default_methods())
@@ -79,7 +80,7 @@ def run(args) -> int:
         raise ValueError(f"--n: expected at least 2 starting points, got {args.n}")
     if args.train_steps < 0:
         raise ValueError(f"--train-steps: expected a number >= 0, got {args.train_steps}")
-    out = check_writable_dir(args.out)
+    out = check_output(args.out, "--out", kind="dir")
     progress = not args.quiet
 
     from tqdm.auto import tqdm

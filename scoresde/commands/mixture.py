@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
@@ -30,10 +29,13 @@ def run(args) -> int:
     import matplotlib.pyplot as plt
 
     from .. import make_sde, sample, toy
+    from ._paths import check_output
 
-    out = Path(args.out)
-    if not out.parent.exists():
-        raise ValueError(f"--out: folder {out.parent} does not exist")
+    formats = tuple(f".{ext}" for ext in plt.figure().canvas.get_supported_filetypes())
+    plt.close("all")
+    out = check_output(args.out, "--out", suffixes=formats)
+    if args.n < 1:
+        raise ValueError(f"--n: expected a positive number of samples, got {args.n}")
     sde = make_sde(args.sde)
     mix = toy.mixture(args.data)
     gen = torch.Generator().manual_seed(args.seed)

@@ -12,6 +12,9 @@ import argparse
 import math
 from pathlib import Path
 
+from .._files import load_tensor_file
+from ._paths import check_output
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from .. import SDES, toy
@@ -44,16 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load_points(path: Path):
-    import numpy as np
     import torch
 
-    if not path.is_file():
-        raise ValueError(f"--points: {str(path)!r} does not exist")
-    if path.suffix == ".npy":
-        return torch.from_numpy(np.load(path, allow_pickle=False))
-    if path.suffix != ".pt":
-        raise ValueError(f"--points: expected a .pt or .npy file, got {str(path)!r}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_tensor_file(path, "--points")
     if isinstance(obj, dict) and "x" in obj:
         obj = obj["x"]
     elif isinstance(obj, tuple | list) and len(obj) == 2:
@@ -69,9 +65,7 @@ def run(args) -> int:
     from .. import make_sde, toy
     from ..likelihood import log_likelihood
 
-    out = Path(args.out) if args.out else None
-    if out is not None and not out.parent.exists():
-        raise ValueError(f"--out: folder {out.parent} does not exist")
+    out = check_output(args.out, "--out") if args.out else None
     if args.n < 1:
         raise ValueError(f"--n: expected a positive number of points, got {args.n}")
     dtype = torch.float32 if args.float32 else torch.float64

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._paths import check_output
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from .. import grids
@@ -41,6 +43,9 @@ def run(args) -> int:
             raise ValueError(f"--out/--plot: folder {path.parent} does not exist")
     if args.n < 1:
         raise ValueError(f"--n: expected a positive number of samples, got {args.n}")
+    check_output(out, "--out")
+    if args.plot:
+        check_output(args.plot, "--plot")
     model, cfg = load_model(args.ckpt, ema=args.ema, device=args.device, label=args.label)
     device = next(model.net.parameters()).device
     gen = torch.Generator(device).manual_seed(args.seed)

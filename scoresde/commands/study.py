@@ -35,7 +35,8 @@ def run(args) -> int:
 
     from .. import SDES, make_sde, toy
     from ..studies import jobs
-    from ..studies.common import check_grids, check_steps, check_writable_dir, parse_methods, staged_output
+    from ..studies.common import check_grids, check_steps, parse_methods, staged_output
+    from ._paths import check_output
 
     if args.data not in toy.MIXTURES:
         raise ValueError(f"--data: {args.data!r} has no exact mixture; mixtures: {', '.join(sorted(toy.MIXTURES))}")
@@ -46,7 +47,7 @@ def run(args) -> int:
     grids = check_grids(args.grid)
     if args.n is not None and args.n < 2:
         raise ValueError(f"--n: expected at least 2 starting points, got {args.n}")
-    out = check_writable_dir(args.out)
+    out = check_output(args.out, "--out", kind="dir")
     progress = not args.quiet
     torch.set_num_threads(min(2, torch.get_num_threads()))
 

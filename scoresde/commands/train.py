@@ -12,6 +12,8 @@ import dataclasses
 import json
 import os
 
+from ._paths import check_output
+
 
 def _json_dict(text: str) -> dict:
     try:
@@ -70,6 +72,7 @@ def run(args) -> int:
     from ..training import Trainer
 
     cfg = _config(args)
+    check_output(args.out, "--out", kind="dir")  # before any work: an unwritable run folder fails now
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
     if launched:  # started by torchrun: one process per rank
         cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())

@@ -1,322 +1,203 @@
 r"""DPM-Solver (Lu et al. 2022, "DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model
-Sampling in Around 10 Steps"): exponential integrators of the probability-flow ODE in the half
-log-SNR ``lam``, here with the noise prediction; :mod:`.dpm_solver_pp` has the data prediction.
+Sampling in Around 10 Steps") with the noise prediction ``F = eps_theta``. The stepping rules here
+are shared with DPM-Solver++ (:mod:`.dpm_solver_pp`, the data prediction); the derivation, the
+third-order multistep correction and ``lower_order_final`` are explained in :mod:`._phi`.
 
-**The exact solution.** In ``lam = log alpha - log sigma`` the PF ODE has an exactly integrable
-linear part (DPM-Solver eq. 3.4, DPM-Solver++ eq. 8). From ``(t, lam_t)`` to ``(s, lam_s)``,
-``h = lam_s - lam_t > 0``, and with ``F`` the network's prediction as a function of ``lam``:
+Step ``i`` goes from ``t_i`` to ``t_{i+1}`` with ``h_i = lam_{i+1} - lam_i`` (the papers count the
+step into ``t_i`` as step ``i``) and is the exact solution truncated after ``p`` Taylor terms,
 
-.. math::  x_s = \frac{\alpha_s}{\alpha_t} x_t - \alpha_s \int_{\lam_t}^{\lam_s} e^{-\lam} \hat\epsilon\, d\lam
-           \quad\text{(noise)},\qquad
-           x_s = \frac{\sigma_s}{\sigma_t} x_t + \sigma_s \int_{\lam_t}^{\lam_s} e^{\lam} \hat x_0\, d\lam
-           \quad\text{(data)}.
+.. math::  x_{i+1} = \frac{\alpha_{i+1}}{\alpha_i} x_i
+           - \sigma_{i+1} \sum_{k<p} h_i^{k+1} \varphi_{k+1}(h_i)\, F^{(k)}(\lam_i),
 
-Expanding ``F(lam) = sum_k F^(k)(lam_t) (lam - lam_t)^k / k!`` and integrating term by term
-gives, with ``phi_k(z) = int_0^1 e^{(1 - u) z} u^{k-1}/(k-1)! du`` (``phi_1(z) = (e^z - 1)/z``,
-``phi_{k+1}(z) = (phi_k(z) - 1/k!)/z``),
+with the derivatives from earlier steps or from stage points:
 
-.. math::  x_s = \frac{\alpha_s}{\alpha_t} x_t - \sigma_s \sum_{k\ge0} h^{k+1}\varphi_{k+1}(h)\, \hat\epsilon^{(k)},
-           \qquad
-           x_s = \frac{\sigma_s}{\sigma_t} x_t + \alpha_s \sum_{k\ge0} h^{k+1}\varphi_{k+1}(-h)\, \hat x_0^{(k)}.
+* **multistep** (DPM-Solver++ Algorithm 2; one call per step): with ``r_i = h_{i-1}/h_i``, 2M uses
+  ``D_i = (1 + 1/(2 r_i)) F_i - 1/(2 r_i) F_{i-1}`` in place of ``F_i`` (``solver_type='dpmsolver'``)
+  or ``F' = (F_i - F_{i-1})/h_{i-1}`` (``'taylor'``); 3M uses ``F' = D_1 + h_{i-1} D_2``,
+  ``F'' = 2 D_2`` (divided differences). The first steps warm up at orders 1 and 2.
+* **singlestep** (DPM-Solver Algorithms 1-2, DPM-Solver++ Algorithm 1; ``order`` calls per step):
+  stages ``u_j`` at ``lam_i + r_j h_i``, ``r = (1/2)`` for order 2 and ``(1/3, 2/3)`` for order 3,
+  each a lower-order step from ``x_i``; ``F' = (F(u_1) - F_i)/(r_1 h_i)``. The third-order final
+  step uses ``F' = (F(u_2) - F_i)/(r_2 h_i)`` (``'dpmsolver'``: third order because ``r_2 = 2/3``) or
+  the quadratic through the three points (``'taylor'``).
 
-Both are ``x_s = ratio x_t + weight sum_k c_k F^(k)`` with ``c_k = h^{k+1} phi_{k+1}(s h)``, where
-``(ratio, weight, s)`` is ``(alpha_s/alpha_t, -sigma_s, +1)`` for noise and
-``(sigma_s/sigma_t, alpha_s, -1)`` for data; this module implements that once
-(:class:`ExponentialIntegrator`), a subclass supplies ``F`` and the frame. Writing
-``psi_k(z) = z^k phi_k(z) = e^z - sum_{j<k} z^j/j!`` (evaluated by its tail series for small
-``|z|``, where the closed form cancels), ``c_k = s^{k+1} psi_{k+1}(s h)``:
-``c_0 = 1 - e^{-h}``, ``c_1 = h - 1 + e^{-h}``, ``c_2 = h^2/2 - h + 1 - e^{-h}`` for data.
-Keeping the terms up to ``k = p - 1`` with derivative estimates accurate to ``O(h^{p-k})`` makes a
-step's local error ``O(h^{p+1})`` and the method of global order ``p``.
-
-**Multistep (DPM-Solver++(2M), (3M); Lu et al. 2022b, Algorithm 2).** The derivatives at
-``lam_i`` come from the predictions already made at ``lam_i, lam_{i-1}, lam_{i-2}`` (one new model
-call per step). Interpolate them by the Newton polynomial with divided differences
-``D1 = F[lam_i, lam_{i-1}]`` and ``D2 = F[lam_i, lam_{i-1}, lam_{i-2}]``,
-``P(lam) = F_i + D1 (lam - lam_i) + D2 (lam - lam_i)(lam - lam_{i-1})``, and differentiate:
-
-.. math::  F'(\lam_i) \approx D_1 + h_{i-1} D_2 \ (\text{error } O(h^2)), \qquad
-           F''(\lam_i) \approx 2 D_2 \ (\text{error } O(h)), \qquad h_{i-1} = \lam_i - \lam_{i-1},
-
-so ``x_s = ratio x + weight (c_0 F_i + c_1 (D1 + h_{i-1} D2) + c_2 2 D2)`` has local error
-``c_1 O(h^2) + c_2 O(h) = O(h^4)``: third order, on any non-uniform grid. The published update
-(and the public references, e.g. diffusers' ``multistep_dpm_solver_third_order_update``) uses
-``D2 = h^2 D_2`` with the weight ``c_2 / h^2``, i.e. ``c_2 D_2`` where ``c_2 F''`` = ``2 c_2 D_2``
-is needed: its local error keeps ``c_2 F''/2 ~ h^3 F''/12`` and the method converges at second
-order only (tests/test_dpm_solver.py measures both). Order 2 uses ``F' ~ D1``; the first steps
-warm up with orders 1 and 2, since no history exists yet. Their local errors are formally
-``O(h^2)``, ``O(h^3)``, but near T the prediction varies by ``O(alpha_T)`` per unit lambda
-(``x0_theta = E[x0] + O(alpha_T)``), so they carry a factor ``alpha_T^2`` (data) or ``alpha_T``
-(noise), ~4e-5 and ~7e-3 for the default VP SDE: by this estimate third order is what one
-measures up to ~1e4 steps (tests/test_dpm_solver.py measures it at 24-96).
-A run that starts at high SNR loses that factor, and the warm-up caps the order at 2 (measured
-at T = 0.3, alpha_T = 0.63).
-
-Third order is an asymptotic statement. At low step counts the published, halved ``x0''`` term
-acts as damping and is often the more accurate (on the 2D mixture, VP, log-SNR grid: mean endpoint
-error 1.6e-2 against our 2.1e-2 at 15 steps, 4.7e-4 against our 2.7e-4 at 80); on a time-uniform
-grid the final steps are long in lambda and order-3 extrapolation without ``lower_order_final`` is
-worse than 2M for either coefficient (2.7 ours, 1.5 published, 0.37 for 2M at 10 steps).
-
-**Singlestep (DPM-Solver-2, -3; Lu et al. 2022, Algorithms 1-2).** Intermediate points at
-``lam_t + r h`` supply the derivatives: order 2 with ``r1 = 1/2`` (one order-1 step to the
-midpoint, ``F' ~ (F_1 - F_0)/(r1 h)``), order 3 with ``r1 = 1/3, r2 = 2/3`` (an order-1 step to
-``r1``, an order-2 step to ``r2``, then the final step). ``order`` model calls per step.
-
-**solver_type** changes the second-order updates only: ``'taylor'`` is the expansion above,
-``'dpmsolver'`` (the references' default, diffusers' "midpoint") replaces ``c_1 F'`` by
-``c_0 h F'/2`` (equal to leading order) and, for singlestep order 3, uses the published final
-step ``c_0 F_0 + c_1 (F_2 - F_0)/(r2 h)`` (third order because ``r2 = 2/3``), where ``'taylor'``
-uses the quadratic through the three points. Both keep the order.
-
-**lower_order_final** (default True, as the references) runs step ``i`` of ``N`` at order at most
-``N - i``: the last step is first order, the one before at most second. The references do this only
-below 10 (dpm-solver) or 15 (diffusers) steps, to stabilise the large final steps of few-step
-grids; here it is unconditional, so it caps the global order at 2 (the last step's local error is
-``O(h^2)``) and the declared ``order`` says so. Pass False for order 3; ``stats['orders']`` records
-the order every step used. Near t_min the data prediction barely moves (``x0' = O(sigma^2)``), so on
-the default VP SDE (t_min = 1e-3) the change it makes falls as ``h^2`` but is ~2% of the 3M error
-at 80 steps and a third of it only at ~1300; on short time-uniform grids the lowered final steps
-cut the 3M error 10-20 fold.
+Order ``p`` (``order``) with ``lower_order_final=False``; at most 2 when the final steps are lowered
+(default: below 15 steps). Order 1 is DDIM.
 """
 from __future__ import annotations
 
-import math
-import operator
-from typing import ClassVar
+import numbers
+from typing import ClassVar, NamedTuple
 
-import torch
 from torch import Tensor
 
-from .base import GridPoint, Sampler, grid_points, register
+from ._phi import LOWER_ORDER_FINAL_BELOW, check_lower_order_final, lowers_final, phi
+from .base import SamplerState, SteppedSampler, register
 
-__all__ = ["ExponentialIntegrator", "DPMSolver", "GridPoint", "psi"]
+__all__ = ["ExponentialIntegrator", "DPMSolver"]
 
 VARIANTS = ("multistep", "singlestep")
 SOLVER_TYPES = ("dpmsolver", "taylor")
-SINGLESTEP_R = {2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}
+SINGLESTEP_R = {2: (1 / 2,), 3: (1 / 3, 2 / 3)}
 
 
-def psi(k: int, z: float) -> float:
-    """``psi_k(z) = z^k phi_k(z) = e^z - sum_{j<k} z^j / j! = sum_{j>=k} z^j / j!``."""
-    if abs(z) < 0.5:
-        # The tail series: the closed form cancels to 1 - k digits' worth when |z| is small.
-        term = z**k / math.factorial(k)
-        total, j = 0.0, k
-        while term != 0.0 and abs(term) > 1e-17 * abs(total):
-            total += term
-            j += 1
-            term *= z / j
-        return total
-    return math.expm1(z) - sum(z**j / math.factorial(j) for j in range(1, k))
+class Point(NamedTuple):  # a time with its log-SNR and marginal coefficients (0-d float64 tensors)
+    t: Tensor
+    lam: Tensor
+    alpha: Tensor
+    sigma: Tensor
 
 
-class _Weights:
-    """A linear combination ``x * x_coef + sum_m v[m] F_m`` with scalar coefficients: the multistep
-    formulas are linear in the state and the predictions, so running them on these gives the weights."""
-
-    __slots__ = ("x", "v")
-
-    def __init__(self, x: float, v: list[float]):
-        self.x, self.v = x, v
-
-    @classmethod
-    def basis(cls, k: int) -> list[_Weights]:
-        """``F_0 .. F_{k-1}`` themselves."""
-        return [cls(0.0, [1.0 if j == m else 0.0 for j in range(k)]) for m in range(k)]
-
-    def _pad(self, n: int) -> list[float]:
-        return self.v + [0.0] * (n - len(self.v))
-
-    def __add__(self, other: _Weights) -> _Weights:
-        n = max(len(self.v), len(other.v))
-        return _Weights(self.x + other.x, [a + b for a, b in zip(self._pad(n), other._pad(n), strict=True)])
-
-    def __sub__(self, other: _Weights) -> _Weights:
-        return self + other * -1.0
-
-    def __mul__(self, c: float) -> _Weights:
-        return _Weights(self.x * c, [a * c for a in self.v])
-
-    __rmul__ = __mul__
-
-    def __truediv__(self, c: float) -> _Weights:
-        return self * (1.0 / c)
+def grid_point(schedule, j: int) -> Point:
+    return Point(schedule.t[j], schedule.lam[j], schedule.alpha[j], schedule.sigma[j])
 
 
-class ExponentialIntegrator(Sampler):
-    """DPM-Solver's stepping rules, for any prediction ``F`` a subclass defines.
+def stage_point(schedule, i: int, r: float) -> Point:
+    """The point at ``lam_i + r h_i`` inside grid step ``i``."""
+    lam = schedule.lam[i] + r * schedule.h[i]
+    t, alpha, sigma = schedule.at_lam(lam)
+    return Point(t, lam, alpha, sigma)
 
-    A subclass gives :meth:`prediction` (one counted model call) and :meth:`frame` (the ``ratio``,
-    ``weight`` and sign ``s`` of the exact solution; see the module docstring).
-    """
+
+def _midpoint_2(F: Tensor, dF: Tensor, h: Tensor) -> list[Tensor]:
+    """Algorithms 1-2's ``D_i = F_i + (F_i - F_j)/(2 r_i)``, ``r_i = (lam_i - lam_j)/h_i``, i.e. ``F + h F'/2``:
+    ``h phi_1 D_i`` equals ``h phi_1 F + h^2 phi_2 F'`` to O(h^3)."""
+    return [F + h / 2 * dF]
+
+
+def _taylor_2(F: Tensor, dF: Tensor, h: Tensor) -> list[Tensor]:
+    return [F, dF]  # h phi_1 F + h^2 phi_2 F'
+
+
+def _published_3s(Fs: list[Tensor], h: Tensor) -> list[Tensor]:
+    """DPM-Solver-3's final step: ``F' = (F(u_2) - F_i)/(r_2 h)``."""
+    return [Fs[0], (Fs[2] - Fs[0]) / (SINGLESTEP_R[3][1] * h)]
+
+
+def _quadratic_3s(Fs: list[Tensor], h: Tensor) -> list[Tensor]:
+    """The quadratic through ``F`` at ``lam_i``, ``u_1``, ``u_2``, differentiated at ``lam_i``."""
+    r1, r2 = SINGLESTEP_R[3]
+    f01, f02 = (Fs[1] - Fs[0]) / (r1 * h), (Fs[2] - Fs[0]) / (r2 * h)
+    f012 = (f02 - f01) / ((r2 - r1) * h)
+    return [Fs[0], f01 - r1 * h * f012, 2 * f012]
+
+
+class ExponentialIntegrator(SteppedSampler):
+    """DPM-Solver's stepping rules for a prediction ``F`` and an exact-solution frame a subclass gives."""
 
     orders: ClassVar[tuple[int, ...]] = (1, 2, 3)
-    # The option sets the registry-wide conformance tests run: every order, variant and final-step
-    # option, and the Taylor third-order singlestep. Not thresholding: it changes the ODE (clips x0
-    # to [-1, 1]), so it cannot reproduce data outside that range; tests/test_dpm_solver.py covers it.
+    # Not thresholding: it changes the ODE, so the order claims do not hold; tests/test_dpm_solver.py covers it.
     conformance_options: ClassVar[tuple[dict, ...]] = tuple(
-        {"order": k, "variant": v, "lower_order_final": lof} for k in (1, 2, 3) for v in VARIANTS for lof in (False, True)
-    ) + ({"order": 3, "variant": "singlestep", "solver_type": "taylor", "lower_order_final": False},)
+        {"order": k, "variant": v, **lof} for k in (1, 2, 3) for v in VARIANTS for lof in ({}, {"lower_order_final": False})
+    ) + tuple({"order": 3, "variant": v, "lower_order_final": True} for v in VARIANTS) + (
+        {"order": 3, "variant": "singlestep", "solver_type": "taylor", "lower_order_final": False},)
 
-    def __init__(self, order: int = 2, variant: str = "multistep", lower_order_final: bool = True,
+    def __init__(self, order: int = 2, variant: str = "multistep", lower_order_final: bool | None = None,
                  solver_type: str = "dpmsolver"):
-        try:
-            order_ok = not isinstance(order, bool) and operator.index(order) in self.orders
-        except TypeError:
-            order_ok = False
-        if not order_ok:
+        if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order not in self.orders:
             raise ValueError(f"order: {self.name!r} has orders {', '.join(map(str, self.orders))}, got {order!r}")
-        order = operator.index(order)
         if variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {', '.join(map(repr, VARIANTS))}, got {variant!r}")
-        if not isinstance(lower_order_final, bool):
-            raise ValueError(f"lower_order_final: expected True or False, got {lower_order_final!r}")
         if solver_type not in SOLVER_TYPES:
             raise ValueError(f"solver_type: expected one of {', '.join(map(repr, SOLVER_TYPES))}, got {solver_type!r}")
-        self.solver_order = order
-        self.variant = variant
-        self.lower_order_final = lower_order_final
-        self.solver_type = solver_type
-        # A first-order last step has local error O(h^2): the global order is at most 2.
-        self.convergence_order = min(order, 2) if lower_order_final else order
+        self.order, self.variant, self.solver_type = int(order), variant, solver_type
+        self.lower_order_final = check_lower_order_final(lower_order_final)
         self.calls_per_step = 1 if variant == "multistep" else order
+        self.convergence_order = self.convergence_order_for(LOWER_ORDER_FINAL_BELOW)
+        self._update = self._multistep if variant == "multistep" else self._singlestep
+        self._second_order = _taylor_2 if solver_type == "taylor" else _midpoint_2
+        self._third_order_singlestep = _quadratic_3s if solver_type == "taylor" else _published_3s
 
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(order={self.solver_order}, variant={self.variant!r}, "
-                f"lower_order_final={self.lower_order_final}, solver_type={self.solver_type!r})")
+    def prediction(self, model, output: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        """The prediction ``F`` the update integrates, from the raw network output at ``(x, t)``."""
+        return model.to_eps(output, x, t)
 
-    # ----- what a subclass defines ------------------------------------------------------------
-    def prediction(self, model, x: Tensor, t: float) -> Tensor:
-        raise NotImplementedError
+    def exponential_step(self, x: Tensor, p: Point, q: Point, derivatives: list[Tensor]) -> Tensor:
+        """``x_q = alpha_q/alpha_p x_p - sigma_q sum_k h^{k+1} phi_{k+1}(h) F^(k)``, ``h = lam_q - lam_p``."""
+        h = q.lam - p.lam
+        return q.alpha / p.alpha * x - q.sigma * sum(h ** (k + 1) * phi(k + 1, h) * d for k, d in enumerate(derivatives))
 
-    def frame(self, p: GridPoint, q: GridPoint) -> tuple[float, float, int]:
-        """``(ratio, weight, s)`` of the step from ``p`` to ``q``."""
-        raise NotImplementedError
+    def step_order(self, i: int, steps: int) -> int:
+        """The order of grid step ``i`` of ``steps``: warm-up (multistep) and lower_order_final."""
+        k = self.order if self.variant == "singlestep" else min(self.order, i + 1)
+        return min(k, steps - i) if lowers_final(self.lower_order_final, steps) else k
 
-    # ----- the schedule of orders --------------------------------------------------------------
     def step_orders(self, steps: int) -> list[int]:
-        """The order each of ``steps`` grid steps uses (warm-up and lower_order_final included)."""
-        orders = []
-        for i in range(steps):
-            k = self.solver_order if self.variant == "singlestep" else min(self.solver_order, i + 1)
-            orders.append(min(k, steps - i) if self.lower_order_final else k)
-        return orders
+        return [self.step_order(i, steps) for i in range(steps)]  # also ctx.stats['orders']
+
+    def convergence_order_for(self, steps: int) -> int:
+        """The global order of a run of ``steps`` steps: a first-order last step caps it at 2."""
+        return min(self.order, 2) if lowers_final(self.lower_order_final, steps) else self.order
 
     def expected_nfe(self, steps: int) -> int:
-        if self.variant == "multistep":
-            return steps
-        return sum(self.step_orders(steps))
+        return steps if self.variant == "multistep" else sum(self.step_orders(steps))
 
-    # ----- one exponential-integrator step ------------------------------------------------------
-    def taylor_step(self, x: Tensor, p: GridPoint, q: GridPoint, derivatives: list[Tensor]) -> Tensor:
-        """``x_q = ratio x_p + weight sum_k c_k(h) derivatives[k]``, ``c_k = s^{k+1} psi_{k+1}(s h)``."""
-        h = q.lam - p.lam
-        ratio, weight, s = self.frame(p, q)
-        out = ratio * x
-        for k, d in enumerate(derivatives):
-            out = out + (weight * s ** (k + 1) * psi(k + 1, s * h)) * d
-        return out
+    def run(self, model, x, schedule, ctx):
+        ctx.stats["orders"] = self.step_orders(schedule.steps)
+        return super().run(model, x, schedule, ctx)
 
-    def second_order(self, F: Tensor, dF: Tensor, h: float) -> list[Tensor]:
-        """The Taylor terms of a second-order step, per ``solver_type``."""
-        if self.solver_type == "taylor":
-            return [F, dF]
-        return [F + (0.5 * h) * dF]  # c_0 (F + h F'/2): DPM-Solver's form, equal to c_0 F + c_1 F' to O(h^3)
+    def step(self, model, schedule, state, output, ctx):
+        return self._update(model, schedule, state, output)
 
-    def multistep_derivatives(self, Fs: list[Tensor], lams: list[float], h: float) -> list[Tensor]:
-        """Taylor terms at ``lams[0]`` from the predictions ``Fs`` (newest first) at ``lams``."""
-        if len(Fs) == 1:
-            return [Fs[0]]
-        d1 = (Fs[0] - Fs[1]) / (lams[0] - lams[1])
-        if len(Fs) == 2:
-            return self.second_order(Fs[0], d1, h)
-        d1_prev = (Fs[1] - Fs[2]) / (lams[1] - lams[2])
-        d2 = (d1 - d1_prev) / (lams[0] - lams[2])
-        # P'(lam_i) = D1 + (lam_i - lam_{i-1}) D2 and P'' = 2 D2 (the factor 2 is the fix).
-        return [Fs[0], d1 + (lams[0] - lams[1]) * d2, 2.0 * d2]
+    def multistep_derivatives(self, history: tuple, h: Tensor) -> list[Tensor]:
+        """Taylor terms at ``lam_i`` from ``history = ((lam_i, F_i), (lam_{i-1}, F_{i-1}), ...)``."""
+        (lam_i, F_i), *older = history
+        if not older:
+            return [F_i]
+        (lam_j, F_j), *older = older
+        D1 = (F_i - F_j) / (lam_i - lam_j)
+        if not older:
+            return self._second_order(F_i, D1, h)
+        (lam_k, F_k), = older
+        D2 = (D1 - (F_j - F_k) / (lam_j - lam_k)) / (lam_i - lam_k)
+        return [F_i, D1 + (lam_i - lam_j) * D2, 2 * D2]
 
-    # ----- the two variants ---------------------------------------------------------------------
-    def run(self, model, x, times, ctx):
-        pts = grid_points(model.sde, times)
-        orders = self.step_orders(len(pts) - 1)
-        ctx.stats["orders"] = orders
-        if self.variant == "multistep":
-            return self._run_multistep(model, x, pts, orders, ctx)
-        return self._run_singlestep(model, x, pts, orders, ctx)
+    def _multistep(self, model, schedule, state, output):
+        i, x = state.i, state.x
+        p, q = grid_point(schedule, i), grid_point(schedule, i + 1)
+        history = ((p.lam, self.prediction(model, output, x, p.t)),) + state.history
+        k = self.step_order(i, schedule.steps)
+        x_next = self.exponential_step(x, p, q, self.multistep_derivatives(history[:k], schedule.h[i]))
+        return SamplerState(x=x_next, i=i + 1, x_eval=x_next, t_eval=q.t, history=history[: self.order - 1])
 
-    def _run_multistep(self, model, x, pts, orders, ctx):
-        Fs: list[Tensor] = []
-        lams: list[float] = []
-        for i, k in enumerate(orders):
-            p, q = pts[i], pts[i + 1]
-            Fs = [self.prediction(model, x, p.t)] + Fs[: self.solver_order - 1]
-            lams = [p.lam] + lams[: self.solver_order - 1]
-            # The step is linear in the predictions: run the same derivative and Taylor formulas on the
-            # unit vectors (scalars), then combine the tensors once, x_q = ratio x + sum_m w_m F_m, instead
-            # of a dozen passes over the batch for the divided differences.
-            w = self.taylor_step(_Weights(1.0, []), p, q,
-                                 self.multistep_derivatives(_Weights.basis(k), lams[:k], q.lam - p.lam))
-            x = x.mul(w.x)  # a fresh tensor: the in-place adds touch nothing else
-            for F, c in zip(Fs[:k], w.v, strict=True):
-                x.add_(F, alpha=c)
-            ctx.step(i, x)
-        return x
-
-    def _run_singlestep(self, model, x, pts, orders, ctx):
-        sde = model.sde
-        # Every intermediate point of the run in one vectorised lam -> t inversion.
-        targets = [p.lam + r * (q.lam - p.lam) for p, q in zip(pts[:-1], pts[1:], strict=True)
-                   for r in SINGLESTEP_R[3] + SINGLESTEP_R[2]]
-        mids = grid_points(sde, sde.t_of_lam(torch.tensor(targets, dtype=torch.float64)))
-        for i, k in enumerate(orders):
-            p, q = pts[i], pts[i + 1]
-            m1, m2, m_half = mids[3 * i: 3 * i + 3]
-            h = q.lam - p.lam
-            F0 = self.prediction(model, x, p.t)
-            if k == 1:
-                x = self.taylor_step(x, p, q, [F0])
-            elif k == 2:
-                u = self.taylor_step(x, p, m_half, [F0])
-                dF = (self.prediction(model, u, m_half.t) - F0) / (m_half.lam - p.lam)
-                x = self.taylor_step(x, p, q, self.second_order(F0, dF, h))
-            else:
-                d1_, d2_ = m1.lam - p.lam, m2.lam - p.lam
-                u1 = self.taylor_step(x, p, m1, [F0])
-                f01 = (self.prediction(model, u1, m1.t) - F0) / d1_
-                u2 = self.taylor_step(x, p, m2, [F0, f01])
-                f02 = (self.prediction(model, u2, m2.t) - F0) / d2_
-                if self.solver_type == "taylor":
-                    f012 = (f02 - f01) / (d2_ - d1_)
-                    x = self.taylor_step(x, p, q, [F0, f01 - d1_ * f012, 2.0 * f012])
-                else:
-                    x = self.taylor_step(x, p, q, [F0, f02])
-            ctx.step(i, x)
-        return x
+    def _singlestep(self, model, schedule, state, output):
+        # history: F at x_i, then at the stage points made so far in this step
+        i, x = state.i, state.x
+        h = schedule.h[i]
+        Fs = [*state.history, self.prediction(model, output, state.x_eval, state.t_eval)]
+        k = self.step_order(i, schedule.steps)
+        if len(Fs) < k:  # the next stage, a step of order len(Fs) from x_i
+            r = SINGLESTEP_R[k]
+            s = stage_point(schedule, i, r[len(Fs) - 1])
+            derivatives = Fs[:1] if len(Fs) == 1 else [Fs[0], (Fs[1] - Fs[0]) / (r[0] * h)]
+            u = self.exponential_step(x, grid_point(schedule, i), s, derivatives)
+            return SamplerState(x=x, i=i, x_eval=u, t_eval=s.t, stage=len(Fs), history=tuple(Fs))
+        if k == 1:
+            derivatives = Fs
+        elif k == 2:
+            derivatives = self._second_order(Fs[0], (Fs[1] - Fs[0]) / (SINGLESTEP_R[2][0] * h), h)
+        else:
+            derivatives = self._third_order_singlestep(Fs, h)
+        q = grid_point(schedule, i + 1)
+        x_next = self.exponential_step(x, grid_point(schedule, i), q, derivatives)
+        return SamplerState(x=x_next, i=i + 1, x_eval=x_next, t_eval=q.t)
 
 
 @register
 class DPMSolver(ExponentialIntegrator):
-    r"""DPM-Solver with the noise prediction (Lu et al. 2022): ``F = eps_theta``, frame
-    ``(alpha_s/alpha_t, -sigma_s, +1)``, i.e. ``x_s = alpha_s/alpha_t x_t - sigma_s sum_k psi_{k+1}(h) eps^(k)``.
+    r"""DPM-Solver with the noise prediction (Lu et al. 2022). Order 1 is DDIM.
 
-    Order 1 is DDIM. Options: ``order`` 1-3, ``variant`` ``'multistep'`` (one call per step) or
-    ``'singlestep'`` (``order`` calls per step), ``lower_order_final``, ``solver_type`` (see the
-    module docstring). Dynamic thresholding acts on the data prediction: use ``'dpm_solver++'``.
+    Options: ``order`` 1-3, ``variant`` ``'multistep'`` or ``'singlestep'``, ``lower_order_final``
+    (None: below 15 steps; True/False force it), ``solver_type`` ``'dpmsolver'`` or ``'taylor'``.
+    Dynamic thresholding acts on the data prediction: use ``'dpm_solver++'``.
     """
 
     name = "dpm_solver"
 
-    def __init__(self, order: int = 2, variant: str = "multistep", lower_order_final: bool = True,
+    def __init__(self, order: int = 2, variant: str = "multistep", lower_order_final: bool | None = None,
                  solver_type: str = "dpmsolver", thresholding: bool = False):
         if thresholding is not False:
             raise ValueError(f"thresholding: 'dpm_solver' predicts noise; dynamic thresholding clips the data "
                              f"prediction and is available in 'dpm_solver++' only (got thresholding={thresholding!r})")
         super().__init__(order, variant, lower_order_final, solver_type)
         self.thresholding = False
-
-    def prediction(self, model, x, t):
-        return model.to_eps(model.predict(x, t), x, t)
-
-    def frame(self, p, q):
-        return q.alpha / p.alpha, -q.sigma, 1

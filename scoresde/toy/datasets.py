@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .._tensor import check_count, check_finite_number, check_generator
 from .mixture import GaussianMixture
 
 __all__ = ["DATASETS", "MIXTURES", "sample", "mixture", "available", "anisotropic_mixture"]
@@ -20,6 +21,19 @@ __all__ = ["DATASETS", "MIXTURES", "sample", "mixture", "available", "anisotropi
 
 def _device(generator):
     return generator.device if generator is not None else torch.device("cpu")
+
+
+def _checked(n, generator) -> int:
+    """The shared argument checks of every toy sampler: an integer count and a torch.Generator or None."""
+    check_generator("generator", generator)
+    return check_count("n", n)
+
+
+def _noise(noise) -> float:
+    v = check_finite_number("noise", noise)
+    if v < 0:
+        raise ValueError(f"noise: expected a standard deviation >= 0, got {noise!r}")
+    return v
 
 
 def _randn(n, d, generator):
@@ -33,6 +47,7 @@ def _rand(n, generator):
 # ----- mixtures with exact scores -----------------------------------------------------------
 def eight_gaussians_mixture(radius: float = 2.0, std: float = 0.1) -> GaussianMixture:
     """Eight equal components on a circle of ``radius``, isotropic ``std``."""
+    radius, std = check_finite_number("radius", radius), check_finite_number("std", std, positive=True)
     angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
     means = radius * torch.stack([torch.cos(angles), torch.sin(angles)], 1)
     return GaussianMixture(torch.full((8,), 1 / 8, dtype=torch.float64), means, torch.full((8,), std**2))
@@ -40,6 +55,7 @@ def eight_gaussians_mixture(radius: float = 2.0, std: float = 0.1) -> GaussianMi
 
 def twenty_five_gaussians_mixture(spacing: float = 1.0, std: float = 0.05) -> GaussianMixture:
     """A 5 x 5 grid of equal components ``spacing`` apart, isotropic ``std``."""
+    spacing, std = check_finite_number("spacing", spacing), check_finite_number("std", std, positive=True)
     g = (torch.arange(5, dtype=torch.float64) - 2) * spacing
     means = torch.cartesian_prod(g, g)
     return GaussianMixture(torch.full((25,), 1 / 25, dtype=torch.float64), means, torch.full((25,), std**2))
@@ -58,6 +74,8 @@ def anisotropic_mixture(dim: int = 16, n_components: int = 4, seed: int = 0) -> 
 
     Covariance eigenvalues spread over two decades, so the score is stiff in some directions.
     """
+    dim, n_components = check_count("dim", dim), check_count("n_components", n_components)
+    seed = check_count("seed", seed, minimum=0)
     g = torch.Generator().manual_seed(seed)
     means = 2.0 * torch.randn(n_components, dim, generator=g, dtype=torch.float64)
     q, _ = torch.linalg.qr(torch.randn(n_components, dim, dim, generator=g, dtype=torch.float64))
@@ -77,7 +95,7 @@ MIXTURES: dict[str, Callable[[], GaussianMixture]] = {
 
 def _from_mixture(name):
     def draw(n: int, generator: torch.Generator | None = None) -> Tensor:
-        return MIXTURES[name]().sample(n, generator=generator)
+        return MIXTURES[name]().sample(_checked(n, generator), generator=generator)
     draw.__name__ = name
     draw.__doc__ = f"Samples of the exact mixture ``mixture({name!r})``."
     return draw
@@ -86,6 +104,7 @@ def _from_mixture(name):
 # ----- other toys ----------------------------------------------------------------------------
 def checkerboard(n: int, generator: torch.Generator | None = None) -> Tensor:
     """Uniform on the dark squares of a 4 x 4 checkerboard on [-4, 4]^2."""
+    n = _checked(n, generator)
     x1 = _rand(n, generator) * 4 - 2
     x2 = _rand(n, generator) - torch.randint(0, 2, (n,), generator=generator, device=_device(generator)) * 2.0
     x2 = x2 + torch.floor(x1) % 2
@@ -94,6 +113,8 @@ def checkerboard(n: int, generator: torch.Generator | None = None) -> Tensor:
 
 def two_moons(n: int, generator: torch.Generator | None = None, noise: float = 0.1) -> Tensor:
     """Two interleaved half circles with Gaussian jitter, centred and scaled to unit-ish spread."""
+    n = _checked(n, generator)
+    noise = _noise(noise)
     upper = torch.randint(0, 2, (n,), generator=generator, device=_device(generator)).bool()
     theta = _rand(n, generator) * math.pi
     x = torch.where(upper, torch.cos(theta), 1 - torch.cos(theta))
@@ -104,6 +125,8 @@ def two_moons(n: int, generator: torch.Generator | None = None, noise: float = 0
 
 def swiss_roll(n: int, generator: torch.Generator | None = None, noise: float = 0.5) -> Tensor:
     """The 2D Swiss roll (scikit-learn's construction), scaled to about [-3, 3]^2."""
+    n = _checked(n, generator)
+    noise = _noise(noise)
     t = 1.5 * math.pi * (1 + 2 * _rand(n, generator))
     pts = torch.stack([t * torch.cos(t), t * torch.sin(t)], 1) + noise * _randn(n, 2, generator)
     return (pts / 5).float()
@@ -111,6 +134,8 @@ def swiss_roll(n: int, generator: torch.Generator | None = None, noise: float = 
 
 def rings(n: int, generator: torch.Generator | None = None, noise: float = 0.08) -> Tensor:
     """Four concentric circles of radii 1, 2, 3, 4 (scaled by 0.75), equally likely, with jitter."""
+    n = _checked(n, generator)
+    noise = _noise(noise)
     r = (torch.randint(1, 5, (n,), generator=generator, device=_device(generator)).double()) * 0.75
     theta = _rand(n, generator) * 2 * math.pi
     pts = torch.stack([r * torch.cos(theta), r * torch.sin(theta)], 1) + noise * _randn(n, 2, generator)
@@ -119,6 +144,8 @@ def rings(n: int, generator: torch.Generator | None = None, noise: float = 0.08)
 
 def pinwheel(n: int, generator: torch.Generator | None = None, n_arms: int = 5) -> Tensor:
     """Five curved arms (the pinwheel of Johnson et al. 2016)."""
+    n = _checked(n, generator)
+    n_arms = check_count("n_arms", n_arms)
     radial_std, tangential_std, rate = 0.3, 0.1, 0.25
     arm = torch.randint(0, n_arms, (n,), generator=generator, device=_device(generator)).double()
     feats = _randn(n, 2, generator) * torch.tensor([radial_std, tangential_std], dtype=torch.float64, device=_device(generator))
@@ -131,6 +158,8 @@ def pinwheel(n: int, generator: torch.Generator | None = None, n_arms: int = 5) 
 
 def spirals(n: int, generator: torch.Generator | None = None, noise: float = 0.1) -> Tensor:
     """Two interleaved Archimedean spirals."""
+    n = _checked(n, generator)
+    noise = _noise(noise)
     t = torch.sqrt(_rand(n, generator)) * 3 * math.pi
     sign = torch.where(torch.randint(0, 2, (n,), generator=generator, device=_device(generator)).bool(), 1.0, -1.0).double()
     pts = sign[:, None] * torch.stack([t * torch.cos(t), t * torch.sin(t)], 1) / 3
@@ -157,15 +186,13 @@ def available() -> list[str]:
 
 def sample(name: str, n: int, generator: torch.Generator | None = None) -> Tensor:
     """Draw ``n`` points of the dataset ``name`` as an ``(n, 2)`` float32 tensor."""
-    if name not in DATASETS:
+    if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f"dataset: unknown name {name!r}; known datasets: {', '.join(available())}")
-    if int(n) < 1:
-        raise ValueError(f"n: expected a positive number of samples, got {n}")
-    return DATASETS[name](int(n), generator)
+    return DATASETS[name](_checked(n, generator), generator)
 
 
 def mixture(name: str) -> GaussianMixture:
     """The exact :class:`GaussianMixture` behind a mixture dataset."""
-    if name not in MIXTURES:
+    if not isinstance(name, str) or name not in MIXTURES:
         raise ValueError(f"mixture: {name!r} has no exact mixture; mixtures: {', '.join(sorted(MIXTURES))}")
     return MIXTURES[name]()

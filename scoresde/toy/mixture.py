@@ -15,11 +15,22 @@ import math
 import torch
 from torch import Tensor
 
-from .._tensor import append_dims, batch_time
+from .._tensor import append_dims, batch_time, check_bool, check_count, check_generator
 from ..models import ScoreModel
 from ..sde import SDE
 
 __all__ = ["GaussianMixture"]
+
+
+def _as_float64(name: str, values) -> Tensor:
+    """A float64 CPU tensor of real numbers; a TypeError naming ``name`` for strings, None, booleans, ..."""
+    if values is None or isinstance(values, (str, bytes, dict)) or (
+            isinstance(values, Tensor) and (values.dtype == torch.bool or values.is_complex())):
+        raise TypeError(f"{name}: expected real numbers (a tensor, array or nested list), got {type(values).__name__}")
+    try:
+        return torch.as_tensor(values, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name}: expected real numbers (a tensor, array or nested list), got {values!r:.80}") from None
 
 
 class GaussianMixture:
@@ -33,18 +44,20 @@ class GaussianMixture:
     """
 
     def __init__(self, weights, means, covs):
-        means = torch.as_tensor(means, dtype=torch.float64).detach().cpu()
-        if means.ndim != 2:
-            raise ValueError(f"means: expected shape (K, D), got {tuple(means.shape)}")
+        means = _as_float64("means", means)
+        if means.ndim != 2 or means.numel() == 0:
+            raise ValueError(f"means: expected shape (K, D) with K, D >= 1, got {tuple(means.shape)}")
+        if not torch.isfinite(means).all():
+            raise ValueError(f"means: must be finite, got non-finite entries {means[~torch.isfinite(means)][:4].tolist()}")
         K, D = means.shape
-        weights = torch.as_tensor(weights, dtype=torch.float64).detach().cpu().flatten()
+        weights = _as_float64("weights", weights).flatten()
         if weights.shape != (K,):
             raise ValueError(f"weights: expected shape ({K},) to match means, got {tuple(weights.shape)}")
         if not torch.isfinite(weights).all() or (weights <= 0).any():
             raise ValueError(f"weights: must be finite and positive, got {weights.tolist()}")
         if abs(float(weights.sum()) - 1) > 1e-6:
             raise ValueError(f"weights: must sum to 1 (within 1e-6), got sum {float(weights.sum())}")
-        covs = torch.as_tensor(covs, dtype=torch.float64).detach().cpu()
+        covs = _as_float64("covs", covs)
         if covs.ndim == 0:
             covs = covs.expand(K)
         if covs.ndim == 1:
@@ -99,11 +112,14 @@ class GaussianMixture:
     def sample(self, n: int, *, generator: torch.Generator | None = None, dtype=torch.float32,
                device=None, return_labels: bool = False):
         """Draw ``n`` samples (``(n, D)``); with ``return_labels`` also the component of each."""
-        if int(n) < 1:
-            raise ValueError(f"n: expected a positive number of samples, got {n}")
+        n = check_count("n", n)
+        check_generator("generator", generator)
+        check_bool("return_labels", return_labels)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype: expected a floating torch.dtype such as torch.float32, got {dtype!r}")
         gen_device = generator.device if generator is not None else torch.device("cpu")
-        k = torch.multinomial(self.weights.to(gen_device), int(n), replacement=True, generator=generator)
-        z = torch.randn(int(n), self.dim, generator=generator, dtype=torch.float64, device=gen_device)
+        k = torch.multinomial(self.weights.to(gen_device), n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64, device=gen_device)
         evals, evecs = self._evals.to(gen_device), self._evecs.to(gen_device)
         # x = mu_k + U_k diag(sqrt(l_k)) z
         x = self.means.to(gen_device)[k] + torch.einsum("nij,nj->ni", evecs[k], evals[k].sqrt() * z)
@@ -128,6 +144,9 @@ class GaussianMixture:
         return log_w[None] - 0.5 * (maha + logdet + self.dim * math.log(2 * math.pi))
 
     def _check_points(self, x: Tensor):
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise TypeError(f"x: expected a floating-point torch.Tensor of shape (B, {self.dim}), got "
+                            f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}")
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x: expected shape (B, {self.dim}) for this mixture, got {tuple(x.shape)}")
 
