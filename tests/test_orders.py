@@ -54,10 +54,7 @@ STOCHASTIC_STEPS = {1: (16, 24, 32, 48), 2: (48, 64, 96, 128)}
 
 # Declared orders known to disagree with the measurement, for the owner of the sampler to settle; strict,
 # so that each entry fails once the declaration is fixed and must then be removed.
-KNOWN_MISMATCHES = {
-    ("torchsde", (("solver", "srk"),)): "declares its strong order 1.5; its weak order on additive noise is 2 "
-                                         "(measured 2.01), and convergence_order is the weak order for SDE samplers",
-}
+KNOWN_MISMATCHES: dict = {}
 
 
 def _steps_for(table: dict[int, tuple[int, ...]], order: float) -> tuple[int, ...]:

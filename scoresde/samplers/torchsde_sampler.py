@@ -13,8 +13,8 @@ calls per step for our additive noise (g depends on t only):
 
 * ``euler``: 1, 2 calls;
 * ``milstein``: 1, 2 calls (equal to Euler-Maruyama here: g does not depend on x);
-* ``srk``: 1.5, 4 calls: torchsde's scheme for additive noise, Rossler's (2010) two-stage SRA1 (strong
-  order 1.5), which evaluates its first stage twice; needs a path with
+* ``srk``: 2, 4 calls: torchsde's scheme for additive noise, Rossler's (2010) two-stage SRA1 (strong
+  order 1.5, weak order 2), which evaluates its first stage twice; needs a path with
   ``levy_area_approximation='space-time'``;
 * ``reversible_heun``: 1, 2 calls plus 1 at the start (a Stratonovich scheme, valid because with
   additive noise the Ito and Stratonovich SDEs coincide). It is only conditionally stable: like
@@ -41,7 +41,7 @@ from .base import BrownianNoise, Sampler, SamplingContext, register
 
 # method -> (sde_type the torchsde solver integrates, noise_type declared, weak order, model calls per step)
 METHODS = {"euler": ("ito", "additive", 1.0, 2), "milstein": ("ito", "additive", 1.0, 2),
-           "srk": ("ito", "additive", 1.5, 4), "reversible_heun": ("stratonovich", "diagonal", 1.0, 2)}
+           "srk": ("ito", "additive", 2.0, 4), "reversible_heun": ("stratonovich", "diagonal", 1.0, 2)}
 _LEVY_AREA = {"srk": ("space-time", "davie", "foster")}
 
 
