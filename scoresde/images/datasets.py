@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._files import load_tensor_file
+from .._files import as_tensor_data, load_tensor_file
 
 __all__ = ["ImageData", "DIGITS_LEVELS", "IMAGE_DATASETS", "digits", "from_levels", "to_levels", "load_array",
            "load_folder", "IMAGE_SUFFIXES"]
@@ -94,15 +94,8 @@ def digits(split: str = "train") -> ImageData:
 # Files
 # ---------------------------------------------------------------------------------------------
 def _read_array_file(path: Path):
-    obj = load_tensor_file(path, "data")  # named errors for corrupt, pickled or non-numeric files
-    if isinstance(obj, Tensor):
-        return obj, None
-    if isinstance(obj, dict) and "x" in obj:
-        return obj["x"], obj.get("y")
-    if isinstance(obj, (tuple, list)) and len(obj) == 2:
-        return obj[0], obj[1]
-    raise ValueError(f"data: {str(path)!r} holds a {type(obj).__name__}; allowed: a tensor, a dict with 'x' "
-                     "(and 'y'), or a pair (x, y)")
+    # named errors for corrupt, pickled or non-numeric files, and for objects that hold no (x, y)
+    return as_tensor_data(load_tensor_file(path, "data"), path, "data")
 
 
 def check_labels(y, n: int, where: str) -> Tensor | None:

@@ -26,9 +26,11 @@ from torch import Tensor, nn
 from ..models import PARAMETERIZATIONS
 from ..sde import SDE
 from .embedding import EMBEDDINGS
-from .mlp import TIME_INPUTS
 
-__all__ = ["NoiseLevelEmbedding", "DEFAULT_EMBED_SCALE", "check_image", "time_batch"]
+__all__ = ["NoiseLevelEmbedding", "DEFAULT_EMBED_SCALE", "TIME_INPUTS", "check_image", "time_batch"]
+
+#: what a network embeds as its noise level: the half log-SNR lambda(t), or t / T
+TIME_INPUTS = ("log_snr", "t")
 
 #: frequency scale ``c`` per (embedding, time input), the values ScoreMLP uses: sinusoidal features
 #: see ``c tau`` in about [-1000, 1000] (DDPM's timestep range), Fourier features ``tau`` at unit scale

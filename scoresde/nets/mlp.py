@@ -29,18 +29,12 @@ from torch import Tensor, nn
 from ..models import PARAMETERIZATIONS
 from ..sde import SDE
 from .embedding import EMBEDDINGS
+from .layers import DEFAULT_EMBED_SCALE as _DEFAULT_SCALE
+from .layers import TIME_INPUTS
+from .layers import positive_int as _positive_int
 
 __all__ = ["ScoreMLP", "TIME_INPUTS"]
 
-TIME_INPUTS = ("log_snr", "t")
-_DEFAULT_SCALE = {("fourier", "log_snr"): 1.0, ("fourier", "t"): 16.0,
-                  ("sinusoidal", "log_snr"): 100.0, ("sinusoidal", "t"): 1000.0}
-
-
-def _positive_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {v!r}")
-    return v
 
 
 class _ResBlock(nn.Module):
