@@ -26,11 +26,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..models import PARAMETERIZATIONS
 from ..sde import SDE
 from .embedding import EMBEDDINGS
 from .layers import DEFAULT_EMBED_SCALE as _DEFAULT_SCALE
-from .layers import TIME_INPUTS
+from .layers import TIME_INPUTS, check_common
 from .layers import positive_int as _positive_int
 
 __all__ = ["ScoreMLP", "TIME_INPUTS"]
@@ -72,16 +71,7 @@ class ScoreMLP(nn.Module):
         _positive_int("dim", dim)
         _positive_int("width", width)
         _positive_int("depth", depth)
-        if not isinstance(sde, SDE):
-            raise ValueError(f"sde: expected a scoresde.SDE, got {type(sde).__name__}")
-        if parameterization not in PARAMETERIZATIONS:
-            raise ValueError(f"parameterization: unknown {parameterization!r}; allowed: {', '.join(PARAMETERIZATIONS)}")
-        if embedding not in EMBEDDINGS:
-            raise ValueError(f"embedding: unknown {embedding!r}; allowed: {', '.join(EMBEDDINGS)}")
-        if time_input not in TIME_INPUTS:
-            raise ValueError(f"time_input: unknown {time_input!r}; allowed: {', '.join(TIME_INPUTS)}")
-        if num_classes is not None:
-            _positive_int("num_classes", num_classes)
+        check_common(sde, parameterization, embedding, time_input, embed_scale, num_classes)
         self.dim, self.sde, self.parameterization = dim, sde, parameterization
         self.time_input, self.num_classes = time_input, num_classes
         scale = _DEFAULT_SCALE[(embedding, time_input)] if embed_scale is None else embed_scale
