@@ -12,8 +12,8 @@ Three parts, each printed as tables and written as CSV under ``--out``:
    A configuration runs the largest step count whose declared NFE fits the budget; the table shows
    the NFE it used.
 2. overhead.csv: for every fixed-step sampler, its own cost per model call as a fraction of one call
-   of a network of realistic cost (an MLP 4 x 1024 on (B, 3, 32, 32), batch 64: tens of ms a call on a
-   CPU), against a bare loop calling the same network on the very inputs the sampler gave it, per step
+   of a network of realistic cost (``--overhead-net``: the package's image U-Net on (B, 3, 32, 32), batch 8,
+   ~50 ms a call on one CPU thread; or an MLP 4 x 1024 on the same images, batch 64), against a bare loop calling the same network on the very inputs the sampler gave it, per step
    (the difference of two step counts), fastest of interleaved repeats; and the same cost with a
    free model. Target <= 2 %.
 3. diffusers.csv: at NFE 5 and 10 on DiscreteVPSDE() (1000-step linear DDPM schedule) with the exact
@@ -241,7 +241,9 @@ def fixed_step_configs(quick):
 def overhead(args):
     """Each fixed-step sampler's own cost per model call, as a fraction of the call of a realistic network.
 
-    The network is :class:`ImageMLP` (4 x 1024 on (B, 3, 32, 32), float32, batch ``--overhead-batch``).
+    The network is the package's image U-Net (``build_net('unet')``, default options, 1.7 M parameters) or
+    :class:`ImageMLP` (4 x 1024), on (B, 3, 32, 32), float32, batch ``--overhead-batch``; untrained, since
+    the cost of a call does not depend on the weights.
     Every run is timed at two step counts and the difference is taken, so what is measured is the cost
     per step, not the one-off set-up of ``sample()`` (grid, checks), reported apart. Two measurements:
 
@@ -266,10 +268,18 @@ def overhead(args):
         torch.set_num_threads(1)
     sde = sd.VPSDE()
     torch.manual_seed(0)
-    net = ImageMLP().to(device)
+    if args.overhead_net == "unet":
+        net = sd.nets.build_net("unet", in_channels=3, image_size=32, sde=sde, parameterization="eps").to(device).eval()
+        net.shape, what = (3, 32, 32), "the image U-Net (1.7 M parameters)"
+        with torch.no_grad():  # its zero-initialised layers would make eps = 0 and pc's step size infinite
+            for p in net.parameters():
+                if not p.any():
+                    p.normal_(0.0, 0.02)
+    else:
+        net, what = ImageMLP().to(device), "an MLP 4 x 1024"
     model = sd.ScoreModel(net, sde, "eps")
     free = sd.ScoreModel(lambda x, t: x, sde, "eps")
-    B = args.overhead_batch
+    B = args.overhead_batch or (8 if args.overhead_net == "unet" else 64)
     (lo, hi), repeats = ((4, 12), 3) if args.quick else ((10, 30), 5)
     g = torch.Generator(device=device).manual_seed(0)
     x_T = torch.randn(B, *net.shape, generator=g, device=device)
@@ -324,13 +334,14 @@ def overhead(args):
         own_measured = ((best["s_hi"] - best["s_lo"]) - (best["b_hi"] - best["b_lo"])) / extra
         own_free = max(0.0, (best["f_hi"] - best["f_lo"]) / (n_hi - n_lo))
         setup = best["f_lo"] - own_free * n_lo
-        rows.append({"sampler": label(name, opts), "device": str(device), "timer": clock.__name__, "batch": B,
+        rows.append({"sampler": label(name, opts), "net": args.overhead_net, "device": str(device),
+                     "timer": clock.__name__, "batch": B,
                      "shape": "3x32x32",
                      "steps": f"{lo}->{hi}", "nfe": nfe, "bare_call_ms": 1e3 * t_call,
                      "own_ms_per_call_measured": 1e3 * own_measured, "own_fraction_measured": own_measured / t_call,
                      "own_ms_per_call_free": 1e3 * own_free, "own_fraction_free": own_free / t_call,
                      "setup_ms": 1e3 * setup})
-    print(f"\n[overhead] each sampler's own cost per model call, as a fraction of one call of an MLP 4 x 1024 on "
+    print(f"\n[overhead] each sampler's own cost per model call, as a fraction of one call of {what} on "
           f"(B, 3, 32, 32) (batch {B}, float32, steps {lo} -> {hi}, {device}, "
           f"{'wall time' if device.type == 'cuda' else 'process CPU time, 1 thread'}, fastest of {repeats}; "
           f"target <= 2 %)\n  measured: (sampler - bare loop on the same inputs) per extra call; "
@@ -575,8 +586,10 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="a subset (fewer problems, NFEs, grids, smaller batches, fewer repeats)")
     p.add_argument("--device", default="cpu", help="device of the overhead measurement (cpu or cuda)")
     p.add_argument("--batch", type=int, default=None, help="batch of the accuracy runs (default 1000; quick 200)")
-    p.add_argument("--overhead-batch", type=int, default=64,
-                   help="batch of the overhead part's network calls (default 64: tens of ms a call on a CPU)")
+    p.add_argument("--overhead-net", choices=("unet", "mlp"), default="unet",
+                   help="network of the overhead part: the image U-Net (default) or an MLP 4 x 1024, on (B, 3, 32, 32)")
+    p.add_argument("--overhead-batch", type=int, default=None,
+                   help="batch of the overhead part's network calls (default 8 for the U-Net, 64 for the MLP)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for the CSV files")
     p.add_argument("--parts", default="accuracy,overhead,diffusers", help="comma-separated parts to run")
     args = p.parse_args(argv)
