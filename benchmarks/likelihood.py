@@ -11,13 +11,15 @@
 4. The variational bound on the oracle: its gap to the exact NLL against N (10 to 1000) for VP, sub-VP
    and cosine, both reverse variances, beside the continuous-time bound and the PF-ODE (the baseline);
    the figure is ``figures/bound_gap.png`` (``python benchmarks/make_figures.py --only bound_gap``).
-5. Digits (scikit-learn's 8x8 digits, 17 levels, scaled to [-1, 1], uniform dequantisation): test-split
-   bits/dim of two independent baselines fitted to the dequantised training data, scikit-learn's
-   ``GaussianMixture`` (full covariance, number of components chosen on a validation split) and a diagonal
-   Gaussian; and :func:`model_bits_per_dim`, PF-ODE and bound bits/dim of any ``ScoreModel`` on the same
-   test split, run here on the fitted GaussianMixture made a diffusion model by its exact score (its PF-ODE
-   must reproduce the mixture's own bits/dim: an end-to-end check of the image path). Trained U-Net/DiT
-   models go through the same function: ``model_bits_per_dim(load_model(run)[0], splits["test"], 17)``.
+5. Digits (scikit-learn's 8x8 digits, 17 levels, scaled to [-1, 1], uniform dequantisation) on the fixed
+   split of :func:`scoresde.images.digits` (360 test images; the image models are trained on the other
+   1437): test-split bits/dim of two independent baselines fitted to the dequantised training data,
+   scikit-learn's ``GaussianMixture`` (full covariance, number of components chosen on a validation part of
+   the training split, then refitted on all of it) and a diagonal Gaussian; :func:`model_bits_per_dim`, PF-ODE
+   and bound bits/dim of any ``ScoreModel`` on the same test split, run on the fitted GaussianMixture made a
+   diffusion model by its exact score (its PF-ODE must reproduce the mixture's own bits/dim: an end-to-end
+   check of the image path), and on the trained U-Net and DiT of ``benchmarks/images.py`` found in ``--runs``.
+   Goal: the diffusion models below the GaussianMixture.
 
 Run: ``python benchmarks/likelihood.py`` (about 10 minutes on 2 busy CPU cores; ``--quick`` for a smoke run,
 ``--only bound digits`` for parts 4-5, ``--device cuda`` on a GPU).
@@ -178,14 +180,16 @@ DIGITS_LEVELS = 17
 
 
 def digits_splits(seed: int = 0) -> dict[str, torch.Tensor]:
-    """scikit-learn's 1797 8x8 digits (values 0..16) scaled to [-1, 1] as (n, 1, 8, 8) float64; 60/20/20 split."""
-    from sklearn.datasets import load_digits
+    """The digits (values 0..16) scaled to [-1, 1] as (n, 1, 8, 8) float64, on the library's fixed split
+    (:func:`scoresde.images.digits`: test = every fifth image, 360; train = the other 1437, on which the
+    image models of ``benchmarks/images.py`` are trained). ``fit``/``val`` split the training images 80/20
+    (seeded) to choose the GaussianMixture's number of components; the chosen one is refitted on ``train``."""
+    from scoresde.images import digits
 
-    x = torch.from_numpy(load_digits().data).to(torch.float64) / (DIGITS_LEVELS - 1) * 2 - 1
-    x = x.reshape(-1, 1, 8, 8)
-    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
-    n_train, n_val = int(0.6 * len(perm)), int(0.2 * len(perm))
-    return {"train": x[perm[:n_train]], "val": x[perm[n_train:n_train + n_val]], "test": x[perm[n_train + n_val:]]}
+    train, test = digits("train").x.double(), digits("test").x.double()
+    perm = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(seed))
+    n_fit = int(0.8 * len(perm))
+    return {"train": train, "fit": train[perm[:n_fit]], "val": train[perm[n_fit:]], "test": test}
 
 
 def dequantize(x: torch.Tensor, levels: int, generator: torch.Generator) -> torch.Tensor:
@@ -207,8 +211,9 @@ def _mean_se(v: torch.Tensor) -> tuple[float, float]:
 def digits_baselines(splits: dict, *, components=(1, 2, 4, 8, 16, 32), seed: int = 0) -> dict:
     """Diagonal Gaussian and full-covariance GaussianMixture fitted to the dequantised training split.
 
-    The number of mixture components is the one with the best dequantised validation bits/dim; all
-    bits/dim are on one dequantisation of the test split. Returns the numbers and the fitted mixture.
+    The number of mixture components is the one with the best dequantised validation bits/dim when fitted
+    on ``fit``; that K is refitted on all of ``train``. All bits/dim are on one dequantisation of the test
+    split. Returns the numbers and the fitted mixture.
     """
     from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
@@ -219,15 +224,14 @@ def digits_baselines(splits: dict, *, components=(1, 2, 4, 8, 16, 32), seed: int
     diag = torch.distributions.Normal(mean, var.sqrt()).log_prob(y["test"]).sum(1)
     out = {"diagonal": _mean_se(density_bpd(diag, dim, DIGITS_LEVELS))}
     val = {}
-    fits = {}
     for k in components:
         gm = SkGaussianMixture(k, covariance_type="full", random_state=seed, max_iter=200)
-        gm.fit(y["train"].numpy())
-        fits[k] = gm
+        gm.fit(y["fit"].numpy())
         val[k] = float(density_bpd(torch.from_numpy(gm.score_samples(y["val"].numpy())), dim, DIGITS_LEVELS).mean())
     best = min(val, key=val.get)
-    test = density_bpd(torch.from_numpy(fits[best].score_samples(y["test"].numpy())), dim, DIGITS_LEVELS)
-    out.update(gmm=_mean_se(test), gmm_components=best, gmm_val=val, gmm_fit=fits[best])
+    gm = SkGaussianMixture(best, covariance_type="full", random_state=seed, max_iter=200).fit(y["train"].numpy())
+    test = density_bpd(torch.from_numpy(gm.score_samples(y["test"].numpy())), dim, DIGITS_LEVELS)
+    out.update(gmm=_mean_se(test), gmm_components=best, gmm_val=val, gmm_fit=gm)
     return out
 
 
@@ -258,13 +262,14 @@ def model_bits_per_dim(model: sd.ScoreModel, x: torch.Tensor, levels: int, *, st
             "bound_steps": bound.steps, "bound_nfe": bound.nfe}
 
 
-def digits_table(quick: bool, device) -> None:
+def digits_table(quick: bool, device, runs) -> None:
     print("\n== 5. Digits (8x8, 17 levels, [-1, 1], uniform dequantisation): test-split bits/dim (mean +- s.e.) ==")
     start = time.perf_counter()
     splits = digits_splits()
     comps = (1, 2, 4) if quick else (1, 2, 4, 8, 16, 32)
     base = digits_baselines(splits, components=comps)
-    print(f"  {len(splits['train'])} train / {len(splits['val'])} validation / {len(splits['test'])} test images")
+    print(f"  {len(splits['train'])} train ({len(splits['fit'])} fit + {len(splits['val'])} validation to choose K) / "
+          f"{len(splits['test'])} test images (the fixed split of scoresde.images.digits)")
     print(f"  baseline diagonal Gaussian           {base['diagonal'][0]:.4f} +- {base['diagonal'][1]:.4f}")
     vals = ", ".join(f"K={k}: {v:.3f}" for k, v in base["gmm_val"].items())
     print(f"  baseline GaussianMixture (full, K={base['gmm_components']:2d}) {base['gmm'][0]:.4f} +- {base['gmm'][1]:.4f}"
@@ -292,12 +297,48 @@ def digits_table(quick: bool, device) -> None:
     print(f"    discrete bound with t_1 = {t1:.4g} (sigma_1 = 2.55 half-bins, DDPM's ratio): {b.bpd:.4f} +- "
           f"{b.bpd_se:.4f} (decoder {float(b.reconstruction.mean()):.1f} nats, KL sum {float(b.diffusion.mean()):.1f})"
           f"   ({time.perf_counter() - start:.0f} s)")
+    trained_models_table(runs, splits["test"], base, quick, device)
+
+
+def trained_models_table(runs, x: torch.Tensor, base: dict, quick: bool, device, n_images: int = 128) -> None:
+    """PF-ODE and discrete-bound bits/dim of the U-Net and DiT runs of ``benchmarks/images.py`` on the test split."""
+    from pathlib import Path
+
+    from scoresde.training import CHECKPOINT_NAME, load_model
+
+    found = [n for n in ("unet", "dit") if (Path(runs) / n / CHECKPOINT_NAME).exists()]
+    if not found:
+        print(f"  no trained image models in {runs} (python benchmarks/images.py trains them)")
+        return
+    # the PF-ODE with Hutchinson's trace costs a vector-Jacobian product per call: a fixed subset of the test split
+    x = x[:64] if quick else x[:n_images]
+    gm = base["gmm_fit"]
+    y = dequantize(x, DIGITS_LEVELS, torch.Generator().manual_seed(1)).reshape(len(x), -1)
+    gmm = _mean_se(density_bpd(torch.from_numpy(gm.score_samples(y.numpy())), y.shape[1], DIGITS_LEVELS))[0]
+    x = x.to(device=device, dtype=torch.float32)
+    n_t = 8 if quick else 32
+    print(f"  the GaussianMixture on the first {len(x)} test images (the baseline for the models): {gmm:.4f}")
+    print(f"  trained models from {runs} on {len(x)} test images: PF-ODE (dopri5 1e-5, Hutchinson 4 probes) and "
+          f"the N = 1000 discrete bound (beta, t_1 at DDPM's sigma_1, {n_t} sampled steps per image, unbiased)")
+    for name in found:
+        start = time.perf_counter()
+        model, _ = load_model(Path(runs) / name, device=device)
+        t1 = ddpm_first_noise_time(model.sde, DIGITS_LEVELS)
+        res = model_bits_per_dim(model, x, DIGITS_LEVELS, steps=1000, bound_estimator="uniform", n_t=n_t,
+                                 bound_t_min=t1)
+        ode, bound = res["ode"], res["bound"]
+        verdict = "below" if ode[0] < gmm else "NOT below"
+        print(f"    {name:4s}: PF-ODE {ode[0]:.4f} +- {ode[1]:.4f} (NFE {res['ode_nfe']}); bound {bound[0]:.4f} +- "
+              f"{bound[1]:.4f}; GaussianMixture {gmm:.4f}: PF-ODE "
+              f"{verdict} GaussianMixture ({time.perf_counter() - start:.0f} s)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--runs", default="benchmarks/results/image_runs",
+                        help="folder with the unet/ and dit/ runs of benchmarks/images.py (part 5)")
     parts = ("likelihood", "guidance", "imputation", "bound", "digits")
     parser.add_argument("--only", nargs="*", choices=parts, default=list(parts))
     args = parser.parse_args()
@@ -316,7 +357,7 @@ def main() -> None:
     if "bound" in args.only:
         bound_gap_table(args.quick)
     if "digits" in args.only:
-        digits_table(args.quick, device)
+        digits_table(args.quick, device, args.runs)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
     python benchmarks/make_figures.py --only ddim_limit --out /tmp/figs
 
 The eight_gaussians mixture under the VP SDE with its exact score; the jobs are those of scoresde.studies.jobs.
+The ``images`` job (benchmarks/images.py) uses the trained U-Net in ``--runs`` (benchmarks/results/image_runs by
+default, written by ``python benchmarks/images.py``) and trains the quick configuration there when it is absent.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 from scoresde import VPSDE
 from scoresde.studies import jobs
 
-JOBS = ("error_vs_steps", "ddim_limit", "trajectories", "grid_comparison", "bound_gap")
+JOBS = ("error_vs_steps", "ddim_limit", "trajectories", "grid_comparison", "bound_gap", "images")
 
 
 def main(argv=None) -> int:
@@ -25,6 +27,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "figures"))
     p.add_argument("--only", nargs="*", choices=JOBS, default=list(JOBS))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--runs", default=str(Path(__file__).resolve().parent / "results" / "image_runs"),
+                   help="image runs of benchmarks/images.py (the images job)")
     args = p.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     out = Path(args.out)
@@ -42,6 +46,10 @@ def main(argv=None) -> int:
             paths, _ = jobs.job_trajectories(out, mix, sde, seed=args.seed)
         elif job == "grid_comparison":
             paths, _ = jobs.job_grid_comparison(out, model, seed=args.seed, progress=True)
+        elif job == "images":  # sample grid and error against steps on the trained U-Net (benchmarks/images.py)
+            from images import job_images
+
+            paths, _ = job_images(out, Path(args.runs), seed=args.seed)
         else:  # bound_gap: the variational bound's gap to the exact NLL against N (scoresde.studies.bound_gap)
             from scoresde.studies.bound_gap import job_bound_gap
 
