@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _throughput import alternating_throughput  # noqa: E402  (benchmarks/ is the script folder)
 
 import scoresde as sd
 from scoresde.config import TrainConfig
@@ -183,20 +184,7 @@ def throughput(rounds: int, steps_per_round: int, seed: int = 0) -> tuple[float,
         loss.backward()
         opt.step()
 
-    for _ in range(3):  # warm-up of both
-        trainer.train_step()
-        bare()
-    t_trainer = t_bare = 0.0
-    for _ in range(rounds):
-        start = time.perf_counter()
-        trainer.train(trainer.step + steps_per_round)
-        t_trainer += time.perf_counter() - start
-        start = time.perf_counter()
-        for _ in range(steps_per_round):
-            bare()
-        t_bare += time.perf_counter() - start
-    n = rounds * steps_per_round
-    return n / t_trainer, n / t_bare
+    return alternating_throughput(trainer, bare, rounds, steps_per_round, warmup=3)
 
 
 # ---------------------------------------------------------------------------------------------

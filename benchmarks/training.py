@@ -21,6 +21,7 @@ import tempfile
 import time
 
 import torch
+from _throughput import alternating_throughput  # noqa: E402  (benchmarks/ is the script folder)
 
 import scoresde as sd
 from scoresde.config import TrainConfig
@@ -52,23 +53,10 @@ def throughput(cfg: TrainConfig, rounds: int, steps_per_round: int) -> tuple[flo
     sde, mix = sd.VPSDE(), sd.toy.mixture("eight_gaussians")
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(cfg.replace(steps=10**9, ckpt_every=10**9), out)
-        net = EDMPrecondition(ScoreMLP(2, sde, "eps", width=cfg.width, depth=cfg.depth, emb_dim=cfg.emb_dim), sde,
+        net = EDMPrecondition(ScoreMLP(2, sde, "eps", **cfg.net_options()), sde,
                              "eps", trainer.config.sigma_data)
         bare = bare_loop(net, sde, mix, cfg.batch_size, cfg.lr, torch.Generator().manual_seed(1))
-        for _ in range(20):  # warm-up of both
-            trainer.train_step()
-            bare()
-        t_trainer = t_bare = 0.0
-        for _ in range(rounds):
-            start = time.perf_counter()
-            trainer.train(trainer.step + steps_per_round)
-            t_trainer += time.perf_counter() - start
-            start = time.perf_counter()
-            for _ in range(steps_per_round):
-                bare()
-            t_bare += time.perf_counter() - start
-    n = rounds * steps_per_round
-    return n / t_trainer, n / t_bare
+        return alternating_throughput(trainer, bare, rounds, steps_per_round, warmup=20)
 
 
 def score_error(model: sd.ScoreModel, mix, sde, n: int, generator) -> tuple[list, float, float]:
