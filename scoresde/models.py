@@ -16,8 +16,7 @@ evaluations by hand (cf. scipy's ``OdeSolver.nfev``).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -126,12 +125,6 @@ class ScoreModel:
     def _coeffs(self, x: Tensor, t) -> tuple[Tensor, Tensor]:
         """alpha(t), sigma(t), broadcastable against x."""
         return self.sde.alpha_sigma(self._time(x, t))
-
-    @contextmanager
-    def grid(self, times) -> Iterator[ScoreModel]:
-        """A no-op block, kept only while ``samplers/ode.py`` and ``samplers/torchsde_sampler.py`` still
-        enter it; conversions compute alpha and sigma from the SDE at every time."""
-        yield self
 
     def to_eps(self, out: Tensor, x: Tensor, t) -> Tensor:
         """Convert a raw output ``out`` at (x, t) to the noise prediction."""

@@ -228,10 +228,6 @@ class SDE(ABC):
             hi = torch.where(above, hi, mid)
         return (0.5 * (lo + hi)).to(lam.dtype)
 
-    def breakpoints(self) -> Tensor:
-        """Times in (0, T) where f or g^2 is not smooth (none for closed-form schedules)."""
-        return torch.zeros(0, dtype=torch.float64)
-
     def dsigma_dt(self, t) -> Tensor:
         """d sigma / dt, from g^2 = d sigma^2/dt - 2 f sigma^2."""
         t = as_time(t)
@@ -696,10 +692,6 @@ class DiscreteVPSDE(_VariancePreserving):
         j = torch.searchsorted(-la, (-log_alpha).contiguous(), right=True) - 1
         j = torch.clamp(j, 0, self.N - 1)
         return j.to(log_alpha.dtype) / self.N + (log_alpha - la[j]) / slope[j]
-
-    def breakpoints(self) -> Tensor:
-        """The knots j/N: log alpha is piecewise linear, so f jumps there."""
-        return torch.arange(1, self.N, dtype=torch.float64) / self.N
 
     def discrete_time(self, t) -> Tensor:
         """The discrete step index (as a float) a network trained on this schedule expects."""

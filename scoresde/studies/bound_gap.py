@@ -22,7 +22,7 @@ from ..bounds import continuous_bound, variational_bound
 from ..likelihood import log_likelihood
 from ..sde import SDE, VPSDE, CosineVPSDE, SubVPSDE
 from ..toy import GaussianMixture
-from .common import write_csv
+from .output import write_csv
 
 __all__ = ["BoundGap", "bound_gap", "plot_bound_gap", "job_bound_gap", "DEFAULT_STEPS"]
 
