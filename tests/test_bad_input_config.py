@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from _named_error import assert_named_error
 
 from scoresde._files import clean_stale_temporaries, load_tensor_file
 from scoresde.config import TrainConfig
@@ -43,10 +44,7 @@ CONFIGS = [
 
 @pytest.mark.parametrize("fields, exc, words", CONFIGS)
 def test_bad_config_is_a_named_error(fields, exc, words):
-    with pytest.raises(exc) as info:
-        TrainConfig(**fields)
-    for word in words:
-        assert word in str(info.value), f"{word!r} not in {str(info.value)!r}"
+    assert_named_error(lambda: TrainConfig(**fields), exc, words)
 
 
 FILES = [
@@ -64,10 +62,7 @@ FILES = [
 @pytest.mark.parametrize("name, text, exc, words", FILES)
 def test_bad_config_file_is_a_named_error(tmp_path, name, text, exc, words):
     (tmp_path / name).write_text(text)
-    with pytest.raises(exc) as info:
-        TrainConfig.from_file(tmp_path / name)
-    for word in words:
-        assert word in str(info.value), f"{word!r} not in {str(info.value)!r}"
+    assert_named_error(lambda: TrainConfig.from_file(tmp_path / name), exc, words)
 
 
 def test_config_file_that_is_not_a_file(tmp_path):
@@ -122,10 +117,7 @@ DATA = [
 def test_bad_data_file_is_a_named_error(tmp_path, name, words):
     _write_data_files(tmp_path)
     for load in (lambda p: load_tensor_file(p, "data"), lambda p: make_data(str(p))):
-        with pytest.raises(ValueError) as info:
-            load(tmp_path / name)
-        for word in words:
-            assert word in str(info.value), f"{word!r} not in {str(info.value)!r}"
+        assert_named_error(lambda: load(tmp_path / name), ValueError, words)
 
 
 def test_stale_temporaries_of_dead_processes_only(tmp_path):

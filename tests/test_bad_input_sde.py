@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from _named_error import assert_named_error
 
 import scoresde as sd
 from scoresde.sde import sde_arguments
@@ -75,11 +76,7 @@ EVALUATORS = [
 
 @pytest.mark.parametrize("call, exc, words", CONSTRUCTORS + EVALUATORS)
 def test_bad_input_is_a_named_error(call, exc, words):
-    with pytest.raises(exc) as info:
-        call()
-    message = str(info.value)
-    for word in words:
-        assert word in message, f"{word!r} not in {message!r}"
+    assert_named_error(call, exc, words)
 
 
 @pytest.mark.parametrize("name", sorted(sd.SDES))

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from _named_error import assert_named_error
 
 from scoresde import toy
 from scoresde.toy import GaussianMixture
@@ -68,11 +69,7 @@ def _vp():
 
 @pytest.mark.parametrize("call, exc, words", CASES)
 def test_bad_input_is_a_named_error(call, exc, words):
-    with pytest.raises(exc) as info:
-        call()
-    message = str(info.value)
-    for word in words:
-        assert word in message, f"{word!r} not in {message!r}"
+    assert_named_error(call, exc, words)
 
 
 @pytest.mark.parametrize("name", toy.available())

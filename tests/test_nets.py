@@ -1,17 +1,10 @@
 """The time-conditioned MLP: interface, per-SDE output scaling, label conditioning."""
 import pytest
 import torch
+from _mlp_output import randomise_output
 
 import scoresde as sd
 from scoresde.nets import NETS, ScoreMLP, build_net
-
-
-def _randomise_output(net, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        net.out.weight.copy_(torch.randn(net.out.weight.shape, generator=g))
-        net.out.bias.copy_(torch.randn(net.out.bias.shape, generator=g))
-    return net
 
 
 @pytest.mark.parametrize("embedding", ["fourier", "sinusoidal"])
@@ -19,7 +12,7 @@ def _randomise_output(net, seed=0):
 def test_shapes_dtypes_and_score_model(any_sde, embedding, time_input):
     torch.manual_seed(0)
     net = ScoreMLP(4, any_sde, "eps", width=32, depth=2, embedding=embedding, time_input=time_input).double()
-    _randomise_output(net)
+    randomise_output(net)
     x = torch.randn(7, 2, 2, dtype=torch.float64)  # an event shape with prod = dim
     t = torch.linspace(any_sde.t_min, any_sde.T, 7, dtype=torch.float64)
     out = net(x, t)
@@ -35,7 +28,7 @@ def test_the_raw_output_is_the_target(param):
     # so an x0 (or v, ...) network read through ScoreModel predicts a different eps than an eps network.
     sde = sd.VPSDE()
     torch.manual_seed(1)
-    eps_net = _randomise_output(ScoreMLP(2, sde, "eps", width=16, depth=1).double())
+    eps_net = randomise_output(ScoreMLP(2, sde, "eps", width=16, depth=1).double())
     other = ScoreMLP(2, sde, param, width=16, depth=1).double()
     other.load_state_dict(eps_net.state_dict())
     x = torch.randn(9, 2, dtype=torch.float64)
@@ -54,7 +47,7 @@ def test_zero_initial_output():
 def test_label_conditioning_and_null_label():
     sde = sd.VPSDE()
     torch.manual_seed(2)
-    net = _randomise_output(ScoreMLP(2, sde, "eps", width=16, depth=1, num_classes=3))
+    net = randomise_output(ScoreMLP(2, sde, "eps", width=16, depth=1, num_classes=3))
     assert net.null_label == 3 and net.label_embed.num_embeddings == 4
     x, t = torch.randn(6, 2), torch.full((6,), 0.3)
     null = torch.full((6,), 3, dtype=torch.long)

@@ -1,20 +1,13 @@
 """EDM preconditioning as a wrapper around any network: consistency, boundedness, the Wiener-filter start."""
 import pytest
 import torch
+from _mlp_output import randomise_output
 from torch import nn
 
 import scoresde as sd
 from scoresde.nets import ScoreMLP
 from scoresde.nets.precondition import EDMPrecondition, precondition
 from scoresde.toy import GaussianMixture
-
-
-def _randomise_output(net, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        net.out.weight.copy_(torch.randn(net.out.weight.shape, generator=g))
-        net.out.bias.copy_(torch.randn(net.out.bias.shape, generator=g))
-    return net
 
 
 @pytest.mark.parametrize("sde_name", ["vp", "ve", "flow", "subvp"])
@@ -24,7 +17,7 @@ def test_every_parameterisation_reports_the_same_function(sde_name, param):
     # Through the ScoreModel conversions every one must give the eps wrapper's prediction (float64 round trip).
     sde = sd.make_sde(sde_name)
     torch.manual_seed(1)
-    inner = _randomise_output(ScoreMLP(2, sde, "eps", width=16, depth=1).double())
+    inner = randomise_output(ScoreMLP(2, sde, "eps", width=16, depth=1).double())
     eps_net = EDMPrecondition(inner, sde, "eps", sigma_data=0.8)
     other = EDMPrecondition(ScoreMLP(2, sde, "eps", width=16, depth=1).double(), sde, param, sigma_data=0.8)
     other.load_state_dict(eps_net.state_dict())
