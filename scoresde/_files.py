@@ -3,19 +3,31 @@
 * :func:`load_tensor_file` reads a ``.pt`` (``torch.load(weights_only=True)``) or ``.npy``
   (``numpy.load(allow_pickle=False)``) file; a missing, corrupt, text, pickled-object or
   non-numeric file is a ValueError that names the argument and the file.
+* :func:`atomic_write` writes every output of the package (checkpoints, samples, image grids, CSVs,
+  figures): into ``.NAME.tmp-PID`` in the target's folder, flushed and fsynced, then renamed over the
+  target with ``os.replace`` (atomic on POSIX and Windows). The target is therefore always the old
+  file or the complete new one: a SIGKILL mid-write leaves the old file and a stale temporary, a full
+  disk leaves the old file and an :class:`OSError` that names the target. The savers
+  :func:`save_tensor`, :func:`save_npy`, :func:`save_png`, :func:`save_text`, :func:`save_csv` and
+  :func:`save_figure` are ``atomic_write`` with the usual writer.
 * :func:`clean_stale_temporaries` removes the ``.NAME.tmp-PID`` files an atomic write leaves when
   its process is killed between creating the temporary file and renaming it into place.
 """
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import IO, Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["load_tensor_file", "as_tensor_data", "clean_stale_temporaries", "temporary_name"]
+__all__ = ["load_tensor_file", "as_tensor_data", "clean_stale_temporaries", "temporary_name", "atomic_write",
+           "save_tensor", "save_npy", "save_png", "save_text", "save_csv", "save_figure"]
 
 _TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)$")
 
@@ -111,3 +123,92 @@ def as_tensor_data(obj, path: str | Path, name: str = "data") -> tuple[Tensor, T
         return obj[0], obj[1]
     raise ValueError(f"{name}: {str(path)!r} must hold a tensor, a dict with 'x' (and 'y'), or a pair (x, y); "
                      f"got {type(obj).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes
+# ---------------------------------------------------------------------------------------------
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, clean: bool = True) -> Path:
+    """Write ``path`` with ``write(fh)`` (``fh`` a binary file) so that ``path`` is always the old file or the new one.
+
+    ``write`` fills the temporary ``.NAME.tmp-PID`` beside ``path``; once it returns, the file is
+    flushed, fsynced and renamed over ``path``. If anything fails the temporary is removed and
+    ``path`` is untouched: an :class:`OSError` (a full disk, a vanished folder, no permission) comes
+    back as an OSError whose ``filename`` is ``path`` and whose message says the previous file is
+    intact; any other exception of ``write`` propagates as it is. ``clean``: first remove the
+    temporaries that killed processes left in the folder (:func:`clean_stale_temporaries`).
+    Returns ``path`` as a :class:`Path`.
+    """
+    path = Path(path)
+    if clean:
+        clean_stale_temporaries(path.parent)
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        before = "the previous file is unchanged" if path.exists() else "nothing was written"
+        raise OSError(err.errno, f"cannot write it ({err.strerror or err}); {before}", str(path)) from err
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _buffered(serialise: Callable[[IO[bytes]], Any]) -> Callable[[IO[bytes]], Any]:
+    """A writer that serialises into memory first, then writes the bytes: a library that turns a failed
+    ``write`` into its own exception (torch's zip writer raises RuntimeError on a full disk) never sees
+    the file, so a full disk is always an OSError of :func:`atomic_write`."""
+    def write(fh: IO[bytes]) -> None:
+        buffer = io.BytesIO()
+        serialise(buffer)
+        fh.write(buffer.getbuffer())
+    return write
+
+
+def save_tensor(obj, path: str | os.PathLike) -> Path:
+    """``torch.save(obj, path)``, atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, _buffered(lambda fh: torch.save(obj, fh)))
+
+
+def save_npy(array, path: str | os.PathLike) -> Path:
+    """``numpy.save(path, array)`` (no pickles), atomically; a tensor is saved as its NumPy array."""
+    import numpy as np
+
+    array = array.detach().cpu().numpy() if isinstance(array, Tensor) else np.asarray(array)
+    return atomic_write(path, _buffered(lambda fh: np.save(fh, array, allow_pickle=False)))
+
+
+def save_png(image, path: str | os.PathLike) -> Path:
+    """A PIL image or a ``uint8`` array ``(H, W)`` / ``(H, W, 3)`` as a PNG file, atomically."""
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(image)
+    return atomic_write(path, _buffered(lambda fh: image.save(fh, format="PNG")))
+
+
+def save_text(text: str, path: str | os.PathLike) -> Path:
+    """``text`` as a UTF-8 file, atomically."""
+    data = text.encode("utf-8")
+    return atomic_write(path, lambda fh: fh.write(data))
+
+
+def save_csv(rows: Iterable[Sequence], path: str | os.PathLike, header: Sequence[str] | None = None) -> Path:
+    """Rows (and a header) as a CSV file, atomically; floats are written with ``repr`` (all their digits)."""
+    text = io.StringIO(newline="")
+    out = csv.writer(text, lineterminator="\n")
+    if header is not None:
+        out.writerow(header)
+    out.writerows(rows)
+    return save_text(text.getvalue(), path)
+
+
+def save_figure(fig, path: str | os.PathLike, **savefig_options) -> Path:
+    """``fig.savefig(path, **savefig_options)`` (a matplotlib Figure), atomically; the format is the suffix's."""
+    path = Path(path)
+    fmt = savefig_options.pop("format", None) or path.suffix.lstrip(".").lower() or None
+    return atomic_write(path, _buffered(lambda fh: fig.savefig(fh, format=fmt, **savefig_options)))

@@ -604,14 +604,29 @@ class FlowMatchingSDE(SDE):
 
 
 def _as_schedule_tensor(name: str, values) -> Tensor:
-    """A 1-D float64 CPU tensor of schedule values; a TypeError naming ``name`` for anything else."""
+    """A 1-D float64 CPU tensor of schedule values; a TypeError naming ``name`` for anything else, a
+    ValueError for a tensor of another shape (a (10, 100) table is not a schedule of 1000 steps)."""
     if isinstance(values, (str, bytes, dict)) or (isinstance(values, Tensor) and (values.is_complex()
                                                                                   or values.dtype == torch.bool)):
         raise TypeError(f"{name}: expected a 1-D sequence or tensor of real numbers, got {type(values).__name__}")
     try:
-        return torch.as_tensor(values, dtype=torch.float64).flatten().cpu()
+        tensor = torch.as_tensor(values, dtype=torch.float64).cpu()
     except (TypeError, ValueError, RuntimeError):
         raise TypeError(f"{name}: expected a 1-D sequence or tensor of real numbers, got {values!r:.80}") from None
+    if tensor.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D schedule (one value per step), got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def _check_open_unit(name: str, values: Tensor) -> None:
+    """At least 2 values, each finite and in (0, 1); else a ValueError naming the first bad one."""
+    if values.numel() < 2:
+        raise ValueError(f"{name}: expected at least 2 values in the open interval (0, 1), got {values.numel()}")
+    bad = ~(torch.isfinite(values) & (values > 0) & (values < 1))
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"{name}: expected values in the open interval (0, 1), got {name}[{i}] = "
+                         f"{float(values[i])!r} ({int(bad.sum())} of {values.numel()} outside)")
 
 
 @dataclass(frozen=True, eq=False)
@@ -637,15 +652,16 @@ class DiscreteVPSDE(_VariancePreserving):
         if self.alphas_cumprod is None:
             betas = self.betas if self.betas is not None else torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
             betas = _as_schedule_tensor("betas", betas)
-            if betas.numel() < 2 or not torch.isfinite(betas).all() or (betas <= 0).any() or (betas >= 1).any():
-                raise ValueError(f"betas: expected at least 2 values in the open interval (0, 1), got {betas.numel()} values in [{float(betas.min())}, {float(betas.max())}]")
+            _check_open_unit("betas", betas)
             log_ac = torch.cumsum(torch.log1p(-betas), 0)
         else:
             ac = _as_schedule_tensor("alphas_cumprod", self.alphas_cumprod)
-            if ac.numel() < 2 or not torch.isfinite(ac).all() or (ac <= 0).any() or (ac >= 1).any():
-                raise ValueError("alphas_cumprod: expected at least 2 values in the open interval (0, 1)")
-            if (ac[1:] >= ac[:-1]).any():
-                raise ValueError("alphas_cumprod: must be strictly decreasing")
+            _check_open_unit("alphas_cumprod", ac)
+            rising = ac[1:] >= ac[:-1]
+            if bool(rising.any()):
+                i = int(rising.nonzero()[0]) + 1
+                raise ValueError(f"alphas_cumprod: must be strictly decreasing, but alphas_cumprod[{i}] = "
+                                 f"{float(ac[i])!r} >= alphas_cumprod[{i - 1}] = {float(ac[i - 1])!r}")
             log_ac = torch.log(ac)
         object.__setattr__(self, "_log_alpha_knots", 0.5 * log_ac)
         if self.t_min is None:
@@ -664,6 +680,15 @@ class DiscreteVPSDE(_VariancePreserving):
 
     def __repr__(self) -> str:
         return f"DiscreteVPSDE(N={self.N}, t_min={self.t_min})"
+
+    def __eq__(self, other) -> bool:
+        # by value: two SDEs built from the same schedule (two from_diffusers calls) are the same SDE
+        if not isinstance(other, DiscreteVPSDE):
+            return NotImplemented
+        return self.t_min == other.t_min and torch.equal(self._log_alpha_knots, other._log_alpha_knots)
+
+    def __hash__(self) -> int:
+        return hash((DiscreteVPSDE, self.t_min, self.N, float(self._log_alpha_knots[-1])))
 
     def _knots(self, like: Tensor) -> tuple[Tensor, Tensor]:
         """log alpha at t = 0, 1/N, ..., 1 (a knot at t = 0 with alpha = 1 closes the schedule) and the

@@ -13,10 +13,18 @@ Each chunk is therefore computed from the same inputs, with the same batch size 
 floating-point kernels), whichever rank computes it, and the gathered samples are bit-identical for
 every K (EDM's ``generate.py`` seeds per sample in the same spirit). Rank 0 gathers the chunks in
 order with ``torch.distributed.gather_object`` (gloo on CPU, nccl on GPU); the other ranks return None.
+
+:func:`init_from_env` joins the process group torchrun describes in the environment (``WORLD_SIZE``,
+``RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) within a short timeout: a stale environment left from an
+earlier run (no peer will ever come) is a named error after ``timeout`` seconds, not a wait of
+torch's 30 minutes; the collectives afterwards keep torch's long default (ranks may finish their
+chunks far apart).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -26,7 +34,60 @@ from torch import Tensor
 from .models import ScoreModel
 from .samplers import sample
 
-__all__ = ["ShardedResult", "sample_sharded", "seed_of", "prior_draws"]
+__all__ = ["ShardedResult", "sample_sharded", "seed_of", "prior_draws", "init_from_env", "DIST_ENV",
+           "DEFAULT_JOIN_TIMEOUT"]
+
+#: the environment variables torchrun sets and :func:`init_from_env` reads
+DIST_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+#: seconds to wait for every rank to join (``SCORESDE_DIST_TIMEOUT`` overrides it)
+DEFAULT_JOIN_TIMEOUT = 60.0
+
+
+def _join_timeout(timeout: float | None) -> float:
+    if timeout is None:
+        raw = os.environ.get("SCORESDE_DIST_TIMEOUT")
+        if raw is None:
+            return DEFAULT_JOIN_TIMEOUT
+        try:
+            timeout = float(raw)
+        except ValueError:
+            raise ValueError(f"SCORESDE_DIST_TIMEOUT: expected a number of seconds, got {raw!r}") from None
+        name = "SCORESDE_DIST_TIMEOUT"
+    else:
+        name = "timeout"
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        raise ValueError(f"{name}: expected a positive number of seconds, got {timeout!r}")
+    return float(timeout)
+
+
+def init_from_env(backend: str, timeout: float | None = None) -> None:
+    """``torch.distributed.init_process_group(backend)`` from torchrun's environment, refusing to wait forever.
+
+    Every rank must join within ``timeout`` seconds (default ``SCORESDE_DIST_TIMEOUT`` or
+    :data:`DEFAULT_JOIN_TIMEOUT`); otherwise a ValueError names the variables, their values
+    and the likely cause (a stale torchrun environment in the shell). The rendezvous store is made
+    by torch's own ``env://`` handler, so torchrun's agent store is used where torchrun provides one.
+    """
+    seconds = _join_timeout(timeout)
+    env = {k: os.environ.get(k) for k in DIST_ENV}
+    described = " ".join(f"{k}={v}" for k, v in env.items() if v is not None)
+
+    def failed(err: BaseException) -> ValueError:
+        return ValueError(f"torchrun environment: could not join the other ranks within {seconds:g} s ({described}; "
+                          f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}); "
+                          "if this is not a torchrun launch, unset WORLD_SIZE, RANK, MASTER_ADDR and MASTER_PORT "
+                          "(a stale environment); else raise SCORESDE_DIST_TIMEOUT")
+
+    try:
+        store, rank, world = next(dist.rendezvous("env://", timeout=timedelta(seconds=seconds)))
+        store.set_timeout(timedelta(seconds=seconds))
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+    except (RuntimeError, OSError, ValueError) as err:  # DistStoreError, DistNetworkError are RuntimeErrors
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        raise failed(err) from None
+    # the first NCCL collective exchanges its id through the store, maybe after a long sampling run
+    store.set_timeout(timedelta(minutes=30))
 
 
 def seed_of(seed: int, kind: int, index: int) -> int:

@@ -9,7 +9,9 @@ When the data are a built-in mixture, the exact log p_{t_min} is printed beside 
 Images and other data with a known number of values: ``--levels L`` (256 for 8-bit, 17 for the
 digits). Integer files are then read as values 0..L-1 and scaled to [-1, 1]; float files must already
 lie on the lattice ``-1 + 2k/(L - 1)``. Image-shaped points (``(B, C, H, W)``) need ``--levels`` or
-``--bin-width``: a density of discrete pixels has no bits/dim.
+``--bin-width``: a density of discrete pixels has no bits/dim. A trained run records the levels of
+its data: ``--levels`` must agree with them (the digits' 17 scored as 256 levels would be a wrong bound).
+Points with NaN or inf are refused, naming the first one (the data are at fault, not the model).
 
 ``--bound discrete`` adds the DDPM variational bound (``--steps``, ``--reverse-variance``,
 ``--bound-estimator``, ``--n-t``), ``--bound continuous`` the continuous-time bound; ``--no-ode``
@@ -21,7 +23,7 @@ import argparse
 import math
 from pathlib import Path
 
-from .._files import load_tensor_file
+from .._files import load_tensor_file, save_csv
 from ._paths import check_output
 
 
@@ -108,6 +110,10 @@ def run(args) -> int:
         from ..training import load_model
 
         model, cfg = load_model(args.ckpt)
+        recorded = getattr(model, "levels", None)
+        if recorded is not None and args.levels is not None and args.levels != recorded:
+            raise ValueError(f"--levels: {args.levels} given, but the run {args.ckpt} was trained on data with "
+                             f"{recorded} levels; give --levels {recorded}")
         model.net.to(dtype)
         source = f"trained run {args.ckpt} ({cfg.data}, {cfg.sde})"
     else:
@@ -117,13 +123,22 @@ def run(args) -> int:
         model = mix.model(make_sde(args.sde))
         source = f"exact oracle of {args.data} under {args.sde}"
     sde = model.sde
+    recorded = getattr(model, "levels", None) if args.ckpt is not None else None
 
     bin_width, levels = args.bin_width, args.levels
     if args.points is not None:
         x = _load_points(Path(args.points))
+        if x.is_floating_point() and x.numel() and x.ndim >= 1:
+            from ..images.datasets import first_non_finite
+
+            bad = first_non_finite(x if x.ndim >= 2 else x[:, None])
+            if bad is not None:
+                raise ValueError(f"--points: {args.points!r}: {bad}; allowed: finite numbers (the points, not the "
+                                 "model, are at fault)")
         if x.ndim >= 4 and levels is None and bin_width is None:
             raise ValueError(f"--levels: image points {tuple(x.shape)} are discrete; give their number of levels "
-                             "(256 for 8-bit, 17 for the digits) or --bin-width")
+                             + (f"(the run records {recorded}: --levels {recorded})" if recorded else
+                                "(256 for 8-bit, 17 for the digits)") + " or --bin-width")
         if levels is not None and not x.is_floating_point():
             if int(x.min()) < 0 or int(x.max()) > levels - 1:
                 raise ValueError(f"--levels: integer points must lie in [0, {levels - 1}] for --levels {levels}, "
@@ -198,6 +213,6 @@ def run(args) -> int:
     if out is not None:
         names = list(columns)
         rows = torch.stack([columns[k] for k in names], 1).tolist()
-        out.write_text(",".join(names) + "\n" + "".join(",".join(f"{v:.10g}" for v in r) + "\n" for r in rows))
+        save_csv(([f"{v:.10g}" for v in r] for r in rows), out, header=names)
         print(f"wrote {out}")
     return 0

@@ -6,6 +6,12 @@ The batch is cut into chunks of ``--batch-size`` with a seed per sample and per 
 (:mod:`scoresde.sharded`), so ``torchrun --nproc_per_node K -m scoresde sample ...`` shards the chunks over
 K processes (gloo on CPU, nccl with ``--device cuda``) and writes the same samples, bit for bit, for every K
 (under torchrun spell ``--n`` as ``--num-samples``: torchrun's own parser takes ``--n`` for one of its flags).
+Every rank joins within ``--dist-timeout`` seconds or the command stops with a message naming torchrun's
+variables (a stale ``WORLD_SIZE``/``MASTER_PORT`` in the shell would otherwise wait forever).
+
+Outputs are written atomically (:mod:`scoresde._files`): the samples, the grid and the plot each go to a
+temporary file beside the target and are renamed into place, so a kill or a full disk leaves the previous
+file intact; under torchrun rank 0 writes and tells the other ranks whether it could.
 """
 from __future__ import annotations
 
@@ -27,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--grid", default="logsnr", choices=grids.available(), help="time grid")
     # --num-samples for torchrun, whose own parser reads "--n" as an ambiguous abbreviation of its flags
-    p.add_argument("--n", "--num-samples", dest="n", type=int, default=10000, help="number of samples")
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=10000,
+                   help="number of samples (under torchrun write --num-samples: torchrun reads --n as an "
+                        "ambiguous abbreviation of its own flags)")
     p.add_argument("--batch-size", type=int, default=1000,
                    help="samples per model call (a chunk); fixes the samples together with --seed")
     p.add_argument("--seed", type=int, default=0)
@@ -40,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-grid", default=None, metavar="PNG", help="PNG grid of the first --grid-count images")
     p.add_argument("--grid-count", type=int, default=64, help="images in the --image-grid (default 64)")
     p.add_argument("--grid-scale", type=int, default=4, help="pixel repetition in the --image-grid (default 4)")
+    p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                   help="under torchrun: seconds for every rank to join (default $SCORESDE_DIST_TIMEOUT or 60)")
     p.set_defaults(run=run)
 
 
@@ -59,22 +69,40 @@ def _check_args(args) -> None:
     for flag, name in (("--out", args.out), ("--plot", args.plot), ("--image-grid", args.image_grid)):
         if name is not None:
             check_output(name, flag)
+    if args.dist_timeout is not None and not 0 < args.dist_timeout < float("inf"):
+        raise ValueError(f"--dist-timeout: expected a positive number of seconds, got {args.dist_timeout}")
+
+
+def _check_grid_size(args, shape) -> None:
+    """A --image-grid too large to hold is refused before sampling (it would be allocated after)."""
+    from ..images.grid import MAX_GRID_PIXELS, grid_pixels
+
+    rows, cols = grid_pixels(min(args.grid_count, args.n), shape[-2], shape[-1], scale=args.grid_scale)
+    if rows * cols > MAX_GRID_PIXELS:
+        raise ValueError(f"--grid-scale: a grid of {min(args.grid_count, args.n)} images of {shape[-2]}x{shape[-1]} "
+                         f"at scale {args.grid_scale} is {cols}x{rows} pixels; allowed: at most {MAX_GRID_PIXELS} "
+                         "(lower --grid-scale or --grid-count)")
 
 
 def run(args) -> int:
     import torch
     import torch.distributed as dist
 
+    from ..sharded import init_from_env
     from ..training import _resolve_device, load_model
 
     _check_args(args)
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    world = os.environ.get("WORLD_SIZE", "1")
+    try:
+        launched = int(world) > 1 and not dist.is_initialized()
+    except ValueError:
+        raise ValueError(f"WORLD_SIZE: expected an integer (torchrun sets it), got {world!r}") from None
     device = _resolve_device(args.device)
     if launched:  # started by torchrun: one process per rank
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        init_from_env("nccl" if device.type == "cuda" else "gloo", args.dist_timeout)
     try:
         _sample(args, load_model(args.ckpt, ema=args.ema, device=device, label=args.label), device)
         if launched:
@@ -86,10 +114,9 @@ def run(args) -> int:
 
 
 def _sample(args, loaded, device) -> None:
-    import numpy as np
     import torch
+    import torch.distributed as dist
 
-    from .. import toy
     from ..sharded import sample_sharded
 
     model, cfg = loaded
@@ -99,17 +126,45 @@ def _sample(args, loaded, device) -> None:
                          "use --image-grid for images")
     if args.image_grid and not (len(shape) == 3 and shape[0] in (1, 3)):
         raise ValueError(f"--image-grid: needs images of shape (1 or 3, H, W), this run's samples have shape {shape}")
+    if args.image_grid:
+        _check_grid_size(args, shape)
     with torch.no_grad():
         res = sample_sharded(model, args.method, args.steps, n=args.n, event_shape=shape, seed=args.seed,
                              batch_size=args.batch_size, device=device, grid=args.grid,
                              final_denoise=args.final_denoise, progress=True)
-    if res.samples is None:  # not rank 0: rank 0 writes
-        return
+    error = None
+    if res.samples is not None:  # rank 0 writes
+        try:
+            _write(args, cfg, res, shape)
+        except (ValueError, TypeError, OSError) as err:
+            error = err
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # the other ranks learn whether rank 0 could write, and stop with the same one line if not
+        told = [None if error is None else f"rank 0 stopped: {_describe(error)}"]
+        dist.broadcast_object_list(told, src=0)
+        if error is None and told[0] is not None:
+            raise OSError(f"nothing written by this rank; {told[0]}")
+    if error is not None:
+        raise error
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename:
+        return f"{err.filename}: {err.strerror or err}"
+    return str(err)
+
+
+def _write(args, cfg, res, shape) -> None:
+    import torch
+
+    from .. import toy
+    from .._files import save_figure, save_npy, save_tensor
+
     x, out = res.samples, Path(args.out)
     if out.suffix == ".npy":
-        np.save(out, x.numpy())
+        save_npy(x, out)
     else:
-        torch.save(x, out)
+        save_tensor(x, out)
     nfe = f"{res.nfe[0]}" if min(res.nfe) == max(res.nfe) else f"{min(res.nfe)}-{max(res.nfe)} per chunk"
     print(f"wrote {out}: {args.n} samples of shape {tuple(shape)}, {args.method}, {args.steps} steps, NFE {nfe}")
     if args.image_grid:
@@ -132,6 +187,8 @@ def _sample(args, loaded, device) -> None:
         ax.legend(loc="upper right", markerscale=4)
         ax.set_title(f"{cfg.data} under {cfg.sde}: trained model, {args.steps} steps")
         fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
-        plt.close(fig)
+        try:
+            save_figure(fig, args.plot, dpi=120)
+        finally:
+            plt.close(fig)
         print(f"wrote {args.plot}")

@@ -3,7 +3,11 @@ r"""A grid of images as one picture, written as PNG with Pillow (no torchvision)
 ``N`` images ``(C, H, W)`` (``C`` 1 or 3) are tiled row by row into ``ceil(N / ncol)`` rows of ``ncol``
 (default ``ceil(sqrt N)``) with ``padding`` pixels of ``pad_value`` between and around them. Values
 are mapped from ``value_range = (lo, hi)`` (default [-1, 1], the data range of :mod:`.datasets`) to
-bytes by ``round(255 (clip(x, lo, hi) - lo) / (hi - lo))``.
+bytes by ``round(255 (clip(x, lo, hi) - lo) / (hi - lo))``. A NaN has no grey value (it would come out
+black, like -1): images holding NaN are refused with a ValueError that counts them and names the first.
+
+:func:`save_grid` checks the size of the picture before it allocates it (at most :data:`MAX_GRID_PIXELS`
+pixels), and writes the PNG atomically (:func:`scoresde._files.save_png`).
 """
 from __future__ import annotations
 
@@ -14,7 +18,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["image_grid", "save_grid"]
+from .._files import save_png
+
+__all__ = ["image_grid", "save_grid", "grid_pixels", "MAX_GRID_PIXELS"]
+
+#: the largest grid :func:`save_grid` writes: 2^28 pixels (a 16384 x 16384 picture, 768 MiB as RGB bytes)
+MAX_GRID_PIXELS = 2**28
+
+
+def grid_pixels(n: int, height: int, width: int, *, ncol: int | None = None, padding: int = 1,
+                scale: int = 1) -> tuple[int, int]:
+    """``(rows, cols)`` in pixels of the grid of ``n`` images of ``height`` x ``width`` (before any allocation)."""
+    ncol = min(math.ceil(math.sqrt(n)) if ncol is None else ncol, n)
+    nrow = math.ceil(n / ncol)
+    return (padding + nrow * (height + padding)) * scale, (padding + ncol * (width + padding)) * scale
 
 
 def image_grid(x: Tensor, *, ncol: int | None = None, padding: int = 1, pad_value: int = 255,
@@ -37,6 +54,10 @@ def image_grid(x: Tensor, *, ncol: int | None = None, padding: int = 1, pad_valu
     lo, hi = (float(v) for v in value_range)
     if not hi > lo:
         raise ValueError(f"value_range: expected (lo, hi) with hi > lo, got {value_range!r}")
+    nan = torch.isnan(x.detach().reshape(n, -1)).any(1)
+    if bool(nan.any()):
+        raise ValueError(f"x: {int(nan.sum())} of the {n} images hold NaN (first: image {int(nan.nonzero()[0])}); a "
+                         "grid cannot show NaN (it would be drawn black): the samples diverged or the model returned NaN")
     ncol = min(ncol, n)
     nrow = math.ceil(n / ncol)
     pixels = torch.round(255 * (x.detach().double().cpu().clamp(lo, hi) - lo) / (hi - lo)).to(torch.uint8).numpy()
@@ -55,10 +76,20 @@ def save_grid(x: Tensor, path: str | Path, *, scale: int = 1, **options) -> Path
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"path: expected a .png file, got {str(path)!r}")
+    if not path.parent.is_dir():
+        raise ValueError(f"path: folder {str(path.parent)!r} of {str(path)!r} does not exist; create it first")
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise ValueError(f"scale: expected a positive integer, got {scale!r}")
+    ncol, padding = options.get("ncol"), options.get("padding", 1)
+    valid = (ncol is None or (type(ncol) is int and ncol >= 1)) and type(padding) is int and padding >= 0
+    if valid and isinstance(x, Tensor) and x.ndim in (3, 4) and x.shape[0] >= 1:  # else image_grid names the error
+        rows, cols = grid_pixels(x.shape[0], x.shape[-2], x.shape[-1], ncol=ncol, padding=padding,
+                                 scale=scale)
+        if rows * cols > MAX_GRID_PIXELS:
+            raise ValueError(f"scale: the grid of {x.shape[0]} images of {x.shape[-2]}x{x.shape[-1]} at scale {scale} "
+                             f"would be {cols}x{rows} pixels; allowed: at most {MAX_GRID_PIXELS} pixels (lower the "
+                             "scale or the number of images)")
     grid = image_grid(x, **options)
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
-    Image.fromarray(grid).save(path)
-    return path
+    return save_png(Image.fromarray(grid), path)

@@ -60,7 +60,11 @@ class Denoiser:
     """``D(y, s) = x0_theta(alpha(t) y, t)`` at ``t = t(lambda = -log s)``: a scoresde model in the EDM frame.
 
     ``s`` is a positive number or a ``(B,)`` tensor of noise levels within the SDE's range
-    ``[sigma/alpha at t_min, sigma/alpha at T]`` (k-diffusion's ``sigma_min``, ``sigma_max``).
+    ``[sigma/alpha at t_min, sigma/alpha at T]`` (k-diffusion's ``sigma_min``, ``sigma_max``). Levels a few
+    ulps of their own dtype outside it are clamped into it: k-diffusion's grids
+    (``get_sigmas_karras(n, D.sigma_min, D.sigma_max)``) are float32, and rounding ``sigma_min`` to
+    float32 can land one ulp below it. Beyond that, a ValueError prints both ends and the level at
+    full precision.
     """
 
     def __init__(self, model: ScoreModel):
@@ -77,16 +81,31 @@ class Denoiser:
         return self.sde.t_of_lam(-torch.log(torch.as_tensor(s, dtype=torch.float64)))
 
     def __call__(self, y: Tensor, sigma) -> Tensor:
-        s = torch.as_tensor(sigma, dtype=torch.float64).detach().cpu() if not isinstance(sigma, Tensor) else sigma
+        if not isinstance(y, Tensor) or y.ndim < 1:
+            raise TypeError(f"y: expected a batched tensor (B, ...), got {type(y).__name__}"
+                            f"{f' of shape {tuple(y.shape)}' if isinstance(y, Tensor) else ''}")
+        if isinstance(sigma, Tensor):
+            if not sigma.is_floating_point():
+                raise TypeError(f"sigma: expected a float tensor of noise levels, got dtype {sigma.dtype}")
+            s = sigma
+        elif isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
+            s = torch.tensor(float(sigma), dtype=torch.float64)
+        else:
+            raise TypeError(f"sigma: expected a number or a tensor of noise levels, got {type(sigma).__name__} "
+                            f"{sigma!r:.40}")
         s64 = s.to(torch.float64)
         if s64.ndim == 0:
             s64 = s64.expand(y.shape[0])
         if s64.shape != (y.shape[0],):
             raise ValueError(f"sigma: expected a number or a ({y.shape[0]},) tensor, got shape {tuple(s.shape)}")
-        lo, hi = self.sigma_min * (1 - 1e-9), self.sigma_max * (1 + 1e-9)
+        # a few ulps of the caller's dtype: sigma_min rounded to float32 is in range
+        slack = max(1e-9, 4 * torch.finfo(s.dtype).eps)
+        lo, hi = self.sigma_min * (1 - slack), self.sigma_max * (1 + slack)
         if not bool(((s64 >= lo) & (s64 <= hi)).all()):
-            raise ValueError(f"sigma: noise levels must lie in the SDE's range [{self.sigma_min:.6g}, "
-                             f"{self.sigma_max:.6g}], got [{float(s64.min()):.6g}, {float(s64.max()):.6g}]")
+            raise ValueError(f"sigma: noise levels must lie in the SDE's range [{self.sigma_min!r}, "
+                             f"{self.sigma_max!r}] (up to {slack:.2g} relative), got [{float(s64.min())!r}, "
+                             f"{float(s64.max())!r}] ({s.dtype})")
+        s64 = s64.clamp(self.sigma_min, self.sigma_max)
         t = self.t_of_sigma(s64.cpu()).clamp(self.sde.t_min, self.sde.T)
         alpha = self.sde.alpha(t)
         x = y * append_dims(alpha.to(device=y.device, dtype=y.dtype), y.ndim)

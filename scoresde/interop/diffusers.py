@@ -71,12 +71,52 @@ def _config(scheduler) -> dict[str, Any]:
         for candidate in (path, os.path.join(path, "scheduler_config.json"),
                           os.path.join(path, "scheduler", "scheduler_config.json")):
             if os.path.isfile(candidate):
-                with open(candidate) as fh:
-                    return json.load(fh)
+                return _read_json(candidate, "scheduler")
         raise ValueError(f"scheduler: no scheduler config at {path!r} (looked for the file itself, "
                          "scheduler_config.json and scheduler/scheduler_config.json)")
     raise TypeError(f"scheduler: expected a diffusers scheduler, its config (a mapping) or a path to "
                     f"scheduler_config.json, got {type(scheduler).__name__}")
+
+
+def _read_json(path: str, name: str) -> dict[str, Any]:
+    """A JSON object from ``path``; a ValueError naming ``name`` and the file if it is not one."""
+    import json
+
+    try:
+        with open(path) as fh:
+            value = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{name}: {path!r} is not valid JSON ({err}); it may be truncated or edited by hand") from None
+    except OSError as err:
+        raise ValueError(f"{name}: cannot read {path!r} ({err.strerror or err})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name}: {path!r} holds a JSON {type(value).__name__}, expected an object (a config)")
+    return value
+
+
+_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+            "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json")
+
+
+def _check_model_folder(folder: str, what: str) -> None:
+    """A saved diffusers model folder holds config.json and a weights file: say which is missing."""
+    if not os.path.isdir(folder):
+        raise ValueError(f"obj: {what} folder {folder!r} is missing (model_index.json lists it); the pipeline was "
+                         "saved incompletely or the folder was moved")
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ValueError(f"obj: {what} folder {folder!r} has no config.json")
+    if not any(os.path.isfile(os.path.join(folder, w)) for w in _WEIGHTS):
+        raise ValueError(f"obj: {what} folder {folder!r} has no weights (expected {_WEIGHTS[0]} or {_WEIGHTS[1]})")
+
+
+def _from_pretrained(load, path: str):
+    """diffusers' from_pretrained with its OSErrors (truncated weights, a missing file) as a ValueError naming ``path``."""
+    try:
+        return load(path, local_files_only=True)
+    except (OSError, ValueError, RuntimeError, EnvironmentError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"obj: cannot load the diffusers model saved in {path!r} ({type(err).__name__}: {first}); "
+                         "is a file truncated or missing? Save it again with save_pretrained") from None
 
 
 def diffusers_alphas_cumprod(config) -> Tensor:
@@ -93,10 +133,24 @@ def diffusers_alphas_cumprod(config) -> Tensor:
     trained = cfg.get("trained_betas")
     beta_start, beta_end = cfg.get("beta_start", 1e-4), cfg.get("beta_end", 0.02)
     schedule = cfg.get("beta_schedule", "linear")
+    if trained is None and schedule in ("linear", "scaled_linear"):
+        for key, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{key}: expected a number in (0, 1), got {value!r}")
+            if not 0 < value < 1:
+                raise ValueError(f"{key}: expected a number in the open interval (0, 1) (a DDPM beta), got {value!r}")
     if trained is not None:
-        betas = torch.tensor(trained, dtype=torch.float32).flatten()
-        if betas.numel() != n:
-            raise ValueError(f"trained_betas: {betas.numel()} values for num_train_timesteps={n}")
+        try:
+            betas = torch.tensor(trained, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"trained_betas: expected a list of numbers, got {trained!r:.80}") from None
+        if betas.ndim != 1 or betas.numel() != n:
+            raise ValueError(f"trained_betas: expected {n} values (num_train_timesteps={n}) in a flat list, got "
+                             f"shape {tuple(betas.shape)}")
+        bad = ~(torch.isfinite(betas) & (betas > 0) & (betas < 1))
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise ValueError(f"trained_betas: expected values in (0, 1), got trained_betas[{i}] = {float(betas[i])!r}")
     elif schedule == "linear":
         betas = torch.linspace(beta_start, beta_end, n, dtype=torch.float32)
     elif schedule == "scaled_linear":  # linear in sqrt(beta): latent diffusion's schedule
@@ -119,7 +173,15 @@ def _cosine_betas(n: int, max_beta: float = 0.999) -> list[float]:
 
 def diffusers_sde(config) -> DiscreteVPSDE:
     """The :class:`DiscreteVPSDE` of a diffusers scheduler config (see :func:`diffusers_alphas_cumprod`)."""
-    return DiscreteVPSDE(alphas_cumprod=diffusers_alphas_cumprod(config))
+    cfg = _config(config)
+    ac = diffusers_alphas_cumprod(cfg)
+    try:
+        return DiscreteVPSDE(alphas_cumprod=ac)
+    except ValueError as err:  # name what the user gave (the config's keys), not the derived alphas_cumprod
+        given = ", ".join(f"{k}={cfg[k]!r}" for k in ("num_train_timesteps", "beta_schedule", "beta_start",
+                                                        "beta_end") if k in cfg)
+        given += ", trained_betas=[...]" if cfg.get("trained_betas") is not None else ""
+        raise ValueError(f"scheduler config ({given or 'defaults'}): its schedule is unusable: {err}") from None
 
 
 def _parameterization(config) -> str:
@@ -176,16 +238,22 @@ def _load(obj, scheduler):
         if not os.path.isdir(path):
             raise ValueError(f"obj: {path!r} is not a folder (expected a pipeline saved with save_pretrained)")
         if os.path.isfile(os.path.join(path, "model_index.json")):
-            obj = diffusers.DiffusionPipeline.from_pretrained(path, local_files_only=True)
+            index = _read_json(os.path.join(path, "model_index.json"), "obj")
+            for part in ("unet", "transformer"):
+                if isinstance(index.get(part), list) and index[part][-1] is not None:
+                    _check_model_folder(os.path.join(path, part), part)
+            if (scheduler is None and isinstance(index.get("scheduler"), list)
+                    and not os.path.isdir(os.path.join(path, "scheduler"))):
+                raise ValueError(f"obj: scheduler folder {os.path.join(path, 'scheduler')!r} is missing "
+                                 "(model_index.json lists it); pass scheduler= or save the pipeline again")
+            obj = _from_pretrained(diffusers.DiffusionPipeline.from_pretrained, path)
         elif os.path.isfile(os.path.join(path, "config.json")):
-            import json
-
-            with open(os.path.join(path, "config.json")) as fh:
-                name = json.load(fh).get("_class_name")
+            name = _read_json(os.path.join(path, "config.json"), "obj").get("_class_name")
             cls = getattr(diffusers, str(name), None)
             if cls is None or not hasattr(cls, "from_pretrained"):
                 raise ValueError(f"obj: {path}/config.json names {name!r}, not a diffusers model class")
-            obj = cls.from_pretrained(path, local_files_only=True)
+            _check_model_folder(path, "model")
+            obj = _from_pretrained(cls.from_pretrained, path)
             if scheduler is None and os.path.isfile(os.path.join(path, "scheduler_config.json")):
                 scheduler = path
         else:
@@ -245,16 +313,16 @@ def from_diffusers(obj, scheduler=None, *, time_rounding: str | None = None, cla
     parameterization = _parameterization(cfg)
     params = list(net.parameters()) if isinstance(net, torch.nn.Module) else []
     net_dtype = params[0].dtype if params else None
+    check_input = _input_check(net)
+    class_labels = _checked_labels(net, class_labels, "class_labels")
+    if null_class_label is not None:
+        _checked_labels(net, null_class_label, "null_class_label")
 
     def call(x: Tensor, t: Tensor, **cond) -> Tensor:
+        check_input(x)
         x_in = x if net_dtype is None else x.to(net_dtype)
         out = network_output(net(x_in, _snap(t, time_rounding), **cond, **options), x)
         return out.to(x.dtype)
-
-    if class_labels is not None and not isinstance(class_labels, Tensor):
-        if isinstance(class_labels, bool) or not isinstance(class_labels, int):
-            raise TypeError(f"class_labels: expected an int or a tensor of labels, got {type(class_labels).__name__}")
-        class_labels = torch.tensor([class_labels])
 
     if guidance_scale is None:
         def fn(x: Tensor, t: Tensor) -> Tensor:
@@ -294,6 +362,46 @@ def from_diffusers(obj, scheduler=None, *, time_rounding: str | None = None, cla
     guided = _guidance.classifier_free_guidance(prompted, sde, 0, guidance_scale, null_label=1,
                                                 parameterization=parameterization, time_input="discrete")
     return guided, sde
+
+
+def _net_config(net) -> Mapping:
+    cfg = getattr(net, "config", None)
+    return cfg if isinstance(cfg, Mapping) else {}
+
+
+def _input_check(net):
+    """A shape check of the state against a diffusers network's config (Python ints only: no host sync)."""
+    cfg = _net_config(net)
+    channels, name = cfg.get("in_channels"), type(net).__name__
+    if not isinstance(channels, int) or "sample_size" not in cfg:
+        return lambda x: None
+
+    def check(x: Tensor) -> None:
+        if x.ndim != 4:
+            raise ValueError(f"x: {name} takes images (B, {channels}, H, W), got a state of shape {tuple(x.shape)}")
+        if x.shape[1] != channels:
+            raise ValueError(f"x: {name} takes {channels} channels (config in_channels), got a state of shape "
+                             f"{tuple(x.shape)}")
+    return check
+
+
+def _checked_labels(net, labels, name: str):
+    """Labels as a tensor, within the network's ``num_class_embeds`` when its config has one."""
+    if labels is None:
+        return None
+    if not isinstance(labels, Tensor):
+        if isinstance(labels, bool) or not isinstance(labels, int):
+            raise TypeError(f"{name}: expected an int or a tensor of labels, got {type(labels).__name__}")
+        labels = torch.tensor([labels])
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name}: expected integer labels, got a tensor of dtype {labels.dtype}")
+    n_classes = _net_config(net).get("num_class_embeds")
+    if isinstance(n_classes, int) and labels.numel():
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= n_classes:
+            raise ValueError(f"{name}: labels must lie in 0..{n_classes - 1} ({type(net).__name__}'s "
+                             f"num_class_embeds={n_classes}), got values in [{lo}, {hi}]")
+    return labels
 
 
 # ---------------------------------------------------------------------------------------------
