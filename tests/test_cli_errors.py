@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from scoresde.cli import main
 
@@ -29,6 +30,15 @@ def files(tmp_path, monkeypatch):
     Path("strbool.json").write_text('{"importance": "false"}')
     Path("adir").mkdir()
     torch.save(torch.randn(16, 2), "points.pt")
+    nan = torch.randn(16, 2)
+    nan[5, 1] = float("nan")
+    torch.save(nan, "nan_points.pt")
+    Path("folders").mkdir()
+    for name in ("a", "b"):
+        Path("folders", name).mkdir()
+        Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(Path("folders", name, "x.png"))
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(Path("folders", "stray.png"))
+    np.save("pixels_as_float.npy", np.full((4, 1, 8, 8), 128.0, dtype=np.float32))
     return tmp_path
 
 
@@ -59,6 +69,12 @@ CASES = [
     (["nll", "--points", "objects.npy"], ["--points", "objects.npy", "object array"]),
     (["nll", "--points", "points.pt", "--out", "adir"], ["--out", "adir", "folder"]),
     (["nll", "--points", "points.pt", "--out", "afile/nll.csv"], ["--out", "afile", "not a folder"]),
+    (["nll", "--points", "nan_points.pt", "--out", "n.csv"], ["--points", "nan_points.pt", "item 5", "NaN"]),
+    # image data read wrong would train silently: refused by name
+    (["train", "--out", "r", "--data", "folders", *SMALL], ["data", "'stray.png'", "sub-folder"]),
+    (["train", "--out", "r", "--data", "pixels_as_float.npy", *SMALL], ["data", "[128, 128]", "[-1, 1]", "uint8"]),
+    # sample: a stale or broken torchrun setting
+    (["sample", "--ckpt", "adir", "--out", "s.pt", "--dist-timeout", "0"], ["--dist-timeout", "0"]),
     # mixture, demo, study: outputs and counts
     (["mixture", "--out", "adir"], ["--out", "adir", "folder"]),
     (["mixture", "--out", "plot.xyz"], ["--out", "plot.xyz", ".png"]),
@@ -100,6 +116,7 @@ def test_user_error_is_one_line(files, capsys, argv, words):
     for word in words:
         assert word in lines[0], f"{word!r} not in {lines[0]!r}"
     assert not Path("r").exists() and not Path("d").exists(), "an output was created before the error"
+    assert not Path("s.pt").exists() and not Path("n.csv").exists(), "an output was created before the error"
 
 
 def test_no_traceback_from_the_real_command(files):
@@ -130,3 +147,44 @@ def test_a_bug_is_one_line_with_status_1(files, capsys, monkeypatch):
     assert main(["mixture"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "internal error: RuntimeError: something deep inside" in err and "--debug" in err
+
+
+# ----- a trained image run: errors found only once the checkpoint is read, still before any output -----------
+UNET = ["--net", "unet", "--net-kwargs", '{"channels": 8, "norm_groups": 4, "num_res_blocks": 1, "channel_mult": [1], '
+        '"attn_resolutions": []}']
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli_errors") / "digits"
+    assert main(["train", "--data", "digits", *UNET, "--steps", "1", "--batch-size", "4", "--no-progress",
+                 "--no-tensorboard", "--out", str(run)]) == 0
+    torch.save(torch.randint(0, 17, (3, 1, 8, 8)), run.parent / "levels17.pt")
+    return run
+
+
+RUN_CASES = [
+    # the run records 17 levels: scoring its data as 256 levels would be a wrong bound
+    (["nll", "--ckpt", "RUN", "--points", "POINTS", "--levels", "256", "--no-ode", "--bound", "continuous",
+      "--out", "old.csv"], ["--levels", "256", "17 levels", "--levels 17"]),
+    (["nll", "--ckpt", "RUN", "--points", "POINTS", "--out", "old.csv"], ["--levels", "the run records 17"]),
+    # a grid of 12.5 TiB is refused before sampling, not after (MemoryError)
+    (["sample", "--ckpt", "RUN", "--n", "4", "--steps", "2", "--out", "old.pt", "--image-grid", "old.png",
+      "--grid-scale", "1000000"], ["--grid-scale", "1000000", "at most"]),
+]
+
+
+@pytest.mark.parametrize("argv, words", RUN_CASES, ids=[" ".join(a[:1] + a[-2:]) for a, _ in RUN_CASES])
+def test_user_error_after_reading_the_run_keeps_old_outputs(digits_run, tmp_path, monkeypatch, capsys, argv, words):
+    monkeypatch.chdir(tmp_path)
+    old = {name: f"old {name}".encode() for name in ("old.csv", "old.pt", "old.png")}
+    for name, data in old.items():
+        Path(name).write_bytes(data)
+    argv = [str(digits_run) if a == "RUN" else str(digits_run.parent / "levels17.pt") if a == "POINTS" else a
+            for a in argv]
+    rc = _run(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in err, f"{word!r} not in {err!r}"
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old, "an output was written or replaced"

@@ -122,3 +122,150 @@ def test_sigkill_during_checkpoint_writes_then_resume(tmp_path):
     assert _temporaries(broken) == []
     _assert_identical(_states(broken), _states(whole))
     assert _losses(broken) == _losses(whole)
+
+
+# ----- scoresde sample: outputs are renamed into place, never written in place ------------------------
+UNET = ["--net", "unet", "--net-kwargs", '{"channels": 8, "norm_groups": 4, "num_res_blocks": 1, "channel_mult": [1], '
+        '"attn_resolutions": []}']
+# kill the process (SIGKILL, as the kernel's OOM killer would) when it is about to rename the temporary of the
+# output named argv[1] into place, after cutting the temporary short: the state of a kill mid-write
+KILLER = """
+import os, signal, sys
+from scoresde.cli import main
+target = sys.argv[1]
+real_replace = os.replace
+def replace(src, dst, *args, **kwargs):
+    if os.path.basename(os.fspath(dst)) == target:
+        os.truncate(src, 64)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst, *args, **kwargs)
+os.replace = replace
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("faults") / "digits"
+    assert main(["train", "--data", "digits", *UNET, "--steps", "1", "--batch-size", "4", "--no-progress",
+                 "--no-tensorboard", "--out", str(run)]) == 0
+    return run
+
+
+def _sample_argv(run, folder, seed):
+    return ["sample", "--ckpt", str(run), "--method", "ddim", "--steps", "2", "--n", "4", "--batch-size", "4",
+            "--seed", str(seed), "--out", str(folder / "s.pt"), "--image-grid", str(folder / "g.png")]
+
+
+def _outputs(folder):
+    from PIL import Image
+
+    with Image.open(folder / "g.png") as im:
+        im.load()  # a truncated PNG raises here
+    return torch.load(folder / "s.pt", weights_only=True), (folder / "g.png").read_bytes()
+
+
+def test_sample_killed_while_writing_keeps_the_old_files(image_run, tmp_path):
+    """SIGKILL during the write of the samples, then of the grid: the previous files still load, and the next
+    run removes the temporaries the killed ones left."""
+    assert main(_sample_argv(image_run, tmp_path, seed=0)) == 0
+    old_x, old_png = _outputs(tmp_path)
+    driver = tmp_path / "killer.py"
+    driver.write_text(KILLER)
+    for target in ("s.pt", "g.png"):
+        done = subprocess.run([sys.executable, str(driver), target, *_sample_argv(image_run, tmp_path, seed=1)],
+                              env=_env(), capture_output=True, timeout=300)
+        assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-500:]
+        assert any(n.startswith(f".{target}.tmp-") for n in os.listdir(tmp_path)), "the kill did not land mid-write"
+        x, png = _outputs(tmp_path)
+        assert png == old_png  # killed before the grid's rename both times
+        if target == "s.pt":
+            assert torch.equal(x, old_x)
+        else:  # the samples of seed 1 were complete and renamed before the grid was killed
+            assert not torch.equal(x, old_x)
+    assert main(_sample_argv(image_run, tmp_path, seed=2)) == 0
+    assert _temporaries(tmp_path) == []
+    _outputs(tmp_path)
+
+
+def test_sample_onto_a_full_disk_keeps_the_old_file(image_run, tmp_path, monkeypatch, capsys):
+    """A full disk (ENOSPC at the flush of the temporary): one line naming the file, the old file intact."""
+    import errno
+
+    assert main(_sample_argv(image_run, tmp_path, seed=0)) == 0
+    old_x, old_png = _outputs(tmp_path)
+    capsys.readouterr()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    assert main(_sample_argv(image_run, tmp_path, seed=1)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "s.pt" in err and "No space left on device" in err and "unchanged" in err, err
+    x, png = _outputs(tmp_path)
+    assert torch.equal(x, old_x) and png == old_png
+    assert _temporaries(tmp_path) == []
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+FULL_DISK = """
+import errno, os, sys
+from scoresde.cli import main
+def full(fd):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+os.fsync = full
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_two_ranks_onto_a_full_disk_stop_with_one_line_each(image_run, tmp_path):
+    """torchrun's environment by hand (2 gloo ranks on loopback): rank 0 cannot write, both ranks exit 2 with
+    one line naming the file (no internal error), and the previous samples are intact."""
+    assert main(_sample_argv(image_run, tmp_path, seed=0)) == 0
+    old_x, _ = _outputs(tmp_path)
+    driver = tmp_path / "full.py"
+    driver.write_text(FULL_DISK)
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, str(driver), *_sample_argv(image_run, tmp_path, seed=1)],
+                              env=dict(_env(), WORLD_SIZE="2", RANK=str(r), LOCAL_RANK=str(r),
+                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port, SCORESDE_DIST_TIMEOUT="120"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        errs = [p.communicate(timeout=240)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for r, (p, err) in enumerate(zip(procs, errs, strict=True)):
+        lines = [ln for ln in err.strip().splitlines() if ln.startswith("scoresde")]
+        assert p.returncode == 2, f"rank {r}: {err[-800:]}"
+        assert len(lines) == 1 and "s.pt" in lines[0] and "No space left on device" in lines[0], err[-800:]
+        assert "internal error" not in err and "Traceback" not in err
+    assert "rank 0" in errs[1]
+    assert torch.equal(_outputs(tmp_path)[0], old_x)
+    assert _temporaries(tmp_path) == []
+
+
+def test_a_stale_torchrun_environment_times_out_naming_it(tmp_path):
+    """WORLD_SIZE=2 RANK=0 and no peer: a named error after --dist-timeout seconds, not a wait of 30 minutes."""
+    run = tmp_path / "toy"
+    assert main(["train", *TINY, "--steps", "1", "--out", str(run)]) == 0
+    env = dict(_env(), WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "scoresde", "sample", "--ckpt", str(run), "--n", "2", "--steps", "2",
+                           "--out", str(tmp_path / "s.pt"), "--dist-timeout", "2"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr[-800:]
+    line = done.stderr.strip().splitlines()[-1]
+    for word in ("2 s", "WORLD_SIZE=2", "RANK=0", "MASTER_ADDR=127.0.0.1",
+                 "MASTER_PORT", "stale"):
+        assert word in line, line
+    assert time.monotonic() - start < 50 and not (tmp_path / "s.pt").exists()

@@ -151,3 +151,99 @@ def test_settings_reach_the_edges(bad):
     # the strategies do produce each hostile kind (a property test that never sees NaN proves nothing)
     with pytest.raises((TypeError, ValueError)):
         sd.VPSDE(beta_min=bad)
+
+
+# ----- image data readers: integer pixels come back exactly, anything else is a named error -----------------
+@st.composite
+def pixel_arrays(draw):
+    """A small stack of integer images: 8-bit grey or RGB, or 16-bit grey, with any values of their depth."""
+    import numpy as np
+
+    kind = draw(st.sampled_from(["grey8", "rgb8", "grey16"]))
+    n, h, w = draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    top = 65535 if kind == "grey16" else 255
+    shape = (n, h, w, 3) if kind == "rgb8" else (n, h, w)
+    flat = draw(st.lists(st.one_of(st.integers(0, top), st.sampled_from([0, top])), min_size=math.prod(shape),
+                         max_size=math.prod(shape)))
+    return kind, np.array(flat, dtype=np.uint16 if kind == "grey16" else np.uint8).reshape(shape)
+
+
+@SETTINGS
+@given(pixel_arrays(), st.booleans())
+def test_image_folders_read_every_pixel_exactly(tmp_path_factory, drawn, classes):
+    """PNG files (8-bit grey, RGB, 16-bit grey; flat or in class folders) read back as from_levels of their
+    integers with L = 256 or 65536, and to_levels inverts that exactly; labels follow the sorted folders."""
+    import numpy as np
+    from PIL import Image
+
+    from scoresde.images import load_folder, to_levels
+
+    kind, pixels = drawn
+    root = tmp_path_factory.mktemp("png")
+    for i, a in enumerate(pixels):
+        where = root / f"class{i % 2}" if classes else root
+        where.mkdir(exist_ok=True)
+        Image.fromarray(a).save(where / f"{i:03d}.png")
+    data = load_folder(root)
+    levels = 65536 if kind == "grey16" else 256
+    assert data.levels == levels and data.x.dtype == torch.float32
+    assert float(data.x.min()) >= -1.0 and float(data.x.max()) <= 1.0
+    order = sorted(range(len(pixels)), key=lambda i: (i % 2, i)) if classes else list(range(len(pixels)))
+    expect = np.stack([pixels[i] for i in order]).astype(np.int64)
+    expect = expect.transpose(0, 3, 1, 2) if kind == "rgb8" else expect[:, None]
+    assert torch.equal(to_levels(data.x, levels), torch.from_numpy(expect))
+    if classes:
+        assert data.y.tolist() == [i % 2 for i in order]
+    else:
+        assert data.y is None
+
+
+@SETTINGS
+@given(st.lists(st.one_of(numbers, st.floats(-1, 1)), min_size=1, max_size=12), st.sampled_from([2, 3, 4]))
+def test_array_files_keep_valid_floats_and_name_the_rest(tmp_path_factory, values, ndim):
+    """A float image array is kept as it is when finite and in [-1, 1]; anything else is a named ValueError
+    (the file and the range), never clipped; (N, D) vectors may take any finite value."""
+    from scoresde.images import load_array
+
+    x = torch.tensor(values, dtype=torch.float32)
+    x = x.reshape((len(values),) + (1,) * (ndim - 1))
+    path = tmp_path_factory.mktemp("arr") / "x.pt"
+    torch.save(x, path)
+    finite = bool(torch.isfinite(x).all())
+    in_range = finite and float(x.min()) >= -1 and float(x.max()) <= 1
+    try:
+        data = load_array(path)
+    except ValueError as err:
+        assert "data" in str(err) and "x.pt" in str(err)
+        assert not finite or (ndim >= 3 and not in_range), str(err)
+        return
+    assert finite and (ndim == 2 or in_range)
+    assert torch.equal(data.x.reshape(x.shape), x) and data.levels is None
+
+
+@SETTINGS
+@given(st.lists(st.one_of(st.integers(-5, 300), numbers), min_size=1, max_size=8), st.sampled_from([2, 17, 256]))
+def test_levels_round_trip_or_named_error(values, levels):
+    """from_levels takes integers 0..L-1 and nothing else; to_levels inverts it; non-finite x is refused."""
+    from scoresde.images import from_levels, to_levels
+
+    k = torch.tensor(values, dtype=torch.float64)
+    valid = bool(torch.isfinite(k).all()) and bool((k == k.round()).all()) and float(k.min()) >= 0 \
+        and float(k.max()) <= levels - 1
+    try:
+        x = from_levels(k, levels)
+    except ValueError as err:
+        assert not valid and str(err).startswith("k:")
+        with pytest.raises(ValueError, match="^x:") if not bool(torch.isfinite(k).all()) else _no_error():
+            to_levels(k, levels)
+        return
+    assert valid and float(x.min()) >= -1 and float(x.max()) <= 1
+    assert torch.equal(to_levels(x, levels), k.long())
+
+
+class _no_error:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
