@@ -188,3 +188,10 @@ def test_user_error_after_reading_the_run_keeps_old_outputs(digits_run, tmp_path
     for word in words:
         assert word in err, f"{word!r} not in {err!r}"
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old, "an output was written or replaced"
+
+
+def test_sample_help_says_how_to_spell_n_under_torchrun(capsys):
+    """torchrun's own parser refuses `--n` as ambiguous before scoresde runs: the help names `--num-samples`."""
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    assert "--num-samples" in capsys.readouterr().out.replace("\n", " ")
