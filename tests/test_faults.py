@@ -269,3 +269,14 @@ def test_a_stale_torchrun_environment_times_out_naming_it(tmp_path):
                  "MASTER_PORT", "stale"):
         assert word in line, line
     assert time.monotonic() - start < 50 and not (tmp_path / "s.pt").exists()
+
+
+def test_the_join_timeout_is_checked_before_any_connection(monkeypatch):
+    from scoresde.sharded import init_from_env
+
+    for bad in (0, -1.0, float("inf"), float("nan"), True, "60"):
+        with pytest.raises(ValueError, match="^timeout: expected a positive number of seconds"):
+            init_from_env("gloo", bad)
+    monkeypatch.setenv("SCORESDE_DIST_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="^SCORESDE_DIST_TIMEOUT: expected a number of seconds, got 'soon'"):
+        init_from_env("gloo")

@@ -136,10 +136,10 @@ def _sample(args, loaded, device) -> None:
     if res.samples is not None:  # rank 0 writes
         try:
             _write(args, cfg, res, shape)
-        except (ValueError, TypeError, OSError) as err:
+        except Exception as err:  # noqa: BLE001  (re-raised below, once the other ranks know)
             error = err
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        # the other ranks learn whether rank 0 could write, and stop with the same one line if not
+        # the other ranks learn whether rank 0 could write; if not, each stops with one line quoting rank 0's
         told = [None if error is None else f"rank 0 stopped: {_describe(error)}"]
         dist.broadcast_object_list(told, src=0)
         if error is None and told[0] is not None:
@@ -170,7 +170,10 @@ def _write(args, cfg, res, shape) -> None:
     if args.image_grid:
         from ..images.grid import save_grid
 
-        save_grid(x[:args.grid_count], args.image_grid, scale=args.grid_scale)
+        try:
+            save_grid(x[:args.grid_count], args.image_grid, scale=args.grid_scale)
+        except ValueError as err:  # NaN samples: the grid is refused, the samples above are written
+            raise ValueError(f"--image-grid: {args.image_grid} not written ({out} was): {err}") from None
         print(f"wrote {args.image_grid}")
     if args.plot:
         import matplotlib
