@@ -1,7 +1,7 @@
 """The stepping driver and the registry-wide contract of the stepped samplers.
 
-* :meth:`SteppedSampler.calls` is the one loop: it yields the state that waits for a model output and
-  takes the output by ``send``. ``sample()``, an outside loop and the diffusers scheduler use it.
+* :func:`scoresde.samplers.base.drive` is the one loop: it yields the state that waits for a model output
+  and takes the output by ``send``. ``sample()``, an outside loop and the diffusers scheduler use it.
 * ``call_times(schedule, start)`` declares the model-call times in advance (a scheduler lists them
   without a trial pass): checked against the times the driver actually asks for, from every start.
 * Gradients with respect to a grid tensor (``sample(grad=True)``) against central differences in
@@ -10,6 +10,7 @@
   O(h^2) relative and the rounding error O(1e-16 / h) = 1e-10, so 1e-6 relative separates a missing or
   wrong chain rule (off by O(1)) from agreement.
 * A float32 ``x_T`` comes back as float32 from every stepped sampler (schedule math in float64).
+* The step code never reads a device tensor on the host: every stepped sampler runs on the 'meta' device.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import warnings
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import scoresde as sd
 from scoresde import toy
@@ -146,3 +148,53 @@ def test_float32_in_float32_out(name, opts, parameterization):
                      x_T=x_T.double(), generator=torch.Generator().manual_seed(1), **opts, **kw)
         if not SAMPLERS[name](**opts).stochastic:
             torch.testing.assert_close(res.samples.double(), ref.samples, rtol=1e-4, atol=1e-4)
+
+
+# ----- no host syncs in the step code ----------------------------------------------------------------
+class HostReads(TorchDispatchMode):
+    """Counts reads of a device tensor's value on the host (``.item()``, ``bool()``, ``float()``, ``.tolist()``)
+    and copies off the device, while ``counting``."""
+
+    def __init__(self):
+        super().__init__()
+        self.count, self.counting = 0, False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        on_device = any(isinstance(a, torch.Tensor) and a.device.type == "meta" for a in args)
+        off = func is torch.ops.aten._to_copy.default and str(kwargs.get("device", "meta")) != "meta"
+        if self.counting and on_device and (func is torch.ops.aten._local_scalar_dense.default or off):
+            self.count += 1
+        return func(*args, **kwargs)
+
+
+THRESHOLDING = [pytest.param(n, {"thresholding": True, "max_value": 2.0}, id=f"{n}[thresholding]")
+                for n in ("dpm_solver++", "unipc")]
+
+
+@pytest.mark.parametrize("name, opts", STEPPED + THRESHOLDING)
+def test_the_step_code_never_reads_the_state_on_the_host(name, opts):
+    # The state lives on the 'meta' device (shapes, no values): a host read there would raise. The network
+    # is left out of the count (its syncs are models.py's); the steps, with their noise, are counted.
+    sde = sd.VPSDE()
+    model = mlp_model(tiny_net(dtype=torch.float32), sde)
+    sampler = SAMPLERS[name](**opts)
+    schedule = Schedule.from_times(sde, sd.grids.make_grid("logsnr", sde, 6))
+    g = torch.Generator().manual_seed(0)
+    ctx = SamplingContext(sampler, schedule.t, GeneratorNoise(g), g, record=False, progress=False)
+    mode, calls = HostReads(), 0
+    with mode:
+        mode.counting = True
+        driver = drive(sampler, model, schedule, sampler.begin(schedule, torch.empty(4, 2, device="meta"), ctx), ctx)
+        state = next(driver)
+        try:
+            while True:
+                mode.counting = False
+                output = torch.empty_like(state.x_eval)  # the network's output: its shape, no values
+                mode.counting, calls = True, calls + 1
+                state = driver.send(output)
+        except StopIteration as stop:
+            final = stop.value
+    assert mode.count == 0
+    assert final.x.device.type == "meta" and final.x.dtype == torch.float32
+    assert calls == sampler.expected_nfe(schedule.steps)

@@ -114,7 +114,8 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps: int | None = None
         self.timesteps: Tensor | None = None
         self.schedule: Schedule | None = None
-        self._call_times: Tensor | None = None
+        self._listed: list[float] = []
+        self._given: list[Tensor] = []  # timesteps handed to step() on an accelerator, read after the last call
         self._k = 0
         self._calls = None  # the driver of the run in progress (None before the first call and after the last)
         self._state = None  # the state that waits for the next model output, or the final one
@@ -162,10 +163,32 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
         call_times = self.sampler.call_times(self.schedule)
         if self.config.final_denoise:
             call_times = torch.cat([call_times, self.schedule.t[-1:]])
-        self._call_times = call_times
-        self.timesteps = self.network_time(call_times).to(device or "cpu")
-        self._k, self._calls, self._state = 0, None, None
+        listed = self.network_time(call_times)
+        self._listed = listed.tolist()  # on the host, to check what step() is handed
+        self.timesteps = listed.to(device or "cpu")
+        self._k, self._calls, self._state, self._given = 0, None, None, []
         self._ctx = SamplingContext(self.sampler, self.schedule.t, GeneratorNoise(None), None, False, False)
+
+    def _check_timestep(self, k: int, timestep) -> None:
+        """``timestep`` must be the one listed for call ``k``. One on an accelerator is not read per call (a
+        host sync): the run's timesteps are read together after its last call (not at all on 'meta')."""
+        n_calls = len(self._listed)
+        if k >= n_calls:
+            raise ValueError(f"timestep: all {n_calls} model calls of this run are done; call set_timesteps again")
+        if isinstance(timestep, Tensor) and timestep.device.type != "cpu" and timestep.numel() == 1:
+            self._given.append(timestep.detach().reshape(()))
+            if k < n_calls - 1 or timestep.device.type == "meta":
+                return
+            given, self._given = torch.stack(self._given).tolist(), []
+        else:
+            try:
+                given = [float(timestep)]
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"timestep: expected a number or a 0-d tensor, got {type(timestep).__name__}") from None
+        for j, value in enumerate(given, start=k + 1 - len(given)):
+            if not abs(value - self._listed[j]) <= _TIMESTEP_TOL:
+                raise ValueError(f"timestep: {value!r} is not the one this scheduler listed for call {j} of {n_calls} "
+                                 f"({self._listed[j]!r}); drive it with its own scheduler.timesteps, in order")
 
     def _start(self, state) -> None:
         """Step from ``state`` on: a new driver, advanced to the state that waits for the first output."""
@@ -183,17 +206,7 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
         if self.timesteps is None:
             raise RuntimeError("ScoresdeScheduler.step: call set_timesteps(num_inference_steps) first")
         k = self._k
-        n_calls = len(self._call_times)
-        if k >= n_calls:
-            raise ValueError(f"timestep: all {n_calls} model calls of this run are done; call set_timesteps again")
-        expected = float(self.timesteps[k])
-        try:
-            given = float(timestep)
-        except (TypeError, ValueError):
-            raise TypeError(f"timestep: expected a number or a 0-d tensor, got {type(timestep).__name__}") from None
-        if not abs(given - expected) <= _TIMESTEP_TOL:
-            raise ValueError(f"timestep: {given!r} is not the one this scheduler listed for call {k} of {n_calls} "
-                             f"({expected!r}); drive it with its own scheduler.timesteps, in order")
+        self._check_timestep(k, timestep)
         if not isinstance(model_output, Tensor) or model_output.shape != sample.shape:
             raise ValueError(f"model_output: expected a tensor of the sample's shape {tuple(sample.shape)}, got "
                              f"{getattr(model_output, 'shape', type(model_output).__name__)}")

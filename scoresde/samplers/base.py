@@ -66,11 +66,12 @@ def get_sampler(method) -> type[Sampler]:
 class Sampler:
     """Base class of all samplers.
 
-    Class attribute: ``name`` (registry key). Attributes an instance may set in ``__init__`` from
-    its options (class defaults otherwise): ``adaptive`` (chooses its own steps; ``steps`` may then
-    be None), ``stochastic`` (draws noise), ``convergence_order`` (theoretical global order of the deterministic error, or the
-    weak order for SDE samplers; None when it has none; a constructor option ``order`` picks a solver's order and may
-    differ from it) and ``calls_per_step`` (model evaluations per grid step).
+    Class attribute: ``name`` (registry key). Metadata, class attributes or properties computed from
+    the options (never state a run changes): ``adaptive`` (chooses its own steps; ``steps`` may then
+    be None), ``stochastic`` (draws noise), ``convergence_order`` (theoretical global order of the
+    deterministic error, or the weak order for SDE samplers; None when it has none; a constructor option
+    ``order`` picks a solver's order and may differ from it; :meth:`convergence_order_for` gives the
+    order of a run of a given number of steps) and ``calls_per_step`` (model evaluations per grid step).
     """
 
     name: ClassVar[str] = ""
@@ -82,6 +83,10 @@ class Sampler:
     def expected_nfe(self, steps: int) -> int | None:
         """Model evaluations for ``steps`` grid steps (None where the solver decides, e.g. adaptive)."""
         return self.calls_per_step * steps
+
+    def convergence_order_for(self, steps: int) -> float | None:
+        """The order of a run of ``steps`` steps (some samplers lower their final steps on short runs)."""
+        return self.convergence_order
 
     def run(self, model: ScoreModel, x: Tensor, schedule: Schedule, ctx: SamplingContext) -> Tensor:
         raise NotImplementedError
