@@ -45,8 +45,10 @@ def unipc_weights(r: list, hh, B, exact: bool = False) -> list:
     b = torch.stack([torch.as_tensor(hh * phi(k + 1, hh) * math.factorial(k) / B, dtype=torch.float64)
                      for k in range(1, K + 1)])
     nodes = torch.stack([torch.as_tensor(r_m, dtype=torch.float64) for r_m in r])
-    R = torch.stack([nodes**k for k in range(K)])  # R[k - 1, m] = r_m^(k - 1); torch.vander works in place, no grad
-    rho = torch.linalg.solve(R, b)
+    rows = [torch.ones_like(nodes)]  # R[k - 1, m] = r_m^(k - 1) (torch.vander works in place: no gradient)
+    for _ in range(K - 1):
+        rows.append(rows[-1] * nodes)
+    rho = torch.linalg.solve(torch.stack(rows), b)
     return list(rho.unbind()) if rho.requires_grad else rho.tolist()
 
 
