@@ -15,7 +15,7 @@ import torchdiffeq
 
 import scoresde as sd
 from scoresde.samplers import sample
-from scoresde.sde import ProbabilityFlowODE
+from scoresde.dynamics import ProbabilityFlowODE
 
 F64 = torch.float64
 MIX = sd.toy.mixture("eight_gaussians")

@@ -3,7 +3,7 @@ r"""The Anderson reverse-time SDE through ``torchsde.sdeint`` (Li et al. 2020; K
 .. math::  dx = [f(t)\, x - g(t)^2 s(x, t)]\, dt + g(t)\, d\bar w, \qquad t: T \to t_{min},
 
 integrated in the flipped time ``u = t_start - t``, where the drift changes sign and the diffusion
-does not (:meth:`scoresde.sde.SDE.reverse_drift`). torchsde steps with a fixed ``dt`` and interpolates
+does not (:func:`scoresde.dynamics.reverse_drift`). torchsde steps with a fixed ``dt`` and interpolates
 linearly between its steps; to follow an arbitrary grid exactly, ``sdeint`` is called once per grid
 interval ``[t_start - t_i, t_start - t_{i+1}]`` with a ``dt`` above its length (one solver step
 landing on its end; a solver's extra state, e.g. reversible Heun's, is carried to the next call).
@@ -63,7 +63,7 @@ class _FlippedReverseSDE(torch.nn.Module):
         return -self.sde.reverse_drift(x, t, self.model.score(x, t)).reshape(y.shape)
 
     def g_prod(self, u, y, v):
-        return self.sde.g(self.t_start - u.to(torch.float64)) * v
+        return self.sde.g(self.t_start - u.to(torch.float64)).to(v.dtype) * v
 
 
 class _DiagonalFlippedReverseSDE(_FlippedReverseSDE):
@@ -111,6 +111,10 @@ class TorchSDE(Sampler):
     def run(self, model: ScoreModel, x: Tensor, schedule: Schedule, ctx: SamplingContext) -> Tensor:
         import torchsde
 
+        if schedule.t.requires_grad:
+            raise ValueError("grid: torchsde cannot differentiate with respect to the grid times (sdeint refuses "
+                             "times that require grad); pass grid.detach(), or use a stepped sampler "
+                             "(euler_maruyama, ddpm, ...) to differentiate the grid")
         shape = x.shape
         t_start = float(schedule.t[0])
         us = t_start - schedule.t  # flipped time, increasing from 0
@@ -119,10 +123,11 @@ class TorchSDE(Sampler):
         rsde = cls(model, shape, t_start, float(schedule.t[-1]), self.sde_type)
         y = x.reshape(shape[0], -1)
         extra = None
+        spans = us.to(device=x.device)  # once per run; the step lengths are read on the host's copy
+        lengths = (us[1:] - us[:-1]).tolist()
         for i in range(schedule.steps):
-            span = us[i:i + 2].to(device=x.device)
             # dt above the interval: the solver's step is min(u0 + dt, u1) - u0, one step landing on u1
-            ys, extra = torchsde.sdeint(rsde, y, span, bm=path, method=self.solver, dt=2 * float(span[1] - span[0]),
+            ys, extra = torchsde.sdeint(rsde, y, spans[i:i + 2], bm=path, method=self.solver, dt=2 * lengths[i],
                                         adaptive=False, extra=True, extra_solver_state=extra)
             y = ys[-1]
             ctx.step(i, y.reshape(shape))

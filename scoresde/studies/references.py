@@ -125,7 +125,7 @@ def reference_reverse_sde(model: ScoreModel, x_T: Tensor, t_start: float, t_end:
                           *, steps: int = 2048) -> Reference:
     """The reverse SDE on the Brownian path ``brownian`` by Euler-Maruyama with ``steps`` uniform steps.
 
-    torchsde's ``sdeint`` runs :class:`scoresde.sde.ReverseSDE` in flipped time s = t_start - t.
+    torchsde's ``sdeint`` runs :class:`scoresde.dynamics.ReverseSDE` in flipped time s = t_start - t.
     ``error`` compares with the same scheme at half as many steps (strong order 1 for additive
     noise, so the fine solution's error is about that difference).
     """
