@@ -137,7 +137,7 @@ class ProbabilityFlowODE(torch.nn.Module):
         flow = ProbabilityFlowODE(self.sde, self.score_fn, t_range=(float(ends[0]), float(ends[1])))
         if not is_adaptive(method):
             return odeint_in_t(flow, x, times.to(x.device), method=method, options=options)
-        times = times.detach().cpu()
+        times = times.cpu()
         lam, alpha = self.sde.lam(times), self.sde.alpha(times)
         ys = odeint_in_lam(flow.lambda_drift, x / alpha[0], lam, method=method, rtol=rtol, atol=atol,
                            options=options)
