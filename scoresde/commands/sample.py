@@ -65,11 +65,11 @@ def run(args) -> int:
     import torch
     import torch.distributed as dist
 
-    from ..training import _resolve_device, load_model
+    from ..training import load_model, resolve_device
 
     _check_args(args)
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     if launched:  # started by torchrun: one process per rank
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
