@@ -24,17 +24,28 @@ on the host per model call; the adaptive solvers read theirs for step control, a
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from ._tensor import append_dims
 
-if TYPE_CHECKING:  # the SDE is only ever passed in: no import of sde.py at run time (sde.py imports this module)
-    from .sde import SDE
-
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class SDE(Protocol):
+    """What the dynamics read of a :class:`scoresde.sde.SDE` (sde.py imports this module, not the reverse)."""
+
+    T: float
+
+    def f(self, t) -> Tensor: ...
+    def g2(self, t) -> Tensor: ...
+    def g(self, t) -> Tensor: ...
+    def alpha_sigma(self, t) -> tuple[Tensor, Tensor]: ...
+    def alpha(self, t) -> Tensor: ...
+    def lam(self, t) -> Tensor: ...
+    def t_of_lam(self, lam) -> Tensor: ...
 
 __all__ = ["reverse_drift", "probability_flow_drift", "ProbabilityFlowODE", "ReverseSDE", "ForwardSDE",
            "odeint_in_t", "odeint_in_lam", "solve_ivp", "schedule_time"]

@@ -60,8 +60,8 @@ from torch import Tensor
 from ._tensor import check_finite_number
 from .bounds import BoundResult, continuous_bound, variational_bound
 from .bounds.gaussian import check_levels, check_on_lattice
-from .models import ScoreModel
 from .dynamics import ProbabilityFlowODE, odeint_in_lam, solve_ivp
+from .models import ScoreModel
 
 __all__ = ["LikelihoodResult", "log_likelihood", "divergence", "draw_probes", "bits_per_dim",
            "ESTIMATORS", "PROBES", "BACKENDS", "EXACT_MAX_DIM", "variational_bound", "continuous_bound",
