@@ -5,7 +5,8 @@ Generative Modeling through SDEs"):
 
 * the Anderson reverse-time SDE (eq. 6), drift :func:`reverse_drift`
   ``f(t) x - g(t)^2 s(x, t)``, and as objects for ``torchsde.sdeint``: :class:`ReverseSDE` (in the
-  flipped time ``s = t_start - t``) and :class:`ForwardSDE`;
+  flipped time ``s = t_start - t``; :class:`AdditiveReverseSDE` for torchsde's additive-noise schemes)
+  and :class:`ForwardSDE`;
 * the probability-flow ODE (eq. 13), drift :func:`probability_flow_drift` ``f(t) x - g(t)^2 s / 2``, as a
   module for ``torchdiffeq.odeint`` (:class:`ProbabilityFlowODE`), in the SDE's time t or, for
   ``y = x / alpha``, in the half log-SNR lam (Lu et al. 2022, "DPM-Solver", eq. 3.4).
@@ -47,7 +48,8 @@ class SDE(Protocol):
     def lam(self, t) -> Tensor: ...
     def t_of_lam(self, lam) -> Tensor: ...
 
-__all__ = ["reverse_drift", "probability_flow_drift", "ProbabilityFlowODE", "ReverseSDE", "ForwardSDE",
+__all__ = ["reverse_drift", "probability_flow_drift", "ProbabilityFlowODE", "ReverseSDE", "AdditiveReverseSDE",
+           "ForwardSDE",
            "odeint_in_t", "odeint_in_lam", "solve_ivp", "schedule_time"]
 
 
@@ -228,24 +230,32 @@ def solve_ivp(field: Callable, state0: tuple[Tensor, ...], span: tuple[float, fl
 # ---------------------------------------------------------------------------------------------
 # The reverse and forward SDEs for torchsde
 # ---------------------------------------------------------------------------------------------
-class ReverseSDE(torch.nn.Module):
+class AdditiveReverseSDE(torch.nn.Module):
     """The Anderson reverse-time SDE ``dx = [f x - g^2 s] dt + g dw_bar`` for ``torchsde.sdeint``.
 
     torchsde integrates forward in time only, so this object runs in the flipped time
     ``s = t_start - t``: integrate s from 0 to ``t_start - t_end``. In s the drift changes sign,
     the diffusion does not. States are flattened to ``(B, D)`` as torchsde requires; give
     ``event_shape`` (the per-sample shape) to have the score called on unflattened tensors.
+
+    The noise is additive (g depends on t only) and given as ``g_prod(s, y, v) = g(t) v``, what
+    torchsde's additive-noise schemes take; :class:`ReverseSDE` also gives the diagonal ``g(s, y)``.
+    ``sde_type``: ``'ito'``, or ``'stratonovich'`` for a Stratonovich scheme (the same SDE: with additive
+    noise the two coincide). ``t_end``: the times handed to the score are clamped into
+    ``[t_end, t_start]`` (``t_start - (t_start - t_i)`` can land a rounding error outside a grid).
     """
 
-    noise_type = "diagonal"
-    sde_type = "ito"
+    noise_type = "additive"
 
-    def __init__(self, sde: SDE, score_fn: ScoreFn, event_shape=None, t_start: float | None = None):
+    def __init__(self, sde: SDE, score_fn: ScoreFn, event_shape=None, t_start: float | None = None,
+                 t_end: float | None = None, *, sde_type: str = "ito"):
         super().__init__()
         self.sde = sde
         self.score_fn = score_fn
         self.event_shape = None if event_shape is None else tuple(event_shape)
         self.t_start = float(sde.T if t_start is None else t_start)
+        self.t_end = None if t_end is None else float(t_end)
+        self.sde_type = sde_type
 
     def time(self, s: Tensor) -> Tensor:
         return self.t_start - s
@@ -255,8 +265,20 @@ class ReverseSDE(torch.nn.Module):
 
     def f(self, s: Tensor, y: Tensor) -> Tensor:
         t = self.time(schedule_time(s, y))
+        if self.t_end is not None:
+            t = t.clamp(self.t_end, self.t_start)
         x = self._unflatten(y)
         return -reverse_drift(self.sde, x, t, self.score_fn(x, t)).reshape(y.shape)
+
+    def g_prod(self, s: Tensor, y: Tensor, v: Tensor) -> Tensor:
+        return _coefficient(self.sde.g(self.time(schedule_time(s, y))), v) * v
+
+
+class ReverseSDE(AdditiveReverseSDE):
+    """:class:`AdditiveReverseSDE` with its diffusion also as the diagonal ``g(s, y)`` (``noise_type='diagonal'``),
+    which every torchsde scheme accepts (reversible Heun asks for g itself)."""
+
+    noise_type = "diagonal"
 
     def g(self, s: Tensor, y: Tensor) -> Tensor:
         return _coefficient(self.sde.g(self.time(schedule_time(s, y))), y).expand_as(y)

@@ -189,3 +189,53 @@ def test_likelihood_names_a_drift_that_overflows():
     x = torch.zeros(2, 2, dtype=F64)
     with pytest.raises(FloatingPointError, match=r"drift or its divergence is not finite at lambda = -"):
         log_likelihood(model, x, method="rk4", options={"step_size": 0.5})
+
+
+# ----- no host reads per model call ----------------------------------------------------------------------
+class _CountHostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts reads of a tensor's value on the host (bool(t), t.item(), float(t): aten._local_scalar_dense)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _host_reads(fn) -> int:
+    with _CountHostReads() as counter:
+        fn()
+    return counter.n
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4"])
+def test_the_fixed_step_flow_reads_nothing_on_the_host(method):
+    # A fixed-step odeint of the probability-flow ODE makes exactly the host reads torchdiffeq makes for a
+    # trivial field (its own checks of the times): none per evaluation of the flow. VPSDE's f and g^2 are
+    # closed forms without domain checks, and the score is a plain function, so only this module is measured.
+    sde = sd.VPSDE()
+    x = torch.randn(4, 2, dtype=F64)
+    times = torch.tensor([1.0, 0.6, 0.3], dtype=F64)
+    flow = dynamics.ProbabilityFlowODE(sde, lambda x_, t_: -x_, t_range=(0.3, 1.0))
+    baseline = _host_reads(lambda: dynamics.odeint_in_t(lambda t, y: -y, x, times, method=method))
+    assert _host_reads(lambda: dynamics.odeint_in_t(flow, x, times, method=method)) == baseline
+    t = torch.rand(4, dtype=F64)
+    rsde = dynamics.ReverseSDE(sde, lambda x_, t_: -x_)
+    s = torch.tensor(0.2, dtype=F64)
+    for call in (lambda: dynamics.reverse_drift(sde, x, t, -x), lambda: dynamics.probability_flow_drift(sde, x, t, -x),
+                 lambda: rsde.f(s, x), lambda: rsde.g(s, x)):
+        assert _host_reads(call) == 0
+
+
+def test_the_likelihood_finite_check_reads_nothing_per_call():
+    from scoresde.likelihood import _FiniteDrift
+
+    check = _FiniteDrift(lambda lam, state: (state[0] * lam, state[1]))
+    y, l0 = torch.randn(3, 2, dtype=F64), torch.zeros(3, dtype=F64)
+    assert _host_reads(lambda: [check(torch.tensor(v, dtype=F64), (y, l0)) for v in (0.1, 0.2, 0.3)]) == 0
+    check(torch.tensor(float("inf"), dtype=F64), (y, l0))
+    with pytest.raises(FloatingPointError, match="lambda = inf"):
+        check.check()

@@ -21,7 +21,9 @@ names the sampler; the list and the orders are :mod:`scoresde.integrators`).
   bar looks at them (the steps do not depend on them), so ``steps`` may be None (only the two ends).
   Their cost is known only afterwards (``expected_nfe`` is None).
 
-Either way the model is only evaluated at times in [t_min, T] of the grid.
+Either way the model is only evaluated at times in [t_min, T] of the grid, and ``sample(grad=True)``
+differentiates the result with respect to a grid tensor (every point for the fixed-step solvers,
+the two ends for the adaptive ones, whose interior points only place outputs).
 """
 from __future__ import annotations
 
