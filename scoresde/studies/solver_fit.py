@@ -72,12 +72,12 @@ class FittedSolver:
 
     def save(self, path) -> None:
         """Write the solver atomically (a temporary file, then a rename)."""
-        from ..training import _atomic_save
+        from ..training.checkpoints import atomic_save
 
-        _atomic_save({"times": self.times, "coefficients": self.coefficients,
-                      "calib_error_initial": self.calib_error_initial, "calib_error": self.calib_error,
-                      "valid_error_initial": self.valid_error_initial, "valid_error": self.valid_error,
-                      "history": list(self.history), "fit_nfe": self.fit_nfe, "config": dict(self.config)}, Path(path))
+        atomic_save({"times": self.times, "coefficients": self.coefficients,
+                     "calib_error_initial": self.calib_error_initial, "calib_error": self.calib_error,
+                     "valid_error_initial": self.valid_error_initial, "valid_error": self.valid_error,
+                     "history": list(self.history), "fit_nfe": self.fit_nfe, "config": dict(self.config)}, Path(path))
 
     @classmethod
     def load(cls, path) -> FittedSolver:
