@@ -31,6 +31,7 @@ class LineProgress:
         self.n, self.postfix = 0, ""
         self.start = self.last = time.monotonic()
         self.closed = False
+        self.printed = ""
 
     def _line(self) -> str:
         done = f"{self.n}/{self.total} ({100 * self.n / self.total:.0f}%)" if self.total else f"{self.n}"
@@ -38,7 +39,10 @@ class LineProgress:
         return f"{self.desc}: {done} {time.monotonic() - self.start:.0f} s{post}"
 
     def _print(self) -> None:
-        print(self._line(), file=self.file or sys.stderr, flush=True)
+        line = self._line()
+        if line != self.printed:  # closing right after an update would repeat it
+            print(line, file=self.file or sys.stderr, flush=True)
+            self.printed = line
         self.last = time.monotonic()
 
     def update(self, k: int = 1) -> None:
