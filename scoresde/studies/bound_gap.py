@@ -131,7 +131,7 @@ def plot_bound_gap(study: BoundGap, *, title: str | None = None):
         handles, labels = ax.get_legend_handles_labels()
         handles.append(Line2D([], [], color="0.4", marker="*", ls="none", ms=7))
         labels.append("PF-ODE: density, not a bound")
-        ax.legend(handles, labels, fontsize=8, loc="upper right", title="SDE (+- 2 s.e.)", title_fontsize=8)
+        ax.legend(handles, labels, fontsize=8, loc="lower left", title="SDE (+- 2 s.e.)", title_fontsize=8)
     fig.suptitle(title or f"variational bound gap to the exact NLL ({study.n} points, D = {study.dim})",
                  fontsize=10)
     fig.tight_layout()
