@@ -22,13 +22,13 @@ class LineProgress:
     iteration), printing ``desc: k/total (p%) 12 s [postfix]`` lines instead of redrawing a bar."""
 
     def __init__(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
-                 interval: float = LINE_INTERVAL, file=None):
+                 initial: int = 0, interval: float = LINE_INTERVAL, file=None):
         self.iterable = iterable
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.total, self.desc, self.interval = total, desc, interval
         self.file = file
-        self.n, self.postfix = 0, ""
+        self.n, self.postfix = initial, ""
         self.start = self.last = time.monotonic()
         self.closed = False
         self.printed = ""
@@ -87,8 +87,8 @@ def _is_terminal(file) -> bool:
 
 
 def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", enabled: bool = True,
-             leave: bool = True, interval: float = LINE_INTERVAL):
-    """A progress bar over ``iterable`` (or ``total`` steps, advanced with ``.update()``).
+             leave: bool = True, initial: int = 0, interval: float = LINE_INTERVAL):
+    """A progress bar over ``iterable`` (or ``total`` steps from ``initial``, advanced with ``.update()``).
 
     A tqdm bar when stderr is a terminal; plain lines (:class:`LineProgress`) when it is not; a
     disabled tqdm (which prints nothing) when ``enabled`` is False.
@@ -98,8 +98,8 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
     if not enabled:
         return tqdm(iterable, total=total, desc=desc, disable=True)
     if _is_terminal(sys.stderr):
-        return tqdm(iterable, total=total, desc=desc, leave=leave, dynamic_ncols=True)
-    return LineProgress(iterable, total=total, desc=desc, interval=interval)
+        return tqdm(iterable, total=total, desc=desc, leave=leave, initial=initial, dynamic_ncols=True)
+    return LineProgress(iterable, total=total, desc=desc, initial=initial, interval=interval)
 
 
 def stage(k: int, n: int, what: str, *, enabled: bool = True) -> None:

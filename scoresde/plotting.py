@@ -153,7 +153,7 @@ def plot_error_vs_steps(study, *, title: str | None = None) -> Figure:
 
             axes[2].axhspan(max(f["w2"] - 2 * sd, 1e-12), f["w2"] + 2 * sd, color="0.5", alpha=0.2, lw=0)
             mean = axes[2].axhline(f["w2"], color="k", ls="--", lw=1, label="_nolegend_")
-            axes[2].legend([(Patch(color="0.5", alpha=0.2, lw=0), mean)], [f"fresh data vs data: mean +- 2 sd ({draws} sets)"], fontsize=8,
+            axes[2].legend([(Patch(facecolor="0.82", edgecolor="0.6", lw=0.6), mean)], [f"fresh data vs data: mean +- 2 sd ({draws} sets)"], fontsize=8,
                            loc="upper right")
         axes[2].set(xlabel="NFE", ylabel="exact W2 to data", title="exact W2 to a data set of the same size")
         _log_ticks(axes[2])
