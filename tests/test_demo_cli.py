@@ -19,7 +19,7 @@ def test_demo_quick_writes_every_promised_file(tmp_path, capsys):
     assert DEMO_FILES <= names, DEMO_FILES - names
     assert not [n for n in names if n.startswith(".")]  # the staging folder is gone
     printed = capsys.readouterr().out
-    assert "declared" in printed and "fitted" in printed and "two-sample floor" in printed
+    assert "declared" in printed and "fitted" in printed and "two-sample level" in printed
     with open(out / "error_vs_steps.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert {(r["method"], int(r["steps"])) for r in rows} == {(m, n) for m in ("ddim", "heun") for n in (4, 8, 16)}
