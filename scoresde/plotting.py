@@ -481,16 +481,6 @@ def plot_image_error_vs_steps(rows: list[dict], orders: list[dict], ref: dict) -
 
 def save_figure(fig: Figure, path, *, dpi: int = 110) -> None:
     """``fig.savefig(path)`` through a temporary file beside it, renamed into place (never half a PNG)."""
-    import os
-    from pathlib import Path
+    from ._files import save_figure as save_atomically
 
-    from ._files import temporary_name
-
-    path = Path(path)
-    tmp = temporary_name(path)
-    try:
-        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_atomically(fig, path, dpi=dpi)

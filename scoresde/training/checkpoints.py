@@ -11,7 +11,6 @@ Random states are stored as tensors, ints and tuples only, so that ``weights_onl
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._files import clean_stale_temporaries, temporary_name
+from .._files import atomic_write, save_tensor, save_text
 
 __all__ = ["CHECKPOINT_NAME", "CONFIG_NAME", "LOG_NAME", "atomic_save", "checkpoint_path", "load_checkpoint",
            "load_weights", "load_optimizer", "global_rng_state", "set_global_rng_state", "rank_seed"]
@@ -69,24 +68,16 @@ def rank_seed(seed: int, rank: int) -> int:
 def atomic_save(obj, path: Path) -> None:
     """Write ``obj`` to ``path`` so that ``path`` is always either the old file or the complete new one.
 
-    ``obj``: text, bytes, or anything ``torch.save`` writes. The temporary ``.NAME.tmp-PID`` is renamed
-    over ``path`` only once complete and fsynced; the temporaries of earlier processes killed mid-write
-    are removed first (so a run that starts or resumes, which writes config.json at once, clears them).
+    ``obj``: text, bytes, or anything ``torch.save`` writes; the package's one atomic writer
+    (:func:`scoresde._files.atomic_write`) does the work, and first removes the temporaries of earlier
+    processes killed mid-write (so a run that starts or resumes, which writes config.json at once, clears them).
     """
-    clean_stale_temporaries(path.parent)
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, "wb") as fh:
-            if isinstance(obj, (bytes, str)):
-                fh.write(obj.encode() if isinstance(obj, str) else obj)
-            else:
-                torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    if isinstance(obj, str):
+        save_text(obj, path)
+    elif isinstance(obj, bytes):
+        atomic_write(path, lambda fh: fh.write(obj))
+    else:
+        save_tensor(obj, path)
 
 
 def checkpoint_path(path: str | Path) -> Path:
