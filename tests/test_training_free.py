@@ -142,7 +142,7 @@ def test_ipndm_published_weights_converge_at_second_order():
 SDES = [sd.VPSDE(), sd.VESDE(), sd.SubVPSDE(), sd.DiscreteVPSDE(), sd.VPSDE(T=0.5, t_min=0.01)]
 
 
-@pytest.mark.parametrize("rho", [1, 2, 7])
+@pytest.mark.parametrize("rho", [1, 2, 3, 7])
 @pytest.mark.parametrize("sde", SDES, ids=repr)
 def test_time_polynomial_grids_ends_and_monotone(sde, rho):
     for steps in (1, 5, 50):
@@ -182,3 +182,31 @@ def test_vp_time_round_trip(sde):
 def test_bad_options_name_the_argument(name, opts, arg):
     with pytest.raises(ValueError, match=f"^{arg}: .*{list(opts.values())[0]!r}"):
         SAMPLERS[name](**opts)
+
+
+# ----- the analytical first step (diff-sampler's AFS) -------------------------------------------------
+@pytest.mark.parametrize("name, opts", [("deis", {"order": 3}), ("deis", {"order": 4, "prediction": "data"}),
+                                        ("ipndm", {"weights": "published"})])
+def test_afs_is_the_first_step_with_an_analytic_eps(name, opts):
+    # afs=True equals the run without it whose model returns x / sqrt(alpha^2 + sigma^2) at its first call, one call fewer
+    sde, mix = sd.VPSDE(), sd.toy.gaussian_mixture_2d()
+    x_T = sde.prior_sample((16, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+    calls = []
+
+    def eps(x, t):
+        calls.append(t)
+        if len(calls) == 1:
+            alpha, sigma = sde.alpha_sigma(t)
+            return x / torch.sqrt(alpha**2 + sigma**2)[:, None]
+        return -sde.sigma(t)[:, None] * mix.score(x, t, sde)
+
+    plain = sample(sd.ScoreModel(eps, sde, "eps"), sde, name, 8, x_T=x_T, **opts)
+    res = sample(mix.model(sde), sde, name, 8, x_T=x_T, afs=True, **opts)
+    assert res.nfe == 7 and plain.nfe == 8 and SAMPLERS[name](afs=True, **opts).expected_nfe(8) == 7
+    assert res.convergence_order is None
+    assert torch.allclose(res.samples, plain.samples, rtol=0, atol=1e-12)
+
+
+def test_afs_must_be_a_bool():
+    with pytest.raises(TypeError, match="^afs: "):
+        SAMPLERS["deis"](afs="yes")

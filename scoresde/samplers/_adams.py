@@ -25,6 +25,12 @@ The interpolation error is ``O(h^k)`` on any grid (no step-ratio condition), so 
 ``lam`` (:data:`PANELS` panels of :data:`NODES` nodes per step). The integrand ``l_j(v(lam)) e^{-+lam}`` is
 analytic on the step for the smooth SDEs, and the quadrature error on a panel of width ``w`` is about
 ``(w/2)^{2n} / (2n)!``: below 1e-30 relative for a whole log-SNR range of 10 in one step.
+
+**AFS**, the analytical first step of zju-pi/diff-sampler (Zhou et al. 2024, sec. 4.2; option ``afs``): the
+first step uses ``eps = x_T / sqrt(alpha_T^2 + sigma_T^2)`` (their ``d = x / sqrt(1 + sigma^2)`` in EDM's
+variables) in place of a model call, which is nearly exact at high noise, and so saves one call: ``steps``
+grid steps cost ``steps - 1`` calls. It replaces the model by an approximation of size ``O(alpha_T)`` in one
+step of length ``h_0``, a global error ``O(alpha_T h_0)``: no convergence order is claimed with it.
 """
 from __future__ import annotations
 
@@ -93,6 +99,13 @@ class ExponentialAdams(SteppedSampler):
     calls_per_step = 1
     order: int = 1
     prediction: str = "noise"
+    afs: bool = False
+
+    def expected_nfe(self, steps: int) -> int | None:
+        return steps - 1 if self.afs else steps
+
+    def needs_output(self, state: SamplerState) -> bool:
+        return not (self.afs and state.i == 0)
 
     def weight_table(self, schedule: Schedule) -> Tensor:
         raise NotImplementedError
@@ -115,7 +128,11 @@ class ExponentialAdams(SteppedSampler):
     def step(self, model, schedule, state, output, ctx):
         i, x, W = state.i, state.x, state.weights
         t = schedule.t[i]
-        F = model.to_eps(output, x, t) if self.prediction == "noise" else model.to_x0(output, x, t)
+        if output is None:  # AFS: the first step's eps without a model call (module docstring)
+            eps = x / torch.sqrt(schedule.alpha[i] ** 2 + schedule.sigma[i] ** 2)
+            F = eps if self.prediction == "noise" else (x - schedule.sigma[i] * eps) / schedule.alpha[i]
+        else:
+            F = model.to_eps(output, x, t) if self.prediction == "noise" else model.to_x0(output, x, t)
         history = (F,) + state.history  # F_i, F_{i-1}, ...
         combination = sum(W[i, j] * F_j for j, F_j in enumerate(history[:min(self.order, i + 1)]))
         b = schedule.alpha if self.prediction == "noise" else schedule.sigma

@@ -20,6 +20,7 @@ Options:
   sigma: DEIS's rhoAB, the variable-step iPNDM) or ``'lam'`` (log-SNR: orders 2 and 3 are then exactly
   DPM-Solver's multistep ``solver_type='taylor'`` and our corrected 3M, which the tests check).
 * ``prediction``: ``'noise'`` (DEIS's, above) or ``'data'`` (``x0``, against ``d(e^{lam})`` in ``x / sigma``).
+* ``afs``: diff-sampler's analytical first step (one call fewer, no order claimed; :mod:`._adams`).
 
 zju-pi/diff-sampler (Zhou et al. 2024) integrates the same weights by a 10^4-point Riemann sum; here they are
 exact to float64 (:mod:`._adams`).
@@ -31,6 +32,7 @@ import numbers
 import torch
 
 from .. import grids as _grids
+from .._tensor import check_bool
 from ._adams import PREDICTIONS, ExponentialAdams, adams_weights
 from .base import register
 
@@ -71,14 +73,15 @@ class DEIS(ExponentialAdams):
     conformance_options = [{}, {"order": 1}, {"order": 2, "variable": "t"}, {"order": 4}, {"order": 4, "variable": "rho"},
                            {"order": 4, "variable": "lam", "prediction": "data"}]
 
-    def __init__(self, order: int = 3, variable: str = "vp_t", prediction: str = "noise"):
+    def __init__(self, order: int = 3, variable: str = "vp_t", prediction: str = "noise", afs: bool = False):
         self.order = check_order(order, MAX_ORDER)
         if variable not in VARIABLES:
             raise ValueError(f"variable: expected one of {', '.join(map(repr, VARIABLES))}, got {variable!r}")
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction: expected one of {', '.join(map(repr, PREDICTIONS))}, got {prediction!r}")
         self.variable, self.prediction = variable, prediction
-        self.convergence_order = self.order
+        self.afs = check_bool("afs", afs)
+        self.convergence_order = None if afs else self.order
 
     def weight_table(self, schedule):
         return adams_weights(schedule.lam, self.order, self.prediction, interpolation_variable(self.variable, schedule))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from .._tensor import check_bool
 from ._adams import ExponentialAdams, adams_weights
 from .base import register
 from .deis import check_order
@@ -44,12 +45,14 @@ class IPNDM(ExponentialAdams):
     # published order 3 is still pre-asymptotic over the order test's 16-48 steps (2.44): tests/test_training_free.py
     conformance_options = [{}, {"order": 2}, {"order": 3}, {"weights": "published", "order": 2}, {"weights": "published"}]
 
-    def __init__(self, order: int = 4, weights: str = "variable"):
+    def __init__(self, order: int = 4, weights: str = "variable", afs: bool = False):
         self.order = check_order(order, max(AB_WEIGHTS))
         if weights not in WEIGHTS:
             raise ValueError(f"weights: expected one of {', '.join(map(repr, WEIGHTS))}, got {weights!r}")
         self.weights = weights
-        self.convergence_order = self.order if weights == "variable" else PUBLISHED_ORDER[self.order]
+        self.afs = check_bool("afs", afs)  # diff-sampler's analytical first step: one call fewer (see ._adams)
+        order = self.order if weights == "variable" else PUBLISHED_ORDER[self.order]
+        self.convergence_order = None if afs else order
 
     def weight_table(self, schedule):
         if self.weights == "variable":
