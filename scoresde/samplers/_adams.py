@@ -63,9 +63,10 @@ def adams_weights(lam: Tensor, order: int, prediction: str, variable) -> Tensor:
     """``W`` of shape ``(steps, order)``: ``W[i, j]`` multiplies ``F_{i-j}`` in step ``i`` (zero beyond warm-up).
 
     ``lam`` is the schedule's log-SNR grid (increasing), ``variable(lam)`` the interpolation variable at any
-    log-SNRs (a float64 function, monotone on the run).
+    log-SNRs (a float64 function, monotone on the run). Differentiable in ``lam`` where ``variable`` is (a fit
+    of the grid moves the weights with it, :mod:`scoresde.studies.solver_fit`).
     """
-    lam = lam.detach().to(torch.float64)
+    lam = lam.to(torch.float64)
     nodes, qw = _quadrature(lam)
     # d(e^{-lam}) = -e^{-lam} dlam (noise), d(e^{lam}) = e^{lam} dlam (data)
     qw = qw * (-torch.exp(-nodes) if prediction == "noise" else torch.exp(nodes))

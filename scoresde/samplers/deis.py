@@ -51,7 +51,7 @@ def interpolation_variable(name: str, schedule):
     if name == "t":
         t_of_lam = schedule.sde.t_of_lam
         return lambda lam: t_of_lam(lam).to(torch.float64)
-    lam_T, lam_min = float(schedule.lam[0]), float(schedule.lam[-1])
+    lam_T, lam_min = float(schedule.lam[0].detach()), float(schedule.lam[-1].detach())  # the ends: constants
     return lambda lam: _grids.vp_time_of_lam(lam, lam_T, lam_min)
 
 

@@ -57,9 +57,9 @@ class IPNDM(ExponentialAdams):
     def weight_table(self, schedule):
         if self.weights == "variable":
             return adams_weights(schedule.lam, self.order, "noise", lambda lam: torch.exp(-lam))
-        d_rho = torch.exp(-schedule.lam[1:].detach()) - torch.exp(-schedule.lam[:-1].detach())
+        d_rho = torch.exp(-schedule.lam[1:]) - torch.exp(-schedule.lam[:-1])
         W = torch.zeros(schedule.steps, self.order, dtype=torch.float64)
         for i in range(schedule.steps):
             b = AB_WEIGHTS[min(self.order, i + 1)]
-            W[i, :len(b)] = d_rho[i] * torch.tensor(b, dtype=torch.float64)
+            W[i, :len(b)] = d_rho[i] * torch.tensor(b, dtype=torch.float64)  # keeps lam's graph, if any
         return W
