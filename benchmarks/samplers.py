@@ -594,7 +594,7 @@ TF_NFES = [5, 6, 8, 10, 15, 20, 25, 50, 100]
 # The solvers of zju-pi/diff-sampler in our frame (samplers/deis.py, samplers/ipndm.py); the grids are all
 # the named ones, diff-sampler's polynomial-in-time ones (time_rho1/2/7) included.
 TF_NEW_CONFIGS = [("deis", {"order": k, "variable": v, "prediction": p, "afs": afs}) for k in (2, 3, 4, 5)
-                  for v, p in (("vp_t", "noise"), ("vp_t", "data"), ("rho", "noise"), ("lam", "data"))
+                  for v, p in (("vp_t", "noise"), ("vp_t", "data"), ("lam", "data"))
                   for afs in (False, True)]
 # zju-pi/diff-sampler's own methods as transcribed here (a peer: its DEIS tAB in its VP time with the noise
 # prediction, its iPNDM with the published and the variable-step weights, max_order <= 4, with and without its
