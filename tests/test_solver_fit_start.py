@@ -13,16 +13,18 @@ from scoresde.studies.references import reference_pf_ode
 from scoresde.studies.solver_fit import fit_linear_multistep, grid_of_lam
 
 
-def _problem(batch, seed):
+def _problem(batch, seed, reference=True):
     sde = sd.VPSDE()
     model = toy.mixture("eight_gaussians").model(sde)
     x_T = sde.prior_sample((batch, 2), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    if not reference:  # the fit's loss is then meaningless, but its start is what is checked
+        return sde, model, x_T, torch.zeros_like(x_T)
     return sde, model, x_T, reference_pf_ode(model, x_T, float(sde.T), float(sde.t_min), tol=1e-10).x
 
 
 @pytest.mark.parametrize("start", [("deis", {"order": 4}), ("ipndm", {"weights": "published"}), "ipndm"])
 def test_zero_iterations_reproduce_the_start(start):
-    sde, model, x, ref = _problem(16, 1)
+    sde, model, x, ref = _problem(16, 1, reference=False)
     fs = fit_linear_multistep(model, 6, x, ref, iterations=0, init_grid="time_rho2", init_solver=start)
     name, opts = start if isinstance(start, tuple) else (start, {})
     direct = sample(model, sde, name, 6, x_T=x, grid="time_rho2", **opts).samples
@@ -50,17 +52,17 @@ def test_start_coefficients_follow_the_grid_differentiably():
 
 
 def test_the_start_is_kept_when_held_out_points_do_not_confirm_the_fit():
-    sde, model, x_cal, ref_cal = _problem(64, 1)
-    _, _, x_val, ref_val = _problem(64, 2)
+    sde, model, x_cal, ref_cal = _problem(32, 1)
+    _, _, x_val, ref_val = _problem(32, 2)
     start = ("deis", {"order": 3})
     # held-out "references" that are the start's own outputs: the start's held-out error is 0, so no fit can beat it
     own = sample(model, sde, "deis", 5, x_T=x_val, grid="logsnr", order=3).samples
-    kept = fit_linear_multistep(model, 5, x_cal, ref_cal, iterations=15, init_solver=start, x_valid=x_val, ref_valid=own)
+    kept = fit_linear_multistep(model, 5, x_cal, ref_cal, iterations=10, init_solver=start, x_valid=x_val, ref_valid=own)
     assert kept.config["kept_start"] and kept.valid_error == kept.valid_error_initial < 1e-12
     assert kept.calib_error == kept.calib_error_initial
     assert torch.allclose(kept.sample(model, x_T=x_val).samples, own, rtol=0, atol=1e-12)
     # with the true references the same fit lowers both errors and is returned
-    fitted = fit_linear_multistep(model, 5, x_cal, ref_cal, iterations=15, init_solver=start, x_valid=x_val, ref_valid=ref_val)
+    fitted = fit_linear_multistep(model, 5, x_cal, ref_cal, iterations=10, init_solver=start, x_valid=x_val, ref_valid=ref_val)
     assert not fitted.config["kept_start"]
     assert fitted.valid_error < fitted.valid_error_initial and fitted.calib_error < fitted.calib_error_initial
 
