@@ -176,17 +176,18 @@ def _check_callable_grid(out, sde: SDE, steps: int, t_min: float, T: float) -> T
 VP_TIME_END = 1e-3
 
 
-def _vp_fit(lam_T: float, lam_min: float) -> tuple[float, float]:
+def _vp_fit(lam_T, lam_min) -> tuple[Tensor, Tensor]:
     """``(beta_d, beta_min)`` of the VP SDE with ``log(1 + s(tau)^2) = beta_d tau^2 / 2 + beta_min tau``,
-    ``s(1) = e^{-lam_T}``, ``s(VP_TIME_END) = e^{-lam_min}`` (diff-sampler's ``edm2t``)."""
-    L_max = torch.log1p(torch.exp(torch.tensor(-2.0 * lam_T, dtype=torch.float64)))
-    L_min = torch.log1p(torch.exp(torch.tensor(-2.0 * lam_min, dtype=torch.float64)))
+    ``s(1) = e^{-lam_T}``, ``s(VP_TIME_END) = e^{-lam_min}`` (diff-sampler's ``edm2t``). The ends may be
+    tensors that carry a gradient (a sampler differentiated in its grid moves the fit with its ends)."""
+    L_max = torch.log1p(torch.exp(-2.0 * torch.as_tensor(lam_T, dtype=torch.float64)))
+    L_min = torch.log1p(torch.exp(-2.0 * torch.as_tensor(lam_min, dtype=torch.float64)))
     eps = VP_TIME_END
     beta_d = 2 * (L_max - L_min / eps) / (1 - eps)
-    return float(beta_d), float(L_max - beta_d / 2)
+    return beta_d, L_max - beta_d / 2
 
 
-def vp_time_of_lam(lam: Tensor, lam_T: float, lam_min: float) -> Tensor:
+def vp_time_of_lam(lam: Tensor, lam_T, lam_min) -> Tensor:
     """The fitted VP time ``tau(lam)`` in ``[VP_TIME_END, 1]`` (1 at ``lam_T``), DEIS's interpolation time.
 
     ``tau`` solves ``beta_d tau^2 / 2 + beta_min tau = L``, ``L = log(1 + e^{-2 lam})``; written as
@@ -197,7 +198,7 @@ def vp_time_of_lam(lam: Tensor, lam_T: float, lam_min: float) -> Tensor:
     return 2 * L / (beta_min + torch.sqrt(beta_min**2 + 2 * beta_d * L))
 
 
-def lam_of_vp_time(tau: Tensor, lam_T: float, lam_min: float) -> Tensor:
+def lam_of_vp_time(tau: Tensor, lam_T, lam_min) -> Tensor:
     """Inverse of :func:`vp_time_of_lam`: ``lam = -log(expm1(beta_d tau^2 / 2 + beta_min tau)) / 2``."""
     beta_d, beta_min = _vp_fit(lam_T, lam_min)
     tau = tau.to(torch.float64)

@@ -59,8 +59,12 @@ def _quadrature(lam: Tensor) -> tuple[Tensor, Tensor]:
     return lam[:-1, None] + h * s, h * ws
 
 
-def adams_weights(lam: Tensor, order: int, prediction: str, variable) -> Tensor:
+def adams_weights(lam: Tensor, order: int, prediction: str, variable, start: int = 0) -> Tensor:
     """``W`` of shape ``(steps, order)``: ``W[i, j]`` multiplies ``F_{i-j}`` in step ``i`` (zero beyond warm-up).
+
+    A run that begins at step ``start`` (a partial run: img2img, inpainting) has no history before it, so
+    its warm-up counts from there: step ``i`` uses ``min(order, i - start + 1)`` points (rows before
+    ``start`` are never used).
 
     ``lam`` is the schedule's log-SNR grid (increasing), ``variable(lam)`` the interpolation variable at any
     log-SNRs (a float64 function, monotone on the run). Differentiable in ``lam`` where ``variable`` is (a fit
@@ -74,7 +78,7 @@ def adams_weights(lam: Tensor, order: int, prediction: str, variable) -> Tensor:
     steps = lam.numel() - 1
     W = torch.zeros(steps, order, dtype=torch.float64)
     for i in range(steps):
-        k = min(order, i + 1)
+        k = min(order, max(i - start, 0) + 1)
         v = v_grid[i - torch.arange(k)]  # v_i, v_{i-1}, .. v_{i-k+1}
         for j in range(k):
             basis = torch.ones_like(v_nodes[i])
@@ -108,8 +112,13 @@ class ExponentialAdams(SteppedSampler):
     def needs_output(self, state: SamplerState) -> bool:
         return not (self.afs and state.i == 0)
 
-    def weight_table(self, schedule: Schedule) -> Tensor:
+    def weight_table(self, schedule: Schedule, start: int = 0) -> Tensor:
+        """``W[i, j]`` for a run that begins at step ``start`` (see :func:`adams_weights`)."""
         raise NotImplementedError
+
+    def call_times(self, schedule: Schedule, start: int = 0) -> Tensor:
+        # AFS replaces the first call of a whole run only: a partial run starts from a state far from noise
+        return schedule.t[1:-1] if self.afs and start == 0 else schedule.t[start:-1]
 
     def coefficient_matrix(self, schedule: Schedule) -> Tensor:
         """The lower-triangular ``C`` of :class:`~scoresde.samplers.linear_multistep.LinearMultistep` that runs
@@ -123,8 +132,8 @@ class ExponentialAdams(SteppedSampler):
             C[idx, idx - j] = W[j:, j]
         return C
 
-    def init(self, schedule, x):
-        return AdamsState(x=x, i=0, x_eval=x, t_eval=schedule.t[0], weights=self.weight_table(schedule))
+    def init(self, schedule, x, start=0):
+        return AdamsState(x=x, i=start, x_eval=x, t_eval=schedule.t[start], weights=self.weight_table(schedule, start))
 
     def step(self, model, schedule, state, output, ctx):
         i, x, W = state.i, state.x, state.weights

@@ -51,7 +51,7 @@ def interpolation_variable(name: str, schedule):
     if name == "t":
         t_of_lam = schedule.sde.t_of_lam
         return lambda lam: t_of_lam(lam).to(torch.float64)
-    lam_T, lam_min = float(schedule.lam[0].detach()), float(schedule.lam[-1].detach())  # the ends: constants
+    lam_T, lam_min = schedule.lam[0], schedule.lam[-1]  # the fit follows the run's ends (and their gradient)
     return lambda lam: _grids.vp_time_of_lam(lam, lam_T, lam_min)
 
 
@@ -83,5 +83,6 @@ class DEIS(ExponentialAdams):
         self.afs = check_bool("afs", afs)
         self.convergence_order = None if afs else self.order
 
-    def weight_table(self, schedule):
-        return adams_weights(schedule.lam, self.order, self.prediction, interpolation_variable(self.variable, schedule))
+    def weight_table(self, schedule, start=0):
+        return adams_weights(schedule.lam, self.order, self.prediction, interpolation_variable(self.variable, schedule),
+                             start)

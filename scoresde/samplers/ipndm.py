@@ -54,12 +54,12 @@ class IPNDM(ExponentialAdams):
         order = self.order if weights == "variable" else PUBLISHED_ORDER[self.order]
         self.convergence_order = None if afs else order
 
-    def weight_table(self, schedule):
+    def weight_table(self, schedule, start=0):
         if self.weights == "variable":
-            return adams_weights(schedule.lam, self.order, "noise", lambda lam: torch.exp(-lam))
+            return adams_weights(schedule.lam, self.order, "noise", lambda lam: torch.exp(-lam), start)
         d_rho = torch.exp(-schedule.lam[1:]) - torch.exp(-schedule.lam[:-1])
         W = torch.zeros(schedule.steps, self.order, dtype=torch.float64)
-        for i in range(schedule.steps):
-            b = AB_WEIGHTS[min(self.order, i + 1)]
+        for i in range(start, schedule.steps):  # a run begun at ``start`` warms up from there
+            b = AB_WEIGHTS[min(self.order, i - start + 1)]
             W[i, :len(b)] = d_rho[i] * torch.tensor(b, dtype=torch.float64)  # keeps lam's graph, if any
         return W
