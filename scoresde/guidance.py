@@ -181,8 +181,12 @@ def classifier_free_guidance(fn: Callable[[Tensor, Tensor, Tensor], Tensor], sde
         raise ValueError(f"y: the null label {null_label} means 'unconditional'; use scale=0 for that")
     scale = _check_scale(scale)
 
+    on_device: dict[torch.device, Tensor] = {}  # the labels copied once per device, not at every call
+
     def guided(x: Tensor, t: Tensor) -> Tensor:
-        lab = _labels_for(labels, x)
+        if x.device not in on_device:
+            on_device[x.device] = labels.to(x.device)
+        lab = _labels_for(on_device[x.device], x)
         null = torch.full_like(lab, null_label)
         if scale == 1:
             return fn(x, t, lab)
@@ -267,7 +271,7 @@ def _observed_score(x: Tensor, y: Tensor, alpha: Tensor, sigma: Tensor) -> Tenso
 
 
 def _coeffs(sde: SDE, x: Tensor, t) -> tuple[Tensor, Tensor]:
-    alpha, sigma = sde.alpha_sigma(batch_time(t, x))
+    alpha, sigma = sde._alpha_sigma(batch_time(t, x))  # unchecked: t comes from a checked run
     return append_dims(alpha, x.ndim), append_dims(sigma, x.ndim)
 
 

@@ -75,7 +75,10 @@ class ODE(Sampler):
     def run(self, model: ScoreModel, x: Tensor, schedule: Schedule, ctx: SamplingContext) -> Tensor:
         nfe0 = model.nfe
         ctx.stats.update(solver=self.solver, rtol=self.rtol, atol=self.atol)
-        flow = model.sde.probability_flow(finite_score(model, schedule, f"ode ({self.solver})"))
+        # an adaptive solver fed NaN would shrink its step until it underflows: it checks every score; a fixed-step
+        # one leaves non-finite outputs to the run's FiniteWatch (no host read per call)
+        score = finite_score(model, schedule, f"ode ({self.solver})") if self.adaptive else model.score
+        flow = model.sde.probability_flow(score)
         if self.adaptive:
             # interior grid times are interpolated outputs: asked for only when someone looks at them
             times = schedule.t if ctx.observed else schedule.t[[0, -1]]
