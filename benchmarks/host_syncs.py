@@ -7,9 +7,10 @@ temporary folder and each version runs in its own worker process, alternately.
 * syncs: with a U-Net (EDM-preconditioned, the package's ``unet``) and the state on PyTorch's ``meta`` device,
   the reads of a device value (``aten._local_scalar_dense``) and cross-device copies (``aten._to_copy``,
   ``aten.copy_``) of a whole ``sample()`` run at two step counts, and the difference per model call;
-* overhead: with a small network (``ScoreMLP`` on 2-D points, batch 64, float32, CPU), the wall time of a
-  run divided by its model calls, minus the time of one bare network call measured in the same process:
-  what the sampler, the wrapper and the checks cost per call (best of ``--repeats``).
+* overhead: with a small network (``ScoreMLP`` of width 64 and depth 2 on 2-D points, batch 64, float32, CPU),
+  the wall time of a run divided by its model calls, minus the time of one bare network call measured in the
+  same process: what the sampler, the wrapper and the checks cost per call (best of ``--repeats``; the median
+  of ``--rounds`` alternations of the two versions).
 
     python benchmarks/host_syncs.py [--base 14d5e2b] [--steps 50] [--repeats 15]
 """
@@ -96,7 +97,8 @@ def worker(steps: int, repeats: int) -> dict:
         out[name] = {"syncs_4": c4, "syncs_8": c8, "syncs_per_call": per_call}
     # overhead per call on the CPU
     torch.manual_seed(0)
-    net = ScoreMLP(2, sde, "eps")
+    net = ScoreMLP(2, sde, "eps", width=64, depth=2)
+    torch.nn.init.normal_(net.out.weight, std=0.1)  # a trained-looking output, not the zero of initialisation
     model = sd.ScoreModel(net, sde, "eps")
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
     t_net = torch.full((64,), 0.5)
@@ -128,20 +130,23 @@ def _run(root: Path, steps: int, repeats: int) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", default="14d5e2b", help="the baseline commit (default: main before issue 17)")
+    p.add_argument("--now", default=None, help="a commit to compare instead of the working tree")
     p.add_argument("--steps", type=int, default=50, help="grid steps of the timed runs")
     p.add_argument("--repeats", type=int, default=15, help="timed runs per sampler and version (best is kept)")
     p.add_argument("--rounds", type=int, default=3, help="alternations base/now (median of the rounds' bests)")
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.base, "scoresde"], capture_output=True,
-                                 check=True).stdout
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+    with tempfile.TemporaryDirectory() as base, tempfile.TemporaryDirectory() as now:
+        for rev, folder in ((args.base, base), (args.now, now)):
+            if rev is not None:
+                archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "scoresde"], capture_output=True,
+                                         check=True).stdout
+                subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
         rounds = {"base": [], "now": []}
         for _ in range(args.rounds):
-            rounds["base"].append(_run(Path(tmp), args.steps, args.repeats))
-            rounds["now"].append(_run(ROOT, args.steps, args.repeats))
+            rounds["base"].append(_run(Path(base), args.steps, args.repeats))
+            rounds["now"].append(_run(ROOT if args.now is None else Path(now), args.steps, args.repeats))
     print(f"host syncs per sample() run (U-Net on meta, 4 and 8 steps) and the sampler's own cost per model call "
-          f"(ScoreMLP, batch 64, CPU, {args.steps} steps); base = {args.base}, now = this checkout")
+          f"(ScoreMLP 64x2, batch 64, CPU, {args.steps} steps); base = {args.base}, now = {args.now or 'this checkout'}")
     head = (f"{'sampler':<18}{'syncs base 4/8':>16}{'per call':>9}{'syncs now 4/8':>15}{'per call':>9}"
             f"{'net us':>8}{'base us/call':>13}{'now us/call':>12}{'now/base':>9}")
     print(head)

@@ -117,7 +117,7 @@ def classifier_guidance(model: ScoreModel, classifier: Callable[[Tensor, Tensor]
         n_classes: K, to check labels before sampling (they are also checked against the logits).
     """
     if not isinstance(model, ScoreModel):
-        raise ValueError(f"model: expected a scoresde.ScoreModel, got {type(model).__name__}")
+        raise TypeError(f"model: expected a scoresde.ScoreModel, got {type(model).__name__}")
     if not callable(classifier):
         raise ValueError(f"classifier: expected a callable classifier(x, t) -> logits, got {type(classifier).__name__}")
     labels = _check_labels(y, _check_n_classes(n_classes))
@@ -171,7 +171,7 @@ def classifier_free_guidance(fn: Callable[[Tensor, Tensor, Tensor], Tensor], sde
         parameterization, time_input: what ``fn`` predicts and how it takes time (see ScoreModel).
     """
     if not callable(fn):
-        raise ValueError(f"fn: expected a callable fn(x, t, y), got {type(fn).__name__}")
+        raise TypeError(f"fn: expected a callable fn(x, t, y), got {type(fn).__name__}")
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"parameterization: unknown {parameterization!r}; allowed: {', '.join(PARAMETERIZATIONS)}")
     if isinstance(null_label, bool) or not isinstance(null_label, int):

@@ -256,7 +256,7 @@ def log_likelihood(model: ScoreModel, x: Tensor, *, t_min: float | None = None, 
     """
     x = _check_points(x)
     if not isinstance(model, ScoreModel):
-        raise ValueError(f"model: expected a scoresde.ScoreModel, got {type(model).__name__}")
+        raise TypeError(f"model: expected a scoresde.ScoreModel, got {type(model).__name__}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     sde = model.sde

@@ -148,7 +148,7 @@ def _perturb(model: ScoreModel, x0: Tensor, *, time_sampling: str, importance: b
              t_min, T) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
     """Validate, draw (or take) t and eps, and form ``x_t = alpha_t x_0 + sigma_t eps``: ``(t, ratio, eps, x_t)``."""
     if not isinstance(model, ScoreModel):
-        raise ValueError(f"model: expected a scoresde.ScoreModel, got {type(model).__name__}")
+        raise TypeError(f"model: expected a scoresde.ScoreModel, got {type(model).__name__}")
     if not isinstance(x0, Tensor) or x0.ndim < 2 or not x0.is_floating_point():
         raise ValueError(f"x0: expected a floating tensor of shape (batch, *event_shape), got "
                          f"{tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__}")

@@ -95,9 +95,9 @@ class ScoreModel:
     def __init__(self, fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, parameterization: str = "eps",
                  *, time_input: str | Callable[[Tensor], Tensor] = "continuous"):
         if not callable(fn):
-            raise ValueError(f"fn: expected a callable fn(x, t), got {type(fn).__name__}")
+            raise TypeError(f"fn: expected a callable fn(x, t), got {type(fn).__name__}")
         if not isinstance(sde, SDE):
-            raise ValueError(f"sde: expected an instance of scoresde.SDE, got {type(sde).__name__}")
+            raise TypeError(f"sde: expected an instance of scoresde.SDE, got {type(sde).__name__}")
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization: unknown {parameterization!r}; allowed: {', '.join(PARAMETERIZATIONS)}")
         if not callable(time_input) and time_input not in TIME_CONVENTIONS:

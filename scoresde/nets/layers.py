@@ -56,7 +56,7 @@ def positive_ints(name: str, v, *, allow_empty: bool = False) -> tuple[int, ...]
 
 def check_common(sde, parameterization: str, embedding: str, time_input: str, embed_scale, num_classes) -> None:
     if not isinstance(sde, SDE):
-        raise ValueError(f"sde: expected a scoresde.SDE, got {type(sde).__name__}")
+        raise TypeError(f"sde: expected a scoresde.SDE, got {type(sde).__name__}")
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"parameterization: unknown {parameterization!r}; allowed: {', '.join(PARAMETERIZATIONS)}")
     if embedding not in EMBEDDINGS:

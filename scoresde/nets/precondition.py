@@ -51,9 +51,9 @@ class EDMPrecondition(nn.Module):
     def __init__(self, net: nn.Module, sde: SDE, parameterization: str = "eps", sigma_data: float = 1.0):
         super().__init__()
         if not isinstance(net, nn.Module):
-            raise ValueError(f"net: expected a torch.nn.Module, got {type(net).__name__}")
+            raise TypeError(f"net: expected a torch.nn.Module, got {type(net).__name__}")
         if not isinstance(sde, SDE):
-            raise ValueError(f"sde: expected a scoresde.SDE, got {type(sde).__name__}")
+            raise TypeError(f"sde: expected a scoresde.SDE, got {type(sde).__name__}")
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization: unknown {parameterization!r}; allowed: {', '.join(PARAMETERIZATIONS)}")
         if isinstance(sigma_data, bool) or not (isinstance(sigma_data, (int, float)) and math.isfinite(sigma_data)

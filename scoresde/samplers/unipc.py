@@ -73,7 +73,7 @@ def unipc_weights(r: list[float], hh: float, B: float, exact: bool = False) -> l
 
 def _check_bool(name: str, value) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"{name}: expected True or False, got {value!r}")
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
     return value
 
 
