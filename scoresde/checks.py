@@ -242,8 +242,9 @@ class FiniteWatch:
         i, times, label = failure["step"], self.times or [], f"{self.label}: " if self.label else ""
         last = i + 1 >= len(times)  # past the grid: a final denoising step
         if failure["kind"] == "model":
-            where = "in the final denoising step" if last and times else f"during step {i}{_step_span(times, i)}"
-            return NonFiniteModelOutput(f"{label}{where}: the model {self._fn_name} returned NaN/inf at "
+            where = ("" if not times else "in the final denoising step: " if last
+                     else f"during step {i}{_step_span(times, i)}: ")
+            return NonFiniteModelOutput(f"{label}{where}the model {self._fn_name} returned NaN/inf at "
                                         f"t = {failure['t']}")
         if last and times:
             return FloatingPointError(f"{label}the final denoising step at t = {times[-1]:.6g} gave non-finite values "

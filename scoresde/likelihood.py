@@ -60,6 +60,7 @@ from torch import Tensor
 from ._tensor import check_finite_number
 from .bounds import BoundResult, continuous_bound, variational_bound
 from .bounds.gaussian import check_levels, check_on_lattice
+from .checks import FiniteWatch
 from .integrators import TORCHDIFFEQ_ADAPTIVE
 from .models import ScoreModel
 from .sde import ProbabilityFlowODE
@@ -300,11 +301,23 @@ def log_likelihood(model: ScoreModel, x: Tensor, *, t_min: float | None = None, 
     ends = torch.tensor([t_min, T], dtype=torch.float64)
     lam, (alpha_min, alpha_T) = sde.lam(ends), sde.alpha(ends)
     nfe0 = model.nfe
-    if backend == "torchdiffeq":
-        y_T, integral = _solve_torchdiffeq(flow, points / alpha_min, lam, method or "dopri5", rtol, atol,
-                                           options or {}, differentiable)
-    else:
-        y_T, integral = _solve_scipy(flow, points / alpha_min, lam, method or "RK45", rtol, atol, options or {})
+    watch = FiniteWatch("end")  # non-finite outputs recorded on the device, read once after the solve
+    try:
+        with model.watching(watch):
+            if backend == "torchdiffeq":
+                y_T, integral = _solve_torchdiffeq(flow, points / alpha_min, lam, method or "dopri5", rtol, atol,
+                                                   options or {}, differentiable)
+            else:
+                y_T, integral = _solve_scipy(flow, points / alpha_min, lam, method or "RK45", rtol, atol,
+                                             options or {})
+    except FloatingPointError:  # _FiniteDrift stopped the solve: the record tells a bad model from an overflow
+        failure = watch.read()
+        if failure is None:
+            raise
+        raise watch.error(failure) from None
+    failure = watch.read()
+    if failure is not None:
+        raise watch.error(failure)
     nfe = model.nfe - nfe0
     latent = alpha_T * y_T
     delta = integral + dim * torch.log(alpha_T / alpha_min)
