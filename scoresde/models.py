@@ -85,8 +85,10 @@ class ScoreModel:
       (``lambda t: (sde.N * t - 1).round()``).
 
     Each call of ``fn`` is counted in :attr:`nfe`; its output must be a tensor shaped like ``x``
-    (``TypeError`` / ``ValueError`` otherwise) and finite (:class:`NonFiniteModelOutput`, a
-    ``FloatingPointError``, naming the model and the time otherwise).
+    (``TypeError`` / ``ValueError`` otherwise; shapes are host metadata, no sync) and finite: inside a
+    run (:func:`~scoresde.sample`, the likelihood) the run's :class:`~scoresde.checks.FiniteWatch` records a
+    non-finite output on the device and the run reports it once at its end; a direct call checks at once
+    (:class:`NonFiniteModelOutput`, a ``FloatingPointError``, naming the model and the time).
 
     The views :meth:`score`, :meth:`eps`, :meth:`x0`, :meth:`v`, :meth:`velocity` each cost one call;
     :meth:`predict` returns the raw output once so a sampler that needs two views pays one call.

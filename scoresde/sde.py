@@ -20,7 +20,10 @@ closed forms for speed (the tests check both against finite differences).
 All methods are pure functions of ``t``: device and dtype follow ``t``. Python numbers are turned
 into float64 tensors. Nothing is cached on a fixed device.
 
-Domains (checked with one reduction per call; NaN fails the check):
+Domains (checked with one reduction per call of a public evaluator; NaN fails the check). The check reads a
+tensor on the host, so each public evaluator has an unchecked twin (``_sigma``, ``_alpha_sigma``, ``_lam``,
+``_t_of_lam``, ``_coefficients``) that the model wrapper, the networks and the losses call per model evaluation,
+with times that the boundary (``sample()``, the trainer, the likelihood) checked once:
 
 * the closed-form evaluators ``alpha``, ``sigma``, ``alpha_sigma`` and ``lam`` accept every t in the
   closed form's natural domain ``sde.domain``: ``[0, inf)`` for VP and sub-VP, ``[0, t_max]`` for VE
