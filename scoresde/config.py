@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .checks import check_count
+
 __all__ = ["TrainConfig", "RESUME_FREE_FIELDS", "NET_OPTION_FIELDS", "RESERVED_NET_KWARGS"]
 
 #: fields that may differ between a checkpoint and the run that resumes it: they change neither the
@@ -139,13 +141,9 @@ class TrainConfig:
         self._check_sde_kwargs()
         self._check_net_and_loss()
         for name in ("steps", "batch_size", "log_every", "ckpt_every", "t_buckets"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+            check_count(name, getattr(self, name))  # a non-integer is a TypeError, below 1 a ValueError
         for name in ("warmup", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name}: expected an integer >= 0, got {v!r}")
+            check_count(name, getattr(self, name), minimum=0)
         for name, lo, hi, what in (("lr", 0, math.inf, "> 0"), ("weight_decay", 0, math.inf, ">= 0"),
                                    ("grad_clip", 0, math.inf, ">= 0 (0: no clipping)"),
                                    ("ema_decay", 0, 1, "in [0, 1)"), ("label_dropout", 0, 1, "in [0, 1)"),

@@ -60,6 +60,7 @@ from torch import Tensor
 from ._tensor import check_finite_number
 from .bounds import BoundResult, continuous_bound, variational_bound
 from .bounds.gaussian import check_levels, check_on_lattice
+from .checks import FiniteWatch
 from .dynamics import ProbabilityFlowODE, odeint_in_lam, solve_ivp
 from .models import ScoreModel
 
@@ -270,7 +271,7 @@ def log_likelihood(model: ScoreModel, x: Tensor, *, t_min: float | None = None, 
     """
     x = _check_points(x)
     if not isinstance(model, ScoreModel):
-        raise ValueError(f"model: expected a scoresde.ScoreModel, got {type(model).__name__}")
+        raise TypeError(f"model: expected a scoresde.ScoreModel, got {type(model).__name__}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     sde = model.sde
@@ -314,16 +315,26 @@ def log_likelihood(model: ScoreModel, x: Tensor, *, t_min: float | None = None, 
     ends = torch.tensor([t_min, T], dtype=torch.float64)
     lam, (alpha_min, alpha_T) = sde.lam(ends), sde.alpha(ends)
     nfe0 = model.nfe
+    # Two records on the device, each read once after the solve: the model wrapper's (a non-finite network
+    # output: a bad model) and the drift's (finite outputs whose drift or divergence overflows)
+    watch = FiniteWatch("end")
     try:
-        if backend == "torchdiffeq":
-            y_T, integral = _solve_torchdiffeq(flow, points / alpha_min, lam, method or "dopri5", rtol, atol,
-                                               options or {}, differentiable)
-        else:
-            y_T, integral = _solve_scipy(flow, points / alpha_min, lam, method or "RK45", rtol, atol,
-                                         options or {})
+        with model.watching(watch):
+            if backend == "torchdiffeq":
+                y_T, integral = _solve_torchdiffeq(flow, points / alpha_min, lam, method or "dopri5", rtol, atol,
+                                                   options or {}, differentiable)
+            else:
+                y_T, integral = _solve_scipy(flow, points / alpha_min, lam, method or "RK45", rtol, atol,
+                                             options or {})
     except (AssertionError, RuntimeError):  # torchdiffeq's "underflow in dt", scipy's failure: blame the field
+        failure = watch.read()
+        if failure is not None:
+            raise watch.error(failure) from None
         flow.check()
         raise
+    failure = watch.read()
+    if failure is not None:
+        raise watch.error(failure)
     flow.check()
     nfe = model.nfe - nfe0
     latent = alpha_T * y_T

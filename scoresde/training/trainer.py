@@ -241,7 +241,9 @@ class Trainer:
             K = cfg.t_buckets
             idx = torch.bucketize(t.detach().double(), self._inner_edges(t.device))
             sums = torch.zeros(K, dtype=torch.float64, device=t.device).index_add_(0, idx, losses.detach().double())
-            counts = torch.bincount(idx, minlength=K).double()
+            # index_add_, not bincount: bincount reads the largest index on the host (a sync on a GPU)
+            counts = torch.zeros(K, dtype=torch.float64, device=t.device).index_add_(
+                0, idx, torch.ones(idx.shape, dtype=torch.float64, device=t.device))
             stats = torch.cat([loss.detach().double().reshape(1), sums, counts])
             if self.distributed:
                 dist.all_reduce(stats)
