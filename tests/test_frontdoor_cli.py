@@ -178,14 +178,31 @@ def test_save_grid_defaults_to_the_cli_scale(tmp_path):
     assert scale > 1 and Image.open(tmp_path / "g.png").size == (cols, rows)
 
 
-def test_sample_progress_is_plain_lines_and_quiet_silences_it(runs, tmp_path, capsys):
+def test_sample_progress_is_plain_lines_and_quiet_silences_it(runs, tmp_path, capsys, monkeypatch):
+    import functools
+
+    from scoresde.samplers import base
+
     argv = ["sample", "--ckpt", str(runs / "toy"), "--method", "ddim", "--steps", "3", "--n", "2",
             "--out", str(tmp_path / "s.pt")]
-    assert main(argv) == 0
+    assert main(argv) == 0  # a short sampling call leaves nothing in a log (a bar that does not stay)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(base, "progress_bar", functools.partial(_progress.progress, interval=0.0))
+    assert main(argv) == 0  # a long one (here: a line at every step) prints plain lines
     err = capsys.readouterr().err
     assert "ddim: 3/3 (100%)" in err and "\r" not in err and "\x1b" not in err
     assert main(argv + ["--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_a_bar_that_does_not_stay_prints_its_end_only_after_printing_before():
+    for interval, lines in ((1e9, 0), (0.0, 2)):
+        buf = io.StringIO()
+        bar = _progress.LineProgress(total=2, desc="inner", interval=interval, file=buf, leave=False)
+        bar.update(1)
+        bar.update(1)
+        bar.close()
+        assert len(buf.getvalue().splitlines()) == lines
 
 
 def test_nll_reads_data_as_train_does(runs, tmp_path, capsys):
