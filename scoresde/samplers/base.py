@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .. import grids as _grids
+from .._progress import progress as progress_bar
 from ..checks import (CHECK_FINITE, FiniteWatch, NonFiniteModelOutput, check_bool, check_choice, check_count,
                       check_generator, check_instance, check_shape, check_time)
 from ..models import ScoreModel
@@ -296,7 +296,8 @@ class SamplingContext:
         self._t = times.tolist()
         self.current_step = 0  # the grid step in progress, for messages
         self.trajectory: list[Tensor] = []
-        self._bar = tqdm(total=len(times) - 1, desc=sampler.name, disable=not progress, leave=False)
+        # the one progress helper: a bar on a terminal, plain lines in a log, nothing when off
+        self._bar = progress_bar(total=len(times) - 1, desc=sampler.name, enabled=progress, leave=False)
 
     @property
     def observed(self) -> bool:
