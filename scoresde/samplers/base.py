@@ -217,7 +217,7 @@ class BrownianNoise:
     """Increments of a torchsde Brownian path in the flipped time ``s = t_start - t``.
 
     The path must cover ``[0, t_start - t_end]`` and have size ``(B, prod(event_shape))``, the
-    layout of :class:`scoresde.sde.ReverseSDE`; :func:`brownian_path` builds one.
+    layout of :class:`scoresde.dynamics.ReverseSDE`; :func:`brownian_path` builds one.
     """
 
     def __init__(self, path, t_start: float):
