@@ -35,6 +35,7 @@ from ..models import ScoreModel
 from ..sde import DiscreteVPSDE
 
 __all__ = ["from_diffusers", "diffusers_grid", "diffusers_equivalent", "diffusers_sde", "diffusers_alphas_cumprod",
+           "diffusers_betas",
            "DiffusersGrid", "network_output", "BETA_SCHEDULES", "PREDICTION_TYPES", "TIME_ROUNDINGS"]
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -123,6 +124,12 @@ def diffusers_alphas_cumprod(config) -> Tensor:
     """``alphas_cumprod`` of a diffusers scheduler config, computed as diffusers computes it (float32),
     returned in float64. Reads ``num_train_timesteps``, ``beta_start``, ``beta_end``,
     ``beta_schedule`` (linear, scaled_linear, squaredcos_cap_v2) and ``trained_betas``."""
+    return torch.cumprod(1.0 - diffusers_betas(config), dim=0).to(torch.float64)
+
+
+def diffusers_betas(config) -> Tensor:
+    """The float32 ``betas`` of a diffusers scheduler config, as diffusers computes them (see
+    :func:`diffusers_alphas_cumprod`)."""
     cfg = _config(config)
     n = cfg.get("num_train_timesteps", 1000)
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
@@ -160,7 +167,7 @@ def diffusers_alphas_cumprod(config) -> Tensor:
     else:
         raise ValueError(f"beta_schedule: unsupported {schedule!r}; supported: {', '.join(BETA_SCHEDULES)} "
                          "(or give trained_betas)")
-    return torch.cumprod(1.0 - betas, dim=0).to(torch.float64)
+    return betas
 
 
 def _cosine_betas(n: int, max_beta: float = 0.999) -> list[float]:
