@@ -74,6 +74,19 @@ _RULE_OF_CLASS = {
 }
 
 
+def _rule_of(config: Mapping) -> str:
+    """The timestep rule of the scheduler a config came from: by its ``_class_name`` when saved, else by
+    the keys only that family has (a live scheduler's ``config`` does not carry its class name)."""
+    name = config.get("_class_name")
+    if name in _RULE_OF_CLASS:
+        return _RULE_OF_CLASS[name]
+    if "solver_order" in config:
+        return "multistep"
+    if "use_karras_sigmas" in config:
+        return "euler"
+    return "ddpm"
+
+
 def native_timesteps(num_train_timesteps: int, steps: int, spacing: str = "leading", steps_offset: int = 0,
                      rule: str = "ddpm") -> np.ndarray:
     """The ``steps`` timesteps a diffusers scheduler lists (float64, decreasing), by its family's rule.
@@ -92,7 +105,7 @@ def native_timesteps(num_train_timesteps: int, steps: int, spacing: str = "leadi
         ts = (np.arange(0, m) * (n // m)).round()[::-1] + steps_offset
     else:
         ts = np.arange(n, 0, -n / steps).round() - 1
-    return np.ascontiguousarray(ts[:steps], dtype=np.float64)
+    return np.array(ts[:steps].tolist(), dtype=np.float64)
 
 
 def _never_called(x: Tensor, t: Tensor) -> Tensor:
@@ -240,9 +253,8 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
         """diffusers' ``from_config``; a native scheduler's config also sets ``timestep_rule`` from its class."""
-        name = config.get("_class_name") if isinstance(config, Mapping) else None
-        if name in _RULE_OF_CLASS and "timestep_rule" not in kwargs:
-            kwargs["timestep_rule"] = _RULE_OF_CLASS[name]
+        if isinstance(config, Mapping) and "timestep_rule" not in kwargs and "timestep_rule" not in config:
+            kwargs["timestep_rule"] = _rule_of(config)
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     @classmethod
@@ -408,8 +420,8 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
         integral = bool((listed == listed.round()).all())
         alpha, sigma = self.sde.alpha_sigma(call_times)
         sig = sigma / alpha
-        if final:
-            sig = torch.cat([sig[:sampler_calls], sig.new_zeros(1)])
+        if final:  # diffusers' last sigma: the 0 its step to the data lands on
+            sig = torch.cat([sig, sig.new_zeros(1)])
         return _Plan(times=times, schedule=schedule, sampler=sampler, listed=listed_host,
                      timesteps=listed.round().to(torch.int64) if integral else listed, sigmas=sig.to(torch.float32),
                      sampler_calls=sampler_calls, final_denoise=final, rounding=rounding)
@@ -436,9 +448,11 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
         if isinstance(timestep, Tensor) and timestep.device.type == "meta":
             return 0
         value = self._timestep_value(timestep)
-        for j, listed in enumerate(self._plan.listed):
-            if abs(value - listed) <= _TIMESTEP_TOL:
-                return j
+        matches = [j for j, listed in enumerate(self._plan.listed) if abs(value - listed) <= _TIMESTEP_TOL]
+        if matches:
+            # a timestep listed twice (a two-call step ends where the next begins): the call that begins a step
+            starts = self._step_starts(self._plan) if matches[-1] > 0 else {0: 0}
+            return next((j for j in matches if j in starts), matches[-1])
         raise ValueError(f"timestep: {value!r} is not one of this scheduler's timesteps "
                          f"({', '.join(f'{v:g}' for v in self._plan.listed[:8])}"
                          f"{', ...' if len(self._plan.listed) > 8 else ''}); drive it with its own scheduler.timesteps")
