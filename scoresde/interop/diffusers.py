@@ -517,50 +517,141 @@ def _refuse(cfg: Mapping, name: str, key: str, default) -> None:
         raise ValueError(f"{key}: {name} with {key}={value!r} has no scoresde equivalent here; supported: {default!r}")
 
 
-def diffusers_equivalent(scheduler, steps: int) -> dict[str, Any]:
+# options that place the noise levels off the training knots (diffusers calls the network at the rounded
+# timestep of each sigma): reproduced from the native sigmas, with the network time rounded
+_SIGMA_OPTIONS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")
+
+
+def _sigma_grid(cfg: Mapping, name: str, steps: int) -> tuple[Tensor, bool]:
+    """The grid of a native scheduler whose noise levels are not at knots: ``t`` with the VP frame's
+    sigma/alpha equal to each native sigma (float64 of diffusers' float32 values); final as listed."""
+    diffusers = _require_diffusers()
+    sched = getattr(diffusers, name).from_config(dict(cfg))
+    sched.set_timesteps(steps)
+    sigmas = sched.sigmas.to(torch.float64)
+    if name == "HeunDiscreteScheduler":  # its sigmas repeat each interior level (two calls per step)
+        keep = torch.ones_like(sigmas, dtype=torch.bool)
+        keep[1:] = sigmas[1:] != sigmas[:-1]
+        sigmas = sigmas[keep]
+    final_zero = float(sigmas[-1]) == 0.0
+    positive = sigmas[:-1] if final_zero else sigmas
+    sde = diffusers_sde(cfg)
+    times = sde.t_of_lam(-torch.log(positive)).clamp(max=sde.T)  # sigma_max's rounding may land 1e-9 past T
+    if not final_zero and float(times[-1]) == float(times[-2]):
+        times = times[:-1]
+    return times, final_zero
+
+
+def diffusers_equivalent(scheduler, steps: int, *, time_rounding: str | None = None) -> dict[str, Any]:
     """``scoresde.sample`` keyword arguments (``method``, ``grid``, ``final_denoise`` and the sampler's
     options) that reproduce ``scheduler`` with ``steps`` inference steps on the same network and x_T.
 
-    Supported: ``DDIMScheduler`` (eta = 0, no clipping), ``DPMSolverMultistepScheduler``
-    (dpmsolver / dpmsolver++), ``UniPCMultistepScheduler``, ``EulerDiscreteScheduler`` (Euler in
+    Supported: ``DDIMScheduler`` (eta = 0; ``clip_sample``, its default, clips the data prediction
+    of every step and of the final one), ``DPMSolverMultistepScheduler`` (dpmsolver / dpmsolver++,
+    thresholding), ``UniPCMultistepScheduler`` (thresholding), ``EulerDiscreteScheduler`` (Euler in
     sigma = exponential Euler in log-SNR = DDIM) and ``HeunDiscreteScheduler`` (Heun on every step,
     then its Euler step to sigma = 0, which is the final denoising). The last diffusers step to
     sigma = 0 is first order in every family; to ``sigma_min`` DPM-Solver lowers it below 15 steps and
     UniPC with ``lower_order_final`` always, which is scoresde's ``lower_order_final=True``.
+
+    Karras, exponential and beta sigmas and ``use_lu_lambdas`` place the noise levels between the
+    training timesteps while diffusers calls the network at the rounded timestep: the grid then follows
+    the native sigmas, and the model must round its time too. Pass ``time_rounding='round'`` to say that
+    it does (``from_diffusers(..., time_rounding='round')``); otherwise these are refused.
+    ``ScoresdeScheduler.from_scheduler`` does both. Options with no equivalent (Euler's fractional
+    'linspace' timesteps, DDIM's thresholding, ...) are refused by name: never a silent mismatch.
     """
+    out = _equivalent(scheduler, steps)
+    needs = out.pop("time_rounding", None)
+    if needs is not None and time_rounding != needs:
+        cfg = _config(scheduler)
+        used = ", ".join(k for k in _SIGMA_OPTIONS if cfg.get(k))
+        raise ValueError(f"{used}: {cfg.get('_class_name')} calls the network at the rounded timestep of noise "
+                         f"levels between training timesteps; build the model with from_diffusers(..., "
+                         f"time_rounding='round') and pass time_rounding='round' here (or use "
+                         "ScoresdeScheduler.from_scheduler), got time_rounding=" + repr(time_rounding))
+    return out
+
+
+def _equivalent(scheduler, steps: int) -> dict[str, Any]:
+    """diffusers_equivalent's keyword arguments, plus ``time_rounding`` when the grid needs it."""
     cfg = _config(scheduler)
     name = cfg.get("_class_name")
-    g = diffusers_grid(cfg, steps)
-    out: dict[str, Any] = {"grid": g.times, "final_denoise": g.final_denoise}
+    supported = ("DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "EulerDiscreteScheduler",
+                 "HeunDiscreteScheduler")
+    if name not in supported:
+        raise ValueError(f"scheduler: no scoresde equivalent for {name!r}; supported: {', '.join(supported)}")
+    for key in ("use_flow_sigmas", "rescale_betas_zero_snr"):
+        _refuse(cfg, name, key, False)
+    if cfg.get("timestep_type", "discrete") != "discrete":
+        _refuse(cfg, name, "timestep_type", "discrete")
+    sigma_options = [k for k in _SIGMA_OPTIONS if cfg.get(k)]
+    if cfg.get("use_exponential_sigmas"):
+        raise ValueError(f"use_exponential_sigmas: {name} with exponential sigmas is reproduced only to ~2e-3 here "
+                         "(its timesteps are not the rounded times of its sigmas); refused rather than run differently")
+    if cfg.get("use_beta_sigmas") and name == "UniPCMultistepScheduler":
+        raise ValueError("use_beta_sigmas: UniPCMultistepScheduler with beta sigmas is reproduced only to ~2e-4 here; "
+                         "refused rather than run differently (DPMSolverMultistepScheduler with them is reproduced)")
+    if sigma_options and name in ("EulerDiscreteScheduler", "HeunDiscreteScheduler"):
+        raise ValueError(f"{sigma_options[0]}: {name} with these sigmas is reproduced only to ~4e-3 here (its "
+                         "sigma-to-timestep map differs from the DiscreteVPSDE's); refused rather than run differently; "
+                         "DPMSolverMultistepScheduler and UniPCMultistepScheduler with them are reproduced")
+    if sigma_options and cfg.get("final_sigmas_type", "zero") != "zero":
+        raise ValueError(f"final_sigmas_type: {name} with {sigma_options[0]} and final_sigmas_type="
+                         f"{cfg['final_sigmas_type']!r} is not reproduced here (its last step disagrees); supported: 'zero'")
+    if sigma_options:
+        times, final_denoise = _sigma_grid(cfg, name, steps)
+        out: dict[str, Any] = {"grid": times, "final_denoise": final_denoise, "time_rounding": "round"}
+        final = "zero" if final_denoise else "sigma_min"
+    else:
+        if name in ("EulerDiscreteScheduler", "HeunDiscreteScheduler") and cfg.get("timestep_spacing") == "linspace":
+            raise ValueError(f"timestep_spacing: {name} with 'linspace' calls the network at fractional timesteps "
+                             f"and interpolates sigma between them ({cfg.get('interpolation_type', 'linear')!r}), "
+                             "which a DiscreteVPSDE grid does not reproduce; use 'leading' or 'trailing'")
+        g = diffusers_grid(cfg, steps)
+        out = {"grid": g.times, "final_denoise": g.final_denoise}
+        final = g.final
     if name == "DDIMScheduler":
-        _refuse(cfg, name, "clip_sample", False)
         _refuse(cfg, name, "thresholding", False)
-        return {"method": "ddim", **out, "eta": 0.0}
+        clip = bool(cfg.get("clip_sample", True))
+        if clip and not out["final_denoise"]:
+            raise ValueError("clip_sample: DDIMScheduler with set_alpha_to_one=False clips in its extra step to "
+                             "alphas_cumprod[0] as well, which has no scoresde equivalent; use set_alpha_to_one=True "
+                             "or clip_sample=False")
+        opts = {"clip_sample": True, "clip_range": float(cfg.get("clip_sample_range", 1.0))} if clip else {}
+        return {"method": "ddim", **out, "eta": 0.0, **opts}
+    thresholding = {}
+    if cfg.get("thresholding", False):
+        thresholding = {"thresholding": True, "percentile": float(cfg.get("dynamic_thresholding_ratio", 0.995)),
+                        "max_value": float(cfg.get("sample_max_value", 1.0))}
     if name == "DPMSolverMultistepScheduler":
-        for key, default in (("thresholding", False), ("use_karras_sigmas", False), ("euler_at_final", False)):
-            _refuse(cfg, name, key, default)
+        _refuse(cfg, name, "euler_at_final", False)
         algorithm = cfg.get("algorithm_type", "dpmsolver++")
         methods = {"dpmsolver++": "dpm_solver++", "dpmsolver": "dpm_solver"}
         if algorithm not in methods:
             raise ValueError(f"algorithm_type: {algorithm!r} has no scoresde equivalent; supported: "
                              f"{', '.join(methods)}")
-        lower = bool(cfg.get("lower_order_final", True)) and g.final == "sigma_min" and steps < 15
+        if thresholding and algorithm != "dpmsolver++":
+            raise ValueError("thresholding: diffusers thresholds the data prediction of dpmsolver++ only; "
+                             f"got algorithm_type={algorithm!r}")
+        lower = bool(cfg.get("lower_order_final", True)) and final == "sigma_min" and steps < 15
         return {"method": methods[algorithm], **out, "order": cfg.get("solver_order", 2), "variant": "multistep",
                 "solver_type": "dpmsolver" if cfg.get("solver_type", "midpoint") == "midpoint" else "taylor",
-                "lower_order_final": lower}
+                "lower_order_final": lower, **thresholding}
     if name == "UniPCMultistepScheduler":
-        for key, default in (("thresholding", False), ("use_karras_sigmas", False), ("disable_corrector", [])):
-            _refuse(cfg, name, key, default)
-        lower = bool(cfg.get("lower_order_final", True)) and g.final == "sigma_min"
+        _refuse(cfg, name, "disable_corrector", [])
+        lower = bool(cfg.get("lower_order_final", True)) and final == "sigma_min"
         return {"method": "unipc", **out, "order": cfg.get("solver_order", 2), "variant": cfg.get("solver_type", "bh2"),
                 "prediction": "data" if cfg.get("predict_x0", True) else "noise", "corrector": True,
-                "final_corrector": False, "lower_order_final": lower}
-    if name in ("EulerDiscreteScheduler", "HeunDiscreteScheduler"):
-        _refuse(cfg, name, "use_karras_sigmas", False)
-        if name == "EulerDiscreteScheduler":
-            return {"method": "ddim", **out, "eta": 0.0}
-        _refuse(cfg, name, "clip_sample", False)  # Heun's x0 clipping (a DDPMScheduler config carries True)
-        # Heun's steps end at the last listed time; its Euler step to sigma = 0 is the final denoising
-        return {"method": "heun", **out, "euler_last": False}
-    raise ValueError(f"scheduler: no scoresde equivalent for {name!r}; supported: DDIMScheduler, "
-                     "DPMSolverMultistepScheduler, UniPCMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler")
+                "final_corrector": False, "lower_order_final": lower, **thresholding}
+    if thresholding:
+        _refuse(cfg, name, "thresholding", False)
+    if name == "EulerDiscreteScheduler":
+        if cfg.get("interpolation_type", "linear") != "linear":
+            raise ValueError(f"interpolation_type: EulerDiscreteScheduler with {cfg['interpolation_type']!r} spaces "
+                             "its sigmas log-linearly between the ends while calling the network at its listed "
+                             "timesteps, which no DiscreteVPSDE grid reproduces; supported: 'linear'")
+        return {"method": "ddim", **out, "eta": 0.0}
+    _refuse(cfg, name, "clip_sample", False)  # Heun's x0 clipping (a DDPMScheduler config carries True)
+    # Heun's steps end at the last listed time; its Euler step to sigma = 0 is the final denoising
+    return {"method": "heun", **out, "euler_last": False}

@@ -55,8 +55,7 @@ from ..models import ScoreModel
 from ..samplers._thresholding import dynamic_threshold
 from ..samplers.base import GeneratorNoise, SamplingContext, SteppedSampler, drive, get_sampler
 from ..schedule import Schedule
-from .diffusers import (TIME_ROUNDINGS, _config, _parameterization, _snap, diffusers_betas, diffusers_equivalent,
-                        diffusers_sde)
+from .diffusers import TIME_ROUNDINGS, _config, _equivalent, _parameterization, _snap, diffusers_betas, diffusers_sde
 
 __all__ = ["ScoresdeScheduler", "native_timesteps", "TIMESTEP_RULES"]
 
@@ -220,7 +219,7 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
         self.model = ScoreModel(_never_called, self.sde, _parameterization(cfg), time_input="discrete")
         self.sampler: SteppedSampler = self._make_sampler(method, options)
         self.order = self.sampler.calls_per_step  # diffusers counts progress-bar warm-up steps with it
-        self.init_noise_sigma = self.sde.prior_std()
+        self.init_noise_sigma = 1.0  # diffusers' VP schedulers draw x_T ~ N(0, I) (sigma(T) = 1 - 5e-5)
         self.betas = diffusers_betas(cfg)
         self.alphas_cumprod = self.sde.alphas_cumprod.to(torch.float32) if self.sde.alphas_cumprod is not None \
             else torch.exp(2 * self.sde._log_alpha_knots).to(torch.float32)
@@ -266,7 +265,7 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
         refused there, by name. With ``method`` (and ``options``), that sampler runs on the native grid."""
         cfg = _config(scheduler)
         name = cfg.get("_class_name")
-        probe = diffusers_equivalent(cfg, 10)  # refuses what cannot be reproduced, before any run
+        probe = _equivalent(cfg, 10)  # refuses what cannot be reproduced, before any run
         native = {k: v for k, v in cfg.items() if not k.startswith("_") or k == "_class_name"}
         if method is None:
             method, options = probe["method"], None
@@ -380,7 +379,7 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"num_inference_steps: expected a positive integer, got {n!r}")
             n = int(n)
             if cfg.native is not None:
-                eq = diffusers_equivalent(cfg.native, n)
+                eq = _equivalent(cfg.native, n)
                 times, final = eq.pop("grid"), eq.pop("final_denoise")
                 rounding = eq.pop("time_rounding", None) or rounding
                 if cfg.options is None and eq.pop("method") == cfg.method:
