@@ -522,24 +522,31 @@ def _refuse(cfg: Mapping, name: str, key: str, default) -> None:
 _SIGMA_OPTIONS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")
 
 
-def _sigma_grid(cfg: Mapping, name: str, steps: int) -> tuple[Tensor, bool]:
+def _sigma_grid(cfg: Mapping, name: str, steps: int) -> tuple[Tensor, bool, Tensor]:
     """The grid of a native scheduler whose noise levels are not at knots: ``t`` with the VP frame's
-    sigma/alpha equal to each native sigma (float64 of diffusers' float32 values); final as listed."""
+    sigma/alpha equal to each native sigma (float64 of diffusers' float32 values), whether it ends with the
+    step to sigma = 0, and the network timestep diffusers calls at each grid point (its own ``timesteps``)."""
     diffusers = _require_diffusers()
     sched = getattr(diffusers, name).from_config(dict(cfg))
     sched.set_timesteps(steps)
     sigmas = sched.sigmas.to(torch.float64)
-    if name == "HeunDiscreteScheduler":  # its sigmas repeat each interior level (two calls per step)
+    timesteps = sched.timesteps.to(torch.float64)
+    if name == "HeunDiscreteScheduler":  # its sigmas and timesteps repeat each interior level (two calls per step)
         keep = torch.ones_like(sigmas, dtype=torch.bool)
         keep[1:] = sigmas[1:] != sigmas[:-1]
         sigmas = sigmas[keep]
-    final_zero = float(sigmas[-1]) == 0.0
-    positive = sigmas[:-1] if final_zero else sigmas
+        keep = torch.ones_like(timesteps, dtype=torch.bool)
+        keep[1:] = timesteps[1:] != timesteps[:-1]
+        timesteps = timesteps[keep]
+    # each call steps from sigmas[i] to sigmas[i + 1]: the run lands on sigmas[calls] (0: the data prediction)
+    calls = timesteps.numel()
+    final_zero = float(sigmas[calls]) == 0.0
+    positive = sigmas[:calls] if final_zero else sigmas[: calls + 1]
+    if not final_zero and float(positive[-1]) == float(positive[-2]):
+        positive = positive[:-1]  # a last step from sigma_min to itself is the identity
     sde = diffusers_sde(cfg)
     times = sde.t_of_lam(-torch.log(positive)).clamp(max=sde.T)  # sigma_max's rounding may land 1e-9 past T
-    if not final_zero and float(times[-1]) == float(times[-2]):
-        times = times[:-1]
-    return times, final_zero
+    return times, final_zero, timesteps[: times.numel()]
 
 
 def diffusers_equivalent(scheduler, steps: int, *, time_rounding: str | None = None) -> dict[str, Any]:
@@ -562,10 +569,21 @@ def diffusers_equivalent(scheduler, steps: int, *, time_rounding: str | None = N
     'linspace' timesteps, DDIM's thresholding, ...) are refused by name: never a silent mismatch.
     """
     out = _equivalent(scheduler, steps)
-    needs = out.pop("time_rounding", None)
+    network_times = out.pop("network_times", None)
+    cfg = _config(scheduler)
+    used = ", ".join(k for k in _SIGMA_OPTIONS if cfg.get(k)) or "timestep_spacing"
+    if network_times is not None:
+        sde = diffusers_sde(cfg)
+        rounded = torch.round(sde.discrete_time(out["grid"][: network_times.numel()]))
+        if not torch.equal(rounded, network_times):
+            raise ValueError(f"{used}: {cfg.get('_class_name')} calls the network at timesteps "
+                             f"{network_times.tolist()} for these noise levels, not at their rounded times "
+                             f"{rounded.tolist()}, which a ScoreModel cannot do; ScoresdeScheduler.from_scheduler "
+                             "reproduces it (it lists diffusers' timesteps)")
+        needs = "round"
+    else:
+        needs = None
     if needs is not None and time_rounding != needs:
-        cfg = _config(scheduler)
-        used = ", ".join(k for k in _SIGMA_OPTIONS if cfg.get(k))
         raise ValueError(f"{used}: {cfg.get('_class_name')} calls the network at the rounded timestep of noise "
                          f"levels between training timesteps; build the model with from_diffusers(..., "
                          f"time_rounding='round') and pass time_rounding='round' here (or use "
@@ -574,7 +592,8 @@ def diffusers_equivalent(scheduler, steps: int, *, time_rounding: str | None = N
 
 
 def _equivalent(scheduler, steps: int) -> dict[str, Any]:
-    """diffusers_equivalent's keyword arguments, plus ``time_rounding`` when the grid needs it."""
+    """diffusers_equivalent's keyword arguments, plus ``network_times`` (diffusers' timestep at each grid
+    point) when the noise levels are not at the training knots."""
     cfg = _config(scheduler)
     name = cfg.get("_class_name")
     supported = ("DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "EulerDiscreteScheduler",
@@ -586,28 +605,21 @@ def _equivalent(scheduler, steps: int) -> dict[str, Any]:
     if cfg.get("timestep_type", "discrete") != "discrete":
         _refuse(cfg, name, "timestep_type", "discrete")
     sigma_options = [k for k in _SIGMA_OPTIONS if cfg.get(k)]
-    if cfg.get("use_exponential_sigmas"):
-        raise ValueError(f"use_exponential_sigmas: {name} with exponential sigmas is reproduced only to ~2e-3 here "
-                         "(its timesteps are not the rounded times of its sigmas); refused rather than run differently")
-    if cfg.get("use_beta_sigmas") and name == "UniPCMultistepScheduler":
-        raise ValueError("use_beta_sigmas: UniPCMultistepScheduler with beta sigmas is reproduced only to ~2e-4 here; "
-                         "refused rather than run differently (DPMSolverMultistepScheduler with them is reproduced)")
-    if sigma_options and name in ("EulerDiscreteScheduler", "HeunDiscreteScheduler"):
-        raise ValueError(f"{sigma_options[0]}: {name} with these sigmas is reproduced only to ~4e-3 here (its "
-                         "sigma-to-timestep map differs from the DiscreteVPSDE's); refused rather than run differently; "
-                         "DPMSolverMultistepScheduler and UniPCMultistepScheduler with them are reproduced")
     if sigma_options and cfg.get("final_sigmas_type", "zero") != "zero":
         raise ValueError(f"final_sigmas_type: {name} with {sigma_options[0]} and final_sigmas_type="
-                         f"{cfg['final_sigmas_type']!r} is not reproduced here (its last step disagrees); supported: 'zero'")
+                         f"{cfg['final_sigmas_type']!r} ends with a step from sigma_min to itself whose order "
+                         "rules are not reproduced here; supported with these sigmas: 'zero'")
+    if cfg.get("interpolation_type", "linear") != "linear":
+        raise ValueError(f"interpolation_type: {name} with {cfg['interpolation_type']!r} sigmas is reproduced only to "
+                         "~5e-5 here; refused rather than run differently; supported: 'linear'")
+    if name in ("EulerDiscreteScheduler", "HeunDiscreteScheduler") and cfg.get("timestep_spacing") == "linspace":
+        # fractional timesteps with interpolated sigmas, or log-linear sigmas: the noise levels lie between knots
+        sigma_options.append("timestep_spacing")
     if sigma_options:
-        times, final_denoise = _sigma_grid(cfg, name, steps)
-        out: dict[str, Any] = {"grid": times, "final_denoise": final_denoise, "time_rounding": "round"}
+        times, final_denoise, network_times = _sigma_grid(cfg, name, steps)
+        out: dict[str, Any] = {"grid": times, "final_denoise": final_denoise, "network_times": network_times}
         final = "zero" if final_denoise else "sigma_min"
     else:
-        if name in ("EulerDiscreteScheduler", "HeunDiscreteScheduler") and cfg.get("timestep_spacing") == "linspace":
-            raise ValueError(f"timestep_spacing: {name} with 'linspace' calls the network at fractional timesteps "
-                             f"and interpolates sigma between them ({cfg.get('interpolation_type', 'linear')!r}), "
-                             "which a DiscreteVPSDE grid does not reproduce; use 'leading' or 'trailing'")
         g = diffusers_grid(cfg, steps)
         out = {"grid": g.times, "final_denoise": g.final_denoise}
         final = g.final
@@ -647,10 +659,6 @@ def _equivalent(scheduler, steps: int) -> dict[str, Any]:
     if thresholding:
         _refuse(cfg, name, "thresholding", False)
     if name == "EulerDiscreteScheduler":
-        if cfg.get("interpolation_type", "linear") != "linear":
-            raise ValueError(f"interpolation_type: EulerDiscreteScheduler with {cfg['interpolation_type']!r} spaces "
-                             "its sigmas log-linearly between the ends while calling the network at its listed "
-                             "timesteps, which no DiscreteVPSDE grid reproduces; supported: 'linear'")
         return {"method": "ddim", **out, "eta": 0.0}
     _refuse(cfg, name, "clip_sample", False)  # Heun's x0 clipping (a DDPMScheduler config carries True)
     # Heun's steps end at the last listed time; its Euler step to sigma = 0 is the final denoising

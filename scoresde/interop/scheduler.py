@@ -107,6 +107,22 @@ def native_timesteps(num_train_timesteps: int, steps: int, spacing: str = "leadi
     return np.array(ts[:steps].tolist(), dtype=np.float64)
 
 
+def _native_init_noise_sigma(native: Mapping, steps: int, t0: Tensor, sde) -> float:
+    """The scale of x_T that reproduces a native scheduler's start, in the VP frame. diffusers' sigma-frame
+    schedulers (Euler, Heun) hold ``x / alpha`` and draw it with their ``init_noise_sigma`` (``sigma_max``
+    for 'linspace' and 'trailing' spacing, ``sqrt(sigma_max^2 + 1)`` otherwise), which is
+    ``init_noise_sigma * alpha(t_0)`` here; the others draw in the VP frame, with 1."""
+    import diffusers
+
+    name = native.get("_class_name")
+    if name not in ("EulerDiscreteScheduler", "HeunDiscreteScheduler"):
+        return 1.0
+    sched = getattr(diffusers, name).from_config(dict(native))
+    sched.set_timesteps(steps)
+    alpha = float(sde.alpha(torch.as_tensor(t0, dtype=torch.float64)))
+    return float(sched.init_noise_sigma) * alpha
+
+
 def _never_called(x: Tensor, t: Tensor) -> Tensor:
     raise RuntimeError("ScoresdeScheduler: the sampler called the model; a SteppedSampler's step only converts outputs")
 
@@ -158,6 +174,7 @@ class _Plan:
     sampler_calls: int  # calls the sampler makes (the final denoising call is one more)
     final_denoise: bool
     rounding: str | None = None  # how the listed network times are snapped
+    init_noise_sigma: float = 1.0  # the scale of x_T a pipeline draws
     starts: dict | None = None  # call index -> grid step that begins there (built for partial runs)
 
 
@@ -347,6 +364,7 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
             len(key[1] if timesteps is not None else key[2] if sigmas is not None else plan.listed)
         self.timesteps = plan.timesteps.to(device) if device is not None else plan.timesteps.clone()
         self.sigmas = plan.sigmas.clone()
+        self.init_noise_sigma = plan.init_noise_sigma
         self._begin_index = None
         self._reset_run()
 
@@ -357,7 +375,7 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
     def _make_plan(self, n, timesteps, sigmas) -> _Plan:
         cfg, N = self.config, self.sde.N
         final = cfg.final_denoise
-        sampler, rounding = self.sampler, cfg.time_rounding
+        sampler, rounding, init, network_times = self.sampler, cfg.time_rounding, 1.0, None
         if timesteps is not None:
             ts = _decreasing("timesteps", timesteps, 0.0, N - 1, f"network timesteps (num_train_timesteps={N})")
             times = (ts + 1) / N
@@ -380,8 +398,9 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
             n = int(n)
             if cfg.native is not None:
                 eq = _equivalent(cfg.native, n)
+                init = _native_init_noise_sigma(cfg.native, n, eq["grid"][0], self.sde)
                 times, final = eq.pop("grid"), eq.pop("final_denoise")
-                rounding = eq.pop("time_rounding", None) or rounding
+                network_times = eq.pop("network_times", None)
                 if cfg.options is None and eq.pop("method") == cfg.method:
                     sampler = self._make_sampler(cfg.method, eq)
             elif cfg.grid is not None:
@@ -414,7 +433,14 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
         sampler_calls = call_times.numel()
         if final:
             call_times = torch.cat([call_times, times[-1:]])
-        listed = _snap(self.sde.discrete_time(call_times), rounding)
+        if network_times is None:
+            listed = _snap(self.sde.discrete_time(call_times), rounding)
+        else:  # the native scheduler's timestep at each grid point (noise levels between training knots)
+            at = (call_times[:, None] == times[None, : network_times.numel()]).to(torch.int64)
+            if bool((at.sum(1) != 1).any()):
+                raise ValueError(f"method: {cfg.method!r} calls the model between grid points, where the native "
+                                 "scheduler lists no timestep; use a one-call or Heun method with from_scheduler")
+            listed = network_times[at.argmax(1)]
         listed_host = listed.tolist()
         integral = bool((listed == listed.round()).all())
         alpha, sigma = self.sde.alpha_sigma(call_times)
@@ -423,7 +449,7 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
             sig = torch.cat([sig, sig.new_zeros(1)])
         return _Plan(times=times, schedule=schedule, sampler=sampler, listed=listed_host,
                      timesteps=listed.round().to(torch.int64) if integral else listed, sigmas=sig.to(torch.float32),
-                     sampler_calls=sampler_calls, final_denoise=final, rounding=rounding)
+                     sampler_calls=sampler_calls, final_denoise=final, rounding=rounding, init_noise_sigma=init)
 
     def _step_starts(self, plan: _Plan) -> dict:
         """Call index -> the grid step that begins with that call (``call_times`` from each step on)."""
