@@ -698,6 +698,8 @@ class DiscreteVPSDE(_VariancePreserving):
         return la, (la[1:] - la[:-1]) * self.N
 
     def _segment(self, t: Tensor) -> Tensor:
+        # in a half dtype N - 1 itself may round up (999 -> 1000 in bfloat16): index in float32 at least
+        t = t if t.dtype in (torch.float32, torch.float64) else t.float()
         return torch.clamp(torch.floor(t * self.N), 0, self.N - 1).long()
 
     def log_alpha(self, t) -> Tensor:

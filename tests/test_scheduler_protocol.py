@@ -337,3 +337,16 @@ def test_step_property_any_suffix_runs_to_the_end(steps, begin, method):
     for t in sched.timesteps[begin:]:
         x = sched.step(-0.1 * x, t, x).prev_sample
     assert bool(torch.isfinite(x).all()) and sched.step_index == len(sched.timesteps)
+
+
+def test_bfloat16_sample_through_from_diffusers_runs():
+    """In bfloat16, N - 1 = 999 rounds to 1000: the schedule's segment index is taken in float32."""
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4).to(torch.bfloat16)
+    model, sde = from_diffusers(unet, diffusers.DDPMScheduler())
+    with torch.no_grad():
+        res = sd.sample(model, sde, "euler_maruyama", 4, shape=(1, 3, 8, 8), dtype=torch.bfloat16,
+                        generator=torch.Generator().manual_seed(0))
+    assert res.samples.dtype == torch.bfloat16 and bool(torch.isfinite(res.samples).all())

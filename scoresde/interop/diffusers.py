@@ -35,7 +35,7 @@ from ..models import ScoreModel
 from ..sde import DiscreteVPSDE
 
 __all__ = ["from_diffusers", "diffusers_grid", "diffusers_equivalent", "diffusers_sde", "diffusers_alphas_cumprod",
-           "diffusers_betas",
+           "diffusers_betas", "load_diffusers_model",
            "DiffusersGrid", "network_output", "BETA_SCHEDULES", "PREDICTION_TYPES", "TIME_ROUNDINGS"]
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -663,3 +663,35 @@ def _equivalent(scheduler, steps: int) -> dict[str, Any]:
     _refuse(cfg, name, "clip_sample", False)  # Heun's x0 clipping (a DDPMScheduler config carries True)
     # Heun's steps end at the last listed time; its Euler step to sigma = 0 is the final denoising
     return {"method": "heun", **out, "euler_last": False}
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line's route to a saved pipeline
+# ---------------------------------------------------------------------------------------------
+def load_diffusers_model(path, *, device=None, dtype: torch.dtype | None = None, label: int | None = None) -> ScoreModel:
+    """A pipeline (or model) folder saved with ``save_pretrained`` as a :class:`ScoreModel` for
+    ``scoresde sample --diffusers PATH`` and ``scoresde nll --diffusers PATH``: the model of
+    :func:`from_diffusers` with ``.net`` (the network, on ``device`` in ``dtype``), ``.event_shape``
+    (``(in_channels, H, W)`` from its config) and ``.levels`` (None: diffusers records no data levels).
+    ``label``: the class of a class-conditional network."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"--diffusers: expected a folder path, got {type(path).__name__}")
+    net, cfg = _load(os.fspath(path), None)
+    if not isinstance(net, torch.nn.Module):
+        raise ValueError(f"--diffusers: {os.fspath(path)!r} holds no network module")
+    net = net.to(device=device, dtype=dtype).eval()
+    config = _net_config(net)
+    size, channels = config.get("sample_size"), config.get("in_channels")
+    if isinstance(size, int):
+        size = (size, size)
+    if not (isinstance(channels, int) and isinstance(size, (tuple, list)) and len(size) == 2):
+        raise ValueError(f"--diffusers: {type(net).__name__} in {os.fspath(path)!r} does not record its image shape "
+                         "(config in_channels and sample_size)")
+    if label is not None and not isinstance(config.get("num_class_embeds"), int):
+        raise ValueError(f"--label: the network in {os.fspath(path)!r} is unconditional (no num_class_embeds); "
+                         "leave --label out")
+    model, _ = from_diffusers(net, cfg, class_labels=label)
+    model.net = net
+    model.event_shape = (channels, int(size[0]), int(size[1]))
+    model.levels = None
+    return model
