@@ -350,3 +350,22 @@ def test_bfloat16_sample_through_from_diffusers_runs():
         res = sd.sample(model, sde, "euler_maruyama", 4, shape=(1, 3, 8, 8), dtype=torch.bfloat16,
                         generator=torch.Generator().manual_seed(0))
     assert res.samples.dtype == torch.bfloat16 and bool(torch.isfinite(res.samples).all())
+
+
+def test_a_partial_run_decides_length_dependent_defaults_on_the_whole_schedule(unet):
+    """DPM-Solver's lower_order_final=None lowers the last order below 15 steps. diffusers decides it on
+    len(timesteps) of the whole schedule in an img2img run; so does the scheduler: 20 steps begun at step 8
+    is scoresde.sample on the 11-step suffix with lower_order_final=False, not the suffix's default."""
+    sched = ScoresdeScheduler(prediction_type="v_prediction", method="dpm_solver++")
+    sched.set_timesteps(20)
+    model, sde = from_diffusers(unet, sched)
+    x0, noise = randn(7).clamp(-1, 1), randn(8)
+    theirs = img2img(unet, sched, x0, noise, 8)
+    x_start = sched.add_noise(x0, noise, sched.timesteps[8:9])
+    grid = sched.schedule.t[8:]
+    with torch.no_grad():
+        whole = sd.sample(model, sde, "dpm_solver++", x_T=x_start, grid=grid, final_denoise=True,
+                          lower_order_final=False).samples
+        suffix_default = sd.sample(model, sde, "dpm_solver++", x_T=x_start, grid=grid, final_denoise=True).samples
+    assert rel(whole, theirs) < RTOL
+    assert rel(suffix_default, theirs) > 1e3 * RTOL

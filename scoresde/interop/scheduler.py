@@ -23,7 +23,9 @@ Partial runs (img2img, inpainting): a run may begin at any step boundary of the 
 ``set_begin_index(k)`` or found from the first timestep handed to ``step``; the sampler starts there
 without history (``begin(..., start=i)``), exactly as ``scoresde.sample`` on the grid's suffix.
 ``add_noise`` noises to any listed timestep. Latents changed between steps (an inpainting blend) are
-stepped on from where the pipeline left them.
+stepped on from where the pipeline left them (at step boundaries; a blend between Heun's two calls is not
+seen). Options whose default depends on the run's length (``lower_order_final=None``) are decided on the
+whole schedule, as diffusers decides them on ``len(timesteps)``.
 
 Since the network sees exactly the times the sampler asks for, a pipeline run equals
 ``scoresde.sample`` with the model of :func:`~scoresde.interop.from_diffusers` on the same x_T and grid
