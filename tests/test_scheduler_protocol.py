@@ -268,6 +268,15 @@ def test_bad_input_is_named():
         sched.step(torch.zeros_like(x), sched.timesteps[0], x, use_clipped_model_output=True)
 
 
+def test_a_churn_before_the_first_call_is_refused():
+    """Heun's churn raises the noise before its first call; a pipeline has made that call at its latents."""
+    sched = ScoresdeScheduler(method="heun", options={"S_churn": 10.0})
+    sched.set_timesteps(5)  # diffusers' timesteps start below T, so the first step churns
+    x = torch.zeros(1, 3, 4, 4)
+    with pytest.raises(ValueError, match="options: 'heun' raises the noise level before the first model call"):
+        sched.step(torch.zeros_like(x), sched.timesteps[0], x, generator=torch.Generator().manual_seed(0))
+
+
 def test_bfloat16_euler_maruyama_runs():
     sched = ScoresdeScheduler(method="euler_maruyama")
     sched.set_timesteps(10)

@@ -544,7 +544,14 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
         if i is not None:
             # begin() may draw noise before the first call (Heun's churn); the pipeline has made that call
             # at the step's start, which is where the state is for every sampler without churn there
-            self._start(self._sampler.begin(plan.schedule, sample, self._ctx, start=i))
+            state = self._sampler.begin(plan.schedule, sample, self._ctx, start=i)
+            if state.x_eval is not sample and not (isinstance(sample, Tensor) and sample.device.type == "meta") \
+                    and float(state.t_eval) != float(plan.schedule.t[i]):
+                raise ValueError(f"options: {type(self._sampler).name!r} raises the noise level before the first model "
+                                 f"call of a run (t = {float(plan.schedule.t[i]):.6g} -> {float(state.t_eval):.6g}: "
+                                 "S_churn), which the pipeline has already made at its latents; begin at t = T "
+                                 "(where there is no room to churn) or set S_churn=0 / S_tmax below that noise level")
+            self._start(state)
 
     def _start(self, state) -> None:
         """Step from ``state`` on: a new driver, advanced to the state that waits for the first output."""
