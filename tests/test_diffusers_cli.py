@@ -5,7 +5,6 @@ one line."""
 import pytest
 import torch
 
-import scoresde as sd
 from scoresde.cli import main
 
 diffusers = pytest.importorskip("diffusers")
