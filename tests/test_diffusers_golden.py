@@ -123,3 +123,20 @@ def test_from_scheduler_and_diffusers_equivalent_reproduce_the_native_run(unet, 
 def test_what_cannot_be_reproduced_is_refused_by_name(name, options, match):
     with pytest.raises(ValueError, match=match):
         diffusers_equivalent(getattr(diffusers, name)(**options), STEPS)
+
+
+@pytest.mark.parametrize("name, options", [("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+                                           ("EulerDiscreteScheduler", {"timestep_spacing": "linspace"})])
+def test_diffusers_grid_follows_the_native_sigmas(name, options):
+    """Noise levels between the training knots: the grid's sigma/alpha are diffusers' sigmas, and its
+    ``timesteps`` are the network times diffusers calls there."""
+    from scoresde.interop import diffusers_grid
+
+    native = getattr(diffusers, name)(**options)
+    g = diffusers_grid(native, STEPS)
+    native.set_timesteps(STEPS)
+    sde = sd.DiscreteVPSDE(alphas_cumprod=native.alphas_cumprod.to(torch.float64))
+    alpha, sigma = sde.alpha_sigma(g.times)
+    # to float32 rounding: sigma_max rounded up lies 1e-9 past T, where the grid starts at T itself
+    torch.testing.assert_close(sigma / alpha, native.sigmas[:-1].to(torch.float64), rtol=1e-7, atol=0)
+    assert g.timesteps.tolist() == native.timesteps.to(torch.float64).tolist() and g.final_denoise

@@ -452,9 +452,11 @@ def diffusers_grid(config, steps: int, spacing: str | None = None, final: str | 
     Heun's repeated timesteps count once. DDIM steps from timestep k to k - N // steps: where that
     is not the next listed timestep ('linspace') it is refused, and where its last step lands on a
     knot >= 0 (e.g. 'trailing' with N // steps - 1 as its last timestep) that knot ends the grid,
-    whatever ``final`` says. With fractional timesteps (Euler's and Heun's 'linspace')
-    diffusers interpolates sigma linearly in the timestep where the DiscreteVPSDE interpolates
-    log alpha linearly in t, so the noise levels there agree only to that interpolation.
+    whatever ``final`` says. Where the noise levels lie between the training knots (Karras, exponential
+    or beta sigmas, Lu lambdas; Euler's and Heun's 'linspace' timesteps or log-linear sigmas) the grid is
+    placed at diffusers' own sigmas and ``timesteps`` holds the (possibly fractional) network times diffusers
+    calls there, which differ from ``N t - 1`` of the grid: :func:`diffusers_equivalent` says whether a
+    model with ``time_rounding='round'`` reproduces them.
     """
     diffusers = _require_diffusers()
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -481,13 +483,20 @@ def diffusers_grid(config, steps: int, spacing: str | None = None, final: str | 
         elif final != "zero":
             raise ValueError(f"final: {name} always ends at sigma = 0; allowed: 'zero'")
     sched = cls.from_config({**cfg, **overrides})
+    scfg = sched.config
+    if any(scfg.get(k) for k in _SIGMA_OPTIONS) or (name in ("EulerDiscreteScheduler", "HeunDiscreteScheduler") and (
+            scfg.get("timestep_spacing") == "linspace" or scfg.get("interpolation_type", "linear") != "linear")):
+        # noise levels between the training knots: the grid follows diffusers' sigmas, and ``timesteps`` are the
+        # network times diffusers calls at each grid point (not N t - 1 of the grid: see diffusers_equivalent)
+        times, final_zero, network = _sigma_grid(dict(scfg, _class_name=name), name, steps)
+        return DiffusersGrid(times=times, final_denoise=final_zero, timesteps=network,
+                             final="zero" if final_zero else "sigma_min", spacing=scfg.get("timestep_spacing", "leading"))
     sched.set_timesteps(steps)
     ts = sched.timesteps.to(torch.float64)
     keep = torch.ones_like(ts, dtype=torch.bool)
     keep[1:] = ts[1:] != ts[:-1]
     ts = ts[keep]
     n_train = sched.config.num_train_timesteps
-    scfg = sched.config
     if "set_alpha_to_one" in accepted:
         final_used = "zero" if scfg.set_alpha_to_one else "sigma_min"
     else:
