@@ -580,7 +580,7 @@ def diffusers_equivalent(scheduler, steps: int, *, time_rounding: str | None = N
     out = _equivalent(scheduler, steps)
     network_times = out.pop("network_times", None)
     cfg = _config(scheduler)
-    used = ", ".join(k for k in _SIGMA_OPTIONS if cfg.get(k)) or "timestep_spacing"
+    used = ", ".join(k for k in _SIGMA_OPTIONS if cfg.get(k)) or "timestep_spacing/interpolation_type"
     if network_times is not None:
         sde = diffusers_sde(cfg)
         rounded = torch.round(sde.discrete_time(out["grid"][: network_times.numel()]))
@@ -618,12 +618,10 @@ def _equivalent(scheduler, steps: int) -> dict[str, Any]:
         raise ValueError(f"final_sigmas_type: {name} with {sigma_options[0]} and final_sigmas_type="
                          f"{cfg['final_sigmas_type']!r} ends with a step from sigma_min to itself whose order "
                          "rules are not reproduced here; supported with these sigmas: 'zero'")
-    if cfg.get("interpolation_type", "linear") != "linear":
-        raise ValueError(f"interpolation_type: {name} with {cfg['interpolation_type']!r} sigmas is reproduced only to "
-                         "~5e-5 here; refused rather than run differently; supported: 'linear'")
-    if name in ("EulerDiscreteScheduler", "HeunDiscreteScheduler") and cfg.get("timestep_spacing") == "linspace":
+    if name in ("EulerDiscreteScheduler", "HeunDiscreteScheduler") and (
+            cfg.get("timestep_spacing") == "linspace" or cfg.get("interpolation_type", "linear") != "linear"):
         # fractional timesteps with interpolated sigmas, or log-linear sigmas: the noise levels lie between knots
-        sigma_options.append("timestep_spacing")
+        sigma_options.append("timestep_spacing" if cfg.get("timestep_spacing") == "linspace" else "interpolation_type")
     if sigma_options:
         times, final_denoise, network_times = _sigma_grid(cfg, name, steps)
         out: dict[str, Any] = {"grid": times, "final_denoise": final_denoise, "network_times": network_times}

@@ -109,6 +109,9 @@ def native_timesteps(num_train_timesteps: int, steps: int, spacing: str = "leadi
     return np.array(ts[:steps].tolist(), dtype=np.float64)
 
 
+_SIGMA_FRAME = ("EulerDiscreteScheduler", "HeunDiscreteScheduler")
+
+
 def _native_init_noise_sigma(native: Mapping, steps: int, t0: Tensor, sde) -> float:
     """The scale of x_T that reproduces a native scheduler's start, in the VP frame. diffusers' sigma-frame
     schedulers (Euler, Heun) hold ``x / alpha`` and draw it with their ``init_noise_sigma`` (``sigma_max``
@@ -117,7 +120,7 @@ def _native_init_noise_sigma(native: Mapping, steps: int, t0: Tensor, sde) -> fl
     import diffusers
 
     name = native.get("_class_name")
-    if name not in ("EulerDiscreteScheduler", "HeunDiscreteScheduler"):
+    if name not in _SIGMA_FRAME:
         return 1.0
     sched = getattr(diffusers, name).from_config(dict(native))
     sched.set_timesteps(steps)
@@ -177,6 +180,7 @@ class _Plan:
     final_denoise: bool
     rounding: str | None = None  # how the listed network times are snapped
     init_noise_sigma: float = 1.0  # the scale of x_T a pipeline draws
+    final_scale: float = 1.0  # the last state in the native frame (a sigma-frame run that does not end at 0)
     starts: dict | None = None  # call index -> grid step that begins there (built for partial runs)
 
 
@@ -377,7 +381,7 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
     def _make_plan(self, n, timesteps, sigmas) -> _Plan:
         cfg, N = self.config, self.sde.N
         final = cfg.final_denoise
-        sampler, rounding, init, network_times = self.sampler, cfg.time_rounding, 1.0, None
+        sampler, rounding, init, network_times, final_scale = self.sampler, cfg.time_rounding, 1.0, None, 1.0
         if timesteps is not None:
             ts = _decreasing("timesteps", timesteps, 0.0, N - 1, f"network timesteps (num_train_timesteps={N})")
             times = (ts + 1) / N
@@ -402,6 +406,8 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
                 eq = _equivalent(cfg.native, n)
                 init = _native_init_noise_sigma(cfg.native, n, eq["grid"][0], self.sde)
                 times, final = eq.pop("grid"), eq.pop("final_denoise")
+                if cfg.native.get("_class_name") in _SIGMA_FRAME and not final:  # they end in their frame x / alpha
+                    final_scale = 1.0 / float(self.sde.alpha(times[-1]))
                 network_times = eq.pop("network_times", None)
                 if cfg.options is None and eq.pop("method") == cfg.method:
                     sampler = self._make_sampler(cfg.method, eq)
@@ -451,7 +457,8 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
             sig = torch.cat([sig, sig.new_zeros(1)])
         return _Plan(times=times, schedule=schedule, sampler=sampler, listed=listed_host,
                      timesteps=listed.round().to(torch.int64) if integral else listed, sigmas=sig.to(torch.float32),
-                     sampler_calls=sampler_calls, final_denoise=final, rounding=rounding, init_noise_sigma=init)
+                     sampler_calls=sampler_calls, final_denoise=final, rounding=rounding, init_noise_sigma=init,
+                     final_scale=final_scale)
 
     def _step_starts(self, plan: _Plan) -> dict:
         """Call index -> the grid step that begins with that call (``call_times`` from each step on)."""
@@ -609,7 +616,7 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
                 prev = self._state.x_eval
             except StopIteration as stop:
                 self._calls, self._state = None, stop.value
-                prev = self._state.x
+                prev = self._state.x if plan.final_scale == 1.0 else self._state.x * plan.final_scale
         self._k = k + 1
         if not return_dict:
             return (prev,)
