@@ -378,3 +378,15 @@ def test_a_partial_run_decides_length_dependent_defaults_on_the_whole_schedule(u
         suffix_default = sd.sample(model, sde, "dpm_solver++", x_T=x_start, grid=grid, final_denoise=True).samples
     assert rel(whole, theirs) < RTOL
     assert rel(suffix_default, theirs) > 1e3 * RTOL
+
+
+def test_trained_betas_round_trip(tmp_path):
+    """diffusers' SchedulerCommonTest.test_trained_betas: a numpy array of betas survives save/load."""
+    betas = np.linspace(0.05, 0.3, 10)
+    sched = ScoresdeScheduler(num_train_timesteps=10, trained_betas=betas)
+    torch.testing.assert_close(sched.betas, torch.tensor(betas, dtype=torch.float32), rtol=0, atol=0)
+    sched.save_config(tmp_path)
+    again = ScoresdeScheduler.from_pretrained(tmp_path)
+    assert torch.equal(again.betas, sched.betas) and torch.equal(again.alphas_cumprod, sched.alphas_cumprod)
+    again.set_timesteps(4)
+    assert again.timesteps.tolist() == [6, 4, 2, 0]  # 'leading': N // 4 = 2 apart
