@@ -30,11 +30,14 @@ whole schedule, as diffusers decides them on ``len(timesteps)``.
 Since the network sees exactly the times the sampler asks for, a pipeline run equals
 ``scoresde.sample`` with the model of :func:`~scoresde.interop.from_diffusers` on the same x_T and grid
 (``scheduler.schedule.t``). The model input needs no scaling (the state is in the VP frame:
-``scale_model_input`` is the identity) and the run starts from ``init_noise_sigma = sigma(T) = 1``
-times a standard normal, as diffusers' VP schedulers do.
+``scale_model_input`` is the identity) and the run starts from ``init_noise_sigma = 1`` times a
+standard normal, as diffusers' VP schedulers do (sigma(T) = 1 - 2e-5 on DDPM's schedule).
 
-:meth:`ScoresdeScheduler.from_scheduler` reproduces a native scheduler's run (grid, final step and
-options from :func:`~scoresde.interop.diffusers_equivalent`).
+:meth:`ScoresdeScheduler.from_scheduler` reproduces a native scheduler's run: its grid, final step and
+options from :func:`~scoresde.interop.diffusers_equivalent`; where its noise levels lie between the
+training knots (Karras, exponential, beta sigmas, ...) the listed timesteps are diffusers' own; for the
+sigma-frame schedulers (Euler, Heun) ``init_noise_sigma`` is theirs in the VP frame and a run that ends
+above sigma = 0 returns its last state in their frame.
 """
 from __future__ import annotations
 
