@@ -390,3 +390,21 @@ def test_trained_betas_round_trip(tmp_path):
     assert torch.equal(again.betas, sched.betas) and torch.equal(again.alphas_cumprod, sched.alphas_cumprod)
     again.set_timesteps(4)
     assert again.timesteps.tolist() == [6, 4, 2, 0]  # 'leading': N // 4 = 2 apart
+
+
+def test_from_scheduler_with_a_method_takes_any_native_schedulers_timesteps(unet):
+    native = diffusers.DDPMScheduler(prediction_type="v_prediction", timestep_spacing="trailing")
+    with pytest.raises(ValueError, match="no scoresde equivalent for 'DDPMScheduler'"):
+        ScoresdeScheduler.from_scheduler(native)
+    sched = ScoresdeScheduler.from_scheduler(native, method="dpm_solver++", options={"order": 2})
+    pipe = diffusers.DDPMPipeline(unet, sched)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=1, generator=torch.Generator().manual_seed(4), num_inference_steps=7,
+                  output_type="pt").images
+    native.set_timesteps(7)
+    assert torch.equal(sched.timesteps, native.timesteps)  # 7 steps, 7 calls, diffusers' own timesteps
+    model, sde = from_diffusers(unet, sched)
+    x_T = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with torch.no_grad():
+        ours = sd.sample(model, sde, "dpm_solver++", x_T=x_T, grid=sched.schedule.t, final_denoise=True, order=2)
+    assert rel((ours.samples / 2 + 0.5).clamp(0, 1), images) < 1e-6

@@ -60,7 +60,16 @@ from ..models import ScoreModel
 from ..samplers._thresholding import dynamic_threshold
 from ..samplers.base import GeneratorNoise, SamplingContext, SteppedSampler, drive, get_sampler
 from ..schedule import Schedule
-from .diffusers import TIME_ROUNDINGS, _config, _equivalent, _parameterization, _snap, diffusers_betas, diffusers_sde
+from .diffusers import (
+    TIME_ROUNDINGS,
+    _config,
+    _equivalent,
+    _parameterization,
+    _snap,
+    diffusers_betas,
+    diffusers_grid,
+    diffusers_sde,
+)
 
 __all__ = ["ScoresdeScheduler", "native_timesteps", "TIMESTEP_RULES"]
 
@@ -113,6 +122,9 @@ def native_timesteps(num_train_timesteps: int, steps: int, spacing: str = "leadi
 
 
 _SIGMA_FRAME = ("EulerDiscreteScheduler", "HeunDiscreteScheduler")
+# the native schedulers diffusers_equivalent reproduces (others lend their timesteps to a method given)
+_EQUIVALENT_CLASSES = ("DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
+                       "EulerDiscreteScheduler", "HeunDiscreteScheduler")
 
 
 def _native_init_noise_sigma(native: Mapping, steps: int, t0: Tensor, sde) -> float:
@@ -288,13 +300,17 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
         """A scheduler that reproduces the native diffusers ``scheduler``'s run, step count by step count:
         its timesteps, final step and (unless ``method`` is given) its algorithm and options, from
         :func:`~scoresde.interop.diffusers_equivalent`; options that have no scoresde equivalent are
-        refused there, by name. With ``method`` (and ``options``), that sampler runs on the native grid."""
+        refused there, by name. With ``method`` (and ``options``), that sampler runs on the native grid, for any
+        native scheduler (e.g. ``DDPMScheduler``'s timesteps with ``method='dpm_solver++'``)."""
         cfg = _config(scheduler)
         name = cfg.get("_class_name")
-        probe = _equivalent(cfg, 10)  # refuses what cannot be reproduced, before any run
         native = {k: v for k, v in cfg.items() if not k.startswith("_") or k == "_class_name"}
-        if method is None:
-            method, options = probe["method"], None
+        if method is None:  # refuses what cannot be reproduced, before any run
+            method, options = _equivalent(cfg, 10)["method"], None
+        elif name in _EQUIVALENT_CLASSES:
+            _equivalent(cfg, 10)
+        else:
+            diffusers_grid(cfg, 10)  # any native scheduler's timesteps, for the sampler given
         keep = {k: cfg[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
                                     "prediction_type", "timestep_spacing", "steps_offset") if k in cfg}
         return cls(**{**keep, "method": method, "options": options, "native": native,
@@ -405,7 +421,10 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
             if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
                 raise ValueError(f"num_inference_steps: expected a positive integer, got {n!r}")
             n = int(n)
-            if cfg.native is not None:
+            if cfg.native is not None and cfg.native.get("_class_name") not in _EQUIVALENT_CLASSES:
+                g = diffusers_grid(cfg.native, n)  # another scheduler's timesteps, for the method given
+                times, final = g.times, g.final_denoise
+            elif cfg.native is not None:
                 eq = _equivalent(cfg.native, n)
                 init = _native_init_noise_sigma(cfg.native, n, eq["grid"][0], self.sde)
                 times, final = eq.pop("grid"), eq.pop("final_denoise")
