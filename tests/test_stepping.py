@@ -40,10 +40,8 @@ def _cases(stepped: bool = True):
 
 
 STEPPED = _cases()
-# the fixed-step 'ode' sampler is not a SteppedSampler; its grid gradient is core-dynamics' to fix
-FIXED_ODE = [pytest.param("ode", {"solver": s}, id=f"ode[solver={s}]",
-                          marks=pytest.mark.xfail(strict=False, reason="fixed-step 'ode' detaches the grid (issue 17, "
-                                                  "fixed on the dynamics branch)"))
+# the fixed-step 'ode' sampler is not a SteppedSampler, but its grid gradient must be right too
+FIXED_ODE = [pytest.param("ode", {"solver": s}, id=f"ode[solver={s}]")
              for s in ("euler", "midpoint", "rk4")]
 
 
