@@ -790,6 +790,8 @@ class DiscreteVPSDE(_VariancePreserving):
         return self._knots_on[key]
 
     def _segment(self, t: Tensor) -> Tensor:
+        # in a half dtype N - 1 itself may round up (999 -> 1000 in bfloat16): index in float32 at least
+        t = t if t.dtype in (torch.float32, torch.float64) else t.float()
         return torch.clamp(torch.floor(t * self.N), 0, self.N - 1).long()
 
     def log_alpha(self, t) -> Tensor:

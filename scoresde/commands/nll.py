@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"{', '.join(sorted(toy.MIXTURES))}; other data need --ckpt)")
     p.add_argument("--sde", default="vp", choices=sorted(SDES), help="SDE of the exact oracle")
     p.add_argument("--ckpt", default=None, help="trained run folder or checkpoint (default: the exact oracle)")
+    p.add_argument("--diffusers", default=None, metavar="PATH",
+                   help="a diffusers pipeline folder (save_pretrained) to evaluate instead of a run (needs --points)")
     p.add_argument("--points", default=None, help=".pt or .npy file of points (default: --n draws from --data)")
     p.add_argument("--n", type=int, default=256,
                    help="number of points drawn from --data (a finite set: its first N points, at most all of it)")
@@ -139,7 +141,20 @@ def run(args) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     mix = toy.mixture(args.data) if args.data in toy.MIXTURES else None
 
-    if args.ckpt is not None:
+    if args.diffusers is not None:
+        if args.ckpt is not None:
+            raise ValueError(f"--diffusers: give --ckpt or --diffusers, not both (got --ckpt {args.ckpt})")
+        if args.points is None:
+            raise ValueError("--points: a diffusers pipeline's likelihood needs image points (a .pt or .npy file of "
+                             "shape (B, C, H, W)); give --points")
+        from types import SimpleNamespace
+
+        from ..interop.diffusers import load_diffusers_model
+
+        model = load_diffusers_model(args.diffusers, dtype=dtype)
+        cfg = SimpleNamespace(data=None)
+        source = f"diffusers pipeline {args.diffusers}"
+    elif args.ckpt is not None:
         from ..training import load_model
 
         model, cfg = load_model(args.ckpt)
@@ -157,6 +172,7 @@ def run(args) -> int:
         source = f"exact oracle of {args.data} under {args.sde}"
     sde = model.sde
     recorded = getattr(model, "levels", None) if args.ckpt is not None else None
+    external = args.ckpt is not None or args.diffusers is not None
 
     bin_width, levels = args.bin_width, args.levels
     if args.points is not None:
@@ -194,13 +210,13 @@ def run(args) -> int:
             raise ValueError("--exact-prior: needs --data to be a built-in mixture")
         prior = lambda z: mix.log_prob_t(z, sde.T, sde)  # noqa: E731
 
-    if args.ckpt is None and (x.ndim != 2 or x.shape[1] != mix.dim):
+    if not external and (x.ndim != 2 or x.shape[1] != mix.dim):
         raise ValueError(f"--points: the exact oracle of {args.data} takes points of shape (B, {mix.dim}), got "
                          f"{tuple(x.shape)}; give --ckpt for a trained model of such data")
     if args.bound is not None and bin_width is not None:
         raise ValueError(f"--bound: discrete data need --levels (values in [-1, 1]) for the decoder, not a bin "
                          f"width ({bin_width})")
-    oracle_data = mix is not None and x.ndim == 2 and mix.dim == x.shape[1] and (args.ckpt is None or cfg.data == args.data)
+    oracle_data = mix is not None and x.ndim == 2 and mix.dim == x.shape[1] and (not external or cfg.data == args.data)
     columns = {}
     n = x.shape[0]
     stages = [what for what, on in (("the probability-flow ODE", args.ode), (f"the {args.bound} bound", args.bound))

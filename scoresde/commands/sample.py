@@ -32,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..samplers.base import MAX_STEPS
 
     p = sub.add_parser("sample", help="sample a trained score model (scoresde train) with any sampler")
-    p.add_argument("--ckpt", required=True, help="run folder or checkpoint file")
+    p.add_argument("--ckpt", default=None, help="run folder or checkpoint file")
+    p.add_argument("--diffusers", default=None, metavar="PATH",
+                   help="a diffusers pipeline folder (save_pretrained) to sample instead of a run")
     p.add_argument("--method", default="dpm_solver++" if "dpm_solver++" in available() else "ddim",
                    metavar="NAME[:KEY=VALUE,...]",
                    help=f"sampler, with its options after a colon (e.g. 'dpm_solver++:order=3'): one of "
@@ -91,6 +93,9 @@ def _resolve_method(args) -> None:
 
 
 def _check_args(args) -> None:
+    if (args.ckpt is None) == (args.diffusers is None):
+        raise ValueError("--ckpt/--diffusers: give one of them (a scoresde run, or a diffusers pipeline folder)"
+                         + (f", not both (got --ckpt {args.ckpt} and --diffusers {args.diffusers})" if args.ckpt else ""))
     _resolve_method(args)
     if args.out is None and args.image_grid is None and args.plot is None:
         args.out = DEFAULT_OUT
@@ -129,7 +134,7 @@ def run(args) -> int:
     import torch.distributed as dist
 
     from ..sharded import init_from_env
-    from ..training import load_model, resolve_device
+    from ..training import resolve_device
 
     _check_args(args)
     world = os.environ.get("WORLD_SIZE", "1")
@@ -144,13 +149,27 @@ def run(args) -> int:
             torch.cuda.set_device(device)
         init_from_env("nccl" if device.type == "cuda" else "gloo", args.dist_timeout)
     try:
-        _sample(args, load_model(args.ckpt, ema=args.ema, device=device, label=args.label), device)
+        _sample(args, _load(args, device), device)
         if launched:
             dist.barrier()  # every rank reaches the teardown before any leaves (see commands/train.py)
     finally:
         if launched:
             dist.destroy_process_group()
     return 0
+
+
+def _load(args, device):
+    """(model, config) of a scoresde run, or of a diffusers pipeline folder (``--diffusers``)."""
+    if args.diffusers is None:
+        from ..training import load_model
+
+        return load_model(args.ckpt, ema=args.ema, device=device, label=args.label)
+    from types import SimpleNamespace
+
+    from ..interop.diffusers import load_diffusers_model
+
+    model = load_diffusers_model(args.diffusers, device=device, label=args.label)
+    return model, SimpleNamespace(data=f"diffusers pipeline {args.diffusers}", sde=repr(model.sde))
 
 
 def _sample(args, loaded, device) -> None:

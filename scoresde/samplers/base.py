@@ -439,6 +439,11 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
             if final_denoise:
                 try:
                     x = model.x0(x, schedule.t[-1])
+                    if getattr(sampler, "clip_sample", False):  # DDIM's clipping holds for its step to alpha = 1
+                        x = x.clamp(-sampler.clip_range, sampler.clip_range)
+                    if getattr(sampler, "thresholding", False):  # so does the thresholding of the data prediction
+                        from ._thresholding import dynamic_threshold
+                        x = dynamic_threshold(x, sampler.percentile, sampler.max_value)
                 except NonFiniteModelOutput as e:
                     raise NonFiniteModelOutput(f"{cls.name}: in the final denoising step: {e}") from None
                 watch.state(schedule.steps, x)
