@@ -19,7 +19,7 @@ patches, row-major, each flattened to ``p^2 C`` values in (row, column, channel)
 with ``LN`` a LayerNorm without affine parameters (the adaLN regression replaces them), ``MHSA``
 multi-head self-attention over the N tokens and ``MLP`` two linear layers of width
 ``mlp_ratio * D`` with a tanh-GELU. ``c`` is :class:`~scoresde.nets.layers.NoiseLevelEmbedding`
-(the noise level ``tau = lambda(t)`` or ``t / T`` in sinusoidal features, plus a label embedding
+(the noise level ``tau = lambda(t)`` or ``t / T`` in smooth band-limited features, plus a label embedding
 with a null class ``null_label = num_classes`` for classifier-free guidance).
 
 **adaLN-Zero**: every ``W^{ada}_k`` (weights and bias) starts at zero, so the gates
@@ -153,7 +153,7 @@ class DiT(nn.Module):
 
     def __init__(self, in_channels: int, sde: SDE, parameterization: str = "eps", *, image_size: int,
                  patch_size: int = 2, hidden_size: int = 128, depth: int = 6, num_heads: int = 4,
-                 mlp_ratio: float = 4.0, embedding: str = "sinusoidal", emb_dim: int = 256,
+                 mlp_ratio: float = 4.0, embedding: str = "smooth", emb_dim: int = 256,
                  time_input: str = "log_snr", embed_scale: float | None = None, num_classes: int | None = None):
         super().__init__()
         positive_int("in_channels", in_channels)

@@ -52,7 +52,7 @@ from .checkpoints import (
 )
 from .data import make_data
 from .device import resolve_device
-from .spec import build_from_spec, net_spec
+from .spec import build_from_spec, net_spec, spec_kwargs
 
 __all__ = ["Trainer", "StepRecord"]
 
@@ -120,6 +120,14 @@ class Trainer:
 
         self.sde = make_sde(cfg.sde, **cfg.sde_kwargs)
         self.net_spec = net_spec(cfg, self.data.event_shape)
+        if resume:
+            src = self.out if resume is True else Path(resume)
+            if src is None:
+                raise ValueError("resume: resume=True needs the run folder `out`; or pass a checkpoint path")
+            ckpt = load_checkpoint(src)
+            if "embedding" not in cfg.net_options() and "embedding" in self.net_spec["kwargs"]:
+                # the embedding left to the default: the one the run was trained with (an old record names none)
+                self.net_spec["kwargs"]["embedding"] = spec_kwargs(ckpt["net"]).get("embedding")
         # model init from the seed alone, without touching the caller's global RNG
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -142,10 +150,7 @@ class Trainer:
         self._edges: Tensor | None = None
 
         if resume:
-            src = self.out if resume is True else Path(resume)
-            if src is None:
-                raise ValueError("resume: resume=True needs the run folder `out`; or pass a checkpoint path")
-            self._restore(load_checkpoint(src), src)
+            self._restore(ckpt, src)
         elif self.out is not None and (self.out / CHECKPOINT_NAME).exists():
             raise ValueError(f"out: {str(self.out)!r} already holds a checkpoint; resume it (--resume) or "
                              "choose another folder (the existing checkpoint is left untouched)")
@@ -182,6 +187,10 @@ class Trainer:
         if ckpt["world_size"] != self.world_size:
             raise ValueError(f"resume: the checkpoint was written by {ckpt['world_size']} process(es), this run has "
                              f"{self.world_size}; an exact resume needs the same number")
+        was, now = spec_kwargs(ckpt["net"]).get("embedding"), self.net_spec["kwargs"].get("embedding")
+        if was != now:
+            raise ValueError(f"embedding: the run to resume ({src}) was trained with embedding {was!r}, this run "
+                             f"builds {now!r}; resume with --embedding {was}")
         file = checkpoint_path(src)
         load_weights(self.net, ckpt["model"], file, "model")
         load_weights(self.ema, ckpt["ema"], file, "EMA")
