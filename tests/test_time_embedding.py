@@ -88,8 +88,10 @@ def test_a_checkpoint_from_the_old_default_loads_with_its_own_embedding(tmp_path
     assert isinstance(inner.embed, GaussianFourierEmbedding)
     x, tt = torch.randn(5, 2), torch.rand(5) * 0.9 + 0.05
     torch.testing.assert_close(model.eps(x, tt), t.score_model().eps(x, tt), rtol=0, atol=0)
-    # resuming it (embedding left to the default) goes on with the embedding it was trained with
-    resumed = Trainer(_small(steps=4), tmp_path, resume=True)
+    # resuming it with today's default would train another function: refused, with what to pass
+    with pytest.raises(ValueError, match="embedding: .* was trained with embedding 'fourier'.*--embedding fourier"):
+        Trainer(_small(steps=4), tmp_path, resume=True)
+    resumed = Trainer(_small(steps=4, embedding="fourier"), tmp_path, resume=True)
     assert resumed.step == 2 and resumed.net_spec["kwargs"]["embedding"] == "fourier"
 
 

@@ -120,14 +120,6 @@ class Trainer:
 
         self.sde = make_sde(cfg.sde, **cfg.sde_kwargs)
         self.net_spec = net_spec(cfg, self.data.event_shape)
-        if resume:
-            src = self.out if resume is True else Path(resume)
-            if src is None:
-                raise ValueError("resume: resume=True needs the run folder `out`; or pass a checkpoint path")
-            ckpt = load_checkpoint(src)
-            if "embedding" not in cfg.net_options() and "embedding" in self.net_spec["kwargs"]:
-                # the embedding left to the default: the one the run was trained with (an old record names none)
-                self.net_spec["kwargs"]["embedding"] = spec_kwargs(ckpt["net"]).get("embedding")
         # model init from the seed alone, without touching the caller's global RNG
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -150,7 +142,10 @@ class Trainer:
         self._edges: Tensor | None = None
 
         if resume:
-            self._restore(ckpt, src)
+            src = self.out if resume is True else Path(resume)
+            if src is None:
+                raise ValueError("resume: resume=True needs the run folder `out`; or pass a checkpoint path")
+            self._restore(load_checkpoint(src), src)
         elif self.out is not None and (self.out / CHECKPOINT_NAME).exists():
             raise ValueError(f"out: {str(self.out)!r} already holds a checkpoint; resume it (--resume) or "
                              "choose another folder (the existing checkpoint is left untouched)")
@@ -181,13 +176,16 @@ class Trainer:
     def _restore(self, ckpt: dict, src) -> None:
         saved = TrainConfig.from_dict(ckpt["config"])
         diff = saved.mismatches(self.config)
+        was = spec_kwargs(ckpt["net"]).get("embedding")
+        if "embedding" in diff and diff["embedding"][0] is None and diff["embedding"][1] == was:
+            del diff["embedding"]  # an old run (its record names no embedding) resumed with the one it was trained with
         if diff:
             lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
             raise ValueError(f"config: the run to resume ({src}) was trained with a different config ({lines})")
         if ckpt["world_size"] != self.world_size:
             raise ValueError(f"resume: the checkpoint was written by {ckpt['world_size']} process(es), this run has "
                              f"{self.world_size}; an exact resume needs the same number")
-        was, now = spec_kwargs(ckpt["net"]).get("embedding"), self.net_spec["kwargs"].get("embedding")
+        now = self.net_spec["kwargs"].get("embedding")
         if was != now:
             raise ValueError(f"embedding: the run to resume ({src}) was trained with embedding {was!r}, this run "
                              f"builds {now!r}; resume with --embedding {was}")
