@@ -32,7 +32,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["GaussianFourierEmbedding", "SinusoidalEmbedding", "SmoothEmbedding", "EMBEDDINGS", "SMOOTH_MAX_FREQ", "LEGACY_EMBEDDING"]
+__all__ = ["GaussianFourierEmbedding", "SinusoidalEmbedding", "SmoothEmbedding", "EMBEDDINGS", "SMOOTH_MAX_FREQ", "LEGACY_EMBEDDING", "LEGACY_OPTIONS"]
 
 #: the default frequency bound of :class:`SmoothEmbedding`, in rad per unit lambda
 SMOOTH_MAX_FREQ = 1.0
@@ -117,3 +117,6 @@ EMBEDDINGS = {"smooth": SmoothEmbedding, "fourier": GaussianFourierEmbedding, "s
 #: the embedding every network used before ``'smooth'`` became the default (issue 18): a checkpoint
 #: whose record names no embedding was trained with this one
 LEGACY_EMBEDDING = {"mlp": "fourier", "unet": "sinusoidal", "dit": "sinusoidal"}
+#: every option whose default changed in issue 18, with the value a record that names none implies
+LEGACY_OPTIONS = {"mlp": {"embedding": "fourier"}, "unet": {"embedding": "sinusoidal"},
+                  "dit": {"embedding": "sinusoidal", "position_order": "row_first"}}

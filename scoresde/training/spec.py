@@ -17,7 +17,7 @@ from torch import nn
 from .. import make_sde
 from ..config import RESERVED_NET_KWARGS, TrainConfig
 from ..models import ScoreModel
-from ..nets import LEGACY_EMBEDDING, NETS, build_net
+from ..nets import LEGACY_OPTIONS, NETS, build_net
 from ..nets.precondition import precondition
 from .checkpoints import checkpoint_path, load_checkpoint, load_weights
 from .device import resolve_device
@@ -69,21 +69,24 @@ def net_spec(cfg: TrainConfig, event_shape: tuple[int, ...]) -> dict:
         raise ValueError(f"net_kwargs: the net {name!r} takes no option {', '.join(map(repr, unknown))}; "
                          f"its options: {', '.join(known)}")
     kwargs.update(options)
-    if "embedding" in params and "embedding" not in kwargs:
-        # recorded explicitly, so that a later change of the default cannot change what a checkpoint loads
-        kwargs["embedding"] = params["embedding"].default
+    for key in LEGACY_OPTIONS.get(name, {}):
+        if key in params and key not in kwargs:
+            # recorded explicitly, so that a later change of the default cannot change what a checkpoint loads
+            kwargs[key] = params[key].default
     return {"name": name, "kwargs": kwargs, "event_shape": list(event_shape)}
 
 
 def spec_kwargs(spec: dict) -> dict:
-    """The constructor options of a :func:`net_spec` record, with the embedding an old record implies.
+    """The constructor options of a :func:`net_spec` record, with the options an old record implies.
 
-    A record written before the embedding was recorded (issue 18) names none: its network was trained
-    with the default of that time (:data:`~scoresde.nets.embedding.LEGACY_EMBEDDING`), not today's.
+    A record written before issue 18 names no embedding (nor, for the DiT, position order): its network
+    was trained with the defaults of that time (:data:`~scoresde.nets.embedding.LEGACY_OPTIONS`), not today's.
     """
     kwargs = dict(spec["kwargs"])
-    if spec["name"] in LEGACY_EMBEDDING and "embedding" not in kwargs and "embedding" in _takes(spec["name"])[0]:
-        kwargs["embedding"] = LEGACY_EMBEDDING[spec["name"]]
+    params = _takes(spec["name"])[0] if spec["name"] in NETS else {}
+    for key, old in LEGACY_OPTIONS.get(spec["name"], {}).items():
+        if key in params and key not in kwargs:
+            kwargs[key] = old
     return kwargs
 
 

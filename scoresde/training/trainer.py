@@ -189,6 +189,11 @@ class Trainer:
         if was != now:
             raise ValueError(f"embedding: the run to resume ({src}) was trained with embedding {was!r}, this run "
                              f"builds {now!r}; resume with --embedding {was}")
+        old_record, new_record = spec_kwargs(ckpt["net"]), self.net_spec["kwargs"]
+        changed = sorted(k for k in old_record if k != "embedding" and old_record[k] != new_record.get(k))
+        if changed:
+            raise ValueError(f"resume: the run in {src} was built with {', '.join(f'{k}={old_record[k]!r}' for k in changed)}"
+                             f" (a record from before issue 18); load it with load_model, or start a new run")
         file = checkpoint_path(src)
         load_weights(self.net, ckpt["model"], file, "model")
         load_weights(self.ema, ckpt["ema"], file, "EMA")
