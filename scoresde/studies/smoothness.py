@@ -146,10 +146,10 @@ class OrderProfile:
 
 
 def order_profile(model: ScoreModel, methods: Sequence[str], steps: Sequence[int], x_T: Tensor, *,
-                  tol: float = 1e-10, solver: str = "dopri8", grid="logsnr") -> OrderProfile:
+                  tol: float = 1e-10, solver: str = "dopri8", grid=None) -> OrderProfile:
     """Endpoint error against steps for each method from ``x_T`` at T to t_min, against a tight
     probability-flow reference (:func:`~.references.reference_pf_ode` in lambda, rtol = atol = ``tol``),
-    with the local slopes (:func:`local_slopes`)."""
+    with the local slopes (:func:`local_slopes`); ``grid`` as in :func:`scoresde.sample` (None: the SDE's default)."""
     from ..samplers import sample
     from .method_specs import parse_methods
 
