@@ -96,3 +96,16 @@ def test_the_study_command_writes_the_figure_and_both_tables(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["smoothness.png", "smoothness_orders.csv",
                                                                   "smoothness_spectrum.csv"]
     assert "local slopes" in capsys.readouterr().out
+
+
+def test_the_study_runs_on_a_checkpoint(tmp_path, capsys):
+    from scoresde.cli import main
+    from scoresde.config import TrainConfig
+    from scoresde.training import Trainer
+
+    Trainer(TrainConfig(steps=2, batch_size=16, width=16, depth=1, emb_dim=8, ckpt_every=2, warmup=1, progress=False,
+                        tensorboard=False), tmp_path / "run").train()
+    assert main(["study", "smoothness", "--quick", "--quiet", "--checkpoint", str(tmp_path / "run"),
+                 "--out", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "amplitude" in out and (tmp_path / "s" / "smoothness_spectrum.csv").exists()
