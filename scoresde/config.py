@@ -26,7 +26,7 @@ _CHOICES = {
     "parameterization": ("eps", "score", "x0", "v", "velocity"),
     "weighting": ("sigma2", "likelihood", "min_snr", "snr"),
     "time_sampling": ("uniform", "stratified", "antithetic"),
-    "embedding": ("fourier", "sinusoidal"),
+    "embedding": ("smooth", "fourier", "sinusoidal"),
     "time_input": ("log_snr", "t"),
     "loss": ("dsm", "flow_matching"),
 }

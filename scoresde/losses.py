@@ -32,7 +32,9 @@ which keeps its mean; under the likelihood weighting the time weight becomes the
 Flow matching (Lipman et al. 2023, "Flow Matching for Generative Modeling"; Liu et al. 2023,
 "Flow Straight and Fast", rectified flow): on :class:`~scoresde.sde.FlowMatchingSDE`
 (``alpha = 1 - t``, ``sigma = t``) the conditional velocity of ``x_t = (1 - t) x_0 + t eps`` is
-``d x_t / dt = eps - x_0``, and :func:`flow_matching_loss` regresses the network's velocity on it,
+``d x_t / dt = eps - x_0`` (data at t = 0, so the velocity points from data to noise: the reverse
+of Lipman et al.'s convention, where data sit at s = 1 = 1 - t and the velocity is ``x_1 - x_0``),
+and :func:`flow_matching_loss` regresses the network's velocity on it,
 
 .. math::  \ell(x_0, t, \varepsilon) = \| u_\theta(x_t, t) - (\varepsilon - x_0) \|^2 .
 
@@ -212,8 +214,11 @@ def flow_matching_loss(model: ScoreModel, x0: Tensor, *, time_sampling: str = "u
                        t_min: float | None = None, T: float | None = None, return_times: bool = False):
     r"""Per-sample conditional flow-matching loss ``||u_theta(x_t, t) - (alpha' x_0 + sigma' eps)||^2``.
 
-    On :class:`~scoresde.sde.FlowMatchingSDE` the target is ``eps - x_0`` (Lipman et al. 2023, eq. 23
-    with sigma_min = 0; Liu et al. 2023, eq. 1). A ``'velocity'`` model's raw output is ``u_theta``;
+    On :class:`~scoresde.sde.FlowMatchingSDE` the target is ``eps - x_0``: the *negative* of Lipman et
+    al. (2023)'s eq. 23 target ``x_1 - (1 - sigma_min) x_0`` with sigma_min = 0 (and of Liu et al.
+    2023's ``X_1 - X_0``), read at ``s = 1 - t``, because their data sit at ``s = 1`` and ours at
+    ``t = 0`` (the convention and its map: :class:`~scoresde.sde.FlowMatchingSDE`;
+    :func:`scoresde.interop.flow_matching.from_lipman` adapts their networks). A ``'velocity'`` model's raw output is ``u_theta``;
     any other parameterisation is converted (``u = alpha' x0_hat + sigma' eps_hat``). One counted
     model call on the batch; t and eps are drawn as in :func:`dsm_loss` (uniform t, no weighting).
 

@@ -46,6 +46,7 @@ import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import ClassVar
 from dataclasses import dataclass, field
 
 import torch
@@ -161,7 +162,11 @@ class SDE(ABC):
 
     Subclasses define :meth:`log_alpha` and :meth:`sigma` (closed forms) and the attributes
     ``T`` (end of the forward process) and ``t_min`` (the default smallest sampling time).
+    ``default_grid`` names the time grid :func:`scoresde.sample` uses when given none.
     """
+
+    #: the grid a sampler uses when none is given (uniform in the half log-SNR, DPM-Solver's choice)
+    default_grid: ClassVar[str] = "logsnr"
 
     T: float
     t_min: float
@@ -654,8 +659,27 @@ class FlowMatchingSDE(SDE):
     Its drift is ``f = -1/(1 - t)`` and ``g^2 = 2 t / (1 - t)``; the probability-flow ODE of this
     SDE is the flow-matching velocity field, so flow-matching models run on every solver.
     alpha(1) = 0, so the default T = 0.999 keeps lambda(T) finite.
+
+    **Convention.** Data sit at ``t = 0`` and noise at ``t = 1``, and the velocity ``d x_t / dt =
+    eps - x_0`` points from data to noise: the reverse of Lipman et al. (2023), Liu et al. (2023) and
+    facebookresearch/flow_matching, whose ``CondOTProbPath`` has ``x_s = s x_1 + (1 - s) x_0`` with
+    data ``x_1`` at ``s = 1`` and velocity ``x_1 - x_0``. With ``s = 1 - t`` the paths agree and the
+    velocities are negatives: ``u_ours(x, t) = -u_lipman(x, 1 - t)``
+    (:func:`scoresde.interop.flow_matching.from_lipman` adapts a network trained in their convention).
+
+    **Default grid.** ``default_grid = 'quadratic'`` (uniform in sqrt(t), dense near the data), not
+    the log-SNR grid: lambda = log((1 - t) / t) spends its steps near both ends, and on the exact
+    eight-Gaussians oracle (256 common x_T, dopri5 reference at 1e-10) the mean endpoint error at
+    10 / 80 steps was, log-SNR vs quadratic: DDIM 0.154 / 0.0156 vs 0.058 / 0.0071, DPM-Solver++(2M)
+    0.183 / 0.0014 vs 0.0093 / 0.0005, UniPC 0.328 / 1.8e-4 vs 0.051 / 4.0e-5; uniform in t was best
+    for DDIM (0.037 / 0.0054) but unstable for the multistep solvers (UniPC 0.09 at 20 and 0.03 at 80
+    steps). On the 2-D two-component mixture the log-SNR grid left DDIM at 80 steps a maximum error of
+    0.865 (quadratic 0.123; mean 0.050 vs 0.025), and UniPC at 80 steps a mean 2.4e-4 (quadratic 4.3e-5).
+    EDM's Heun prefers log-SNR (eight Gaussians 0.227 / 0.0013 against 1.49 / 0.0033 at 10 / 80 steps;
+    the 2-D mixture 0.45 / 0.0040 against 7.2 / 0.016): pass ``grid='logsnr'`` for it.
     """
 
+    default_grid: ClassVar[str] = "quadratic"
     T: float = 0.999
     t_min: float = 1e-3
 

@@ -42,9 +42,13 @@ def test_position_embedding_equals_its_closed_form():
     for i in range(grid):
         for j in range(grid):
             w = [10000.0 ** (-k / q) for k in range(q)]
-            ref = [math.sin(i * o) for o in w] + [math.cos(i * o) for o in w] + \
-                  [math.sin(j * o) for o in w] + [math.cos(j * o) for o in w]
+            # DiT's layout: the column half first (issue 18); 'row_first' is the layout before it
+            ref = [math.sin(j * o) for o in w] + [math.cos(j * o) for o in w] + \
+                  [math.sin(i * o) for o in w] + [math.cos(i * o) for o in w]
             torch.testing.assert_close(pe[i * grid + j], torch.tensor(ref, dtype=torch.float64), rtol=0, atol=1e-15)
+            old = ref[2 * q:] + ref[:2 * q]
+            torch.testing.assert_close(sincos_position_embedding_2d(grid, dim, order="row_first")[i * grid + j],
+                                       torch.tensor(old, dtype=torch.float64), rtol=0, atol=1e-15)
     net = tiny("dit", image_size=8, patch_size=2, hidden_size=32)
     torch.testing.assert_close(net.pos_embed, sincos_position_embedding_2d(4, 32).float(), rtol=0, atol=0)
     assert "pos_embed" not in net.state_dict()  # fixed: rebuilt from the arguments, not learned

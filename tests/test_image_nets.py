@@ -77,7 +77,7 @@ def test_time_input_scalar_broadcasts_and_conditions_the_output(name):
 
 @pytest.mark.parametrize("name", IMAGE_NETS)
 @pytest.mark.parametrize("time_input", ["log_snr", "t"])
-@pytest.mark.parametrize("embedding", ["sinusoidal", "fourier"])
+@pytest.mark.parametrize("embedding", ["smooth", "sinusoidal", "fourier"])
 def test_noise_level_embedding_reads_lambda_or_t(name, time_input, embedding):
     # the embedding of t must equal the features of lambda(t) (or t / T) pushed through its MLP
     sde = sd.VESDE()
@@ -187,7 +187,7 @@ def test_wrong_image_shape_names_the_expected_shape(name):
     ("sde", "vp", "sde: expected a scoresde.SDE, got str"),
     ("parameterization", "noise", "parameterization: unknown 'noise'; allowed: score, eps, x0, v, velocity"),
     ("time_input", "sigma", "time_input: unknown 'sigma'; allowed: log_snr, t"),
-    ("embedding", "learned", "embedding: unknown 'learned'; allowed: fourier, sinusoidal"),
+    ("embedding", "learned", "embedding: unknown 'learned'; allowed: smooth, fourier, sinusoidal"),
     ("embed_scale", -1.0, "embed_scale: expected a finite positive number or None (the default scale), got -1.0"),
     ("num_classes", 0, "num_classes: expected a positive integer, got 0"),
     ("in_channels", 0, "in_channels: expected a positive integer, got 0"),

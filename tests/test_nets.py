@@ -7,7 +7,7 @@ import scoresde as sd
 from scoresde.nets import NETS, ScoreMLP, build_net
 
 
-@pytest.mark.parametrize("embedding", ["fourier", "sinusoidal"])
+@pytest.mark.parametrize("embedding", ["smooth", "fourier", "sinusoidal"])
 @pytest.mark.parametrize("time_input", ["log_snr", "t"])
 def test_shapes_dtypes_and_score_model(any_sde, embedding, time_input):
     torch.manual_seed(0)

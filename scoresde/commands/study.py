@@ -1,17 +1,20 @@
 """``scoresde study NAME``: run one study on an exact mixture oracle and write its figure and CSV.
 
-Studies: ``error-vs-steps``, ``ddim-limit``, ``trajectories``, ``grids`` (see :mod:`scoresde.studies`).
+Studies: ``error-vs-steps``, ``ddim-limit``, ``trajectories``, ``grids``, ``smoothness`` (see
+:mod:`scoresde.studies`). ``smoothness`` runs on a trained run with ``--checkpoint`` (else on the oracle):
+the spectrum of the eps prediction along lambda and the local order of ``--methods`` against a tight
+reference.
 Files are staged in a temporary folder inside ``--out`` and moved in at the end.
 """
 from __future__ import annotations
 
 import argparse
 
-STUDIES = ("error-vs-steps", "ddim-limit", "trajectories", "grids")
+STUDIES = ("error-vs-steps", "ddim-limit", "trajectories", "grids", "smoothness")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("study", help="run one study (error-vs-steps, ddim-limit, trajectories, grids)",
+    p = sub.add_parser("study", help="run one study (error-vs-steps, ddim-limit, trajectories, grids, smoothness)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", choices=STUDIES, help="which study")
     p.add_argument("--out", default="study_out", help="output folder (default ./study_out)")
@@ -23,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", nargs="+", default=["logsnr"], help="time grid(s) for error-vs-steps")
     p.add_argument("--n", type=int, default=None, help="number of common starting points x_T")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--checkpoint", default=None, help="smoothness: a training run (folder or checkpoint.pt) to study")
     p.add_argument("--no-gif", action="store_true", help="trajectories: skip the animation")
     p.add_argument("--quick", action="store_true",
                    help="a seconds-long smoke run: tiny batches, loose references, same files")
@@ -53,7 +57,7 @@ def run(args) -> int:
     mix.name = args.data
     sde = make_sde(args.sde)
     job = {"error-vs-steps": "error_vs_steps", "ddim-limit": "ddim_limit", "trajectories": "trajectories",
-           "grids": "grid_comparison"}[args.name]
+           "grids": "grid_comparison", "smoothness": "smoothness"}[args.name]
     kw = {"seed": args.seed, **(jobs.QUICK[job] if args.quick else {})}
     if args.n is not None:
         kw["n"] = args.n
@@ -70,6 +74,24 @@ def run(args) -> int:
             _, (limit, _) = jobs.job_ddim_limit(tmp, mix, progress=progress, **kw)
             for name, slope in limit.slopes().items():
                 print(f"{name:>28}: fitted slope {slope:.3f}" if slope is not None else f"{name:>28}: slope n/a")
+        elif args.name == "smoothness":
+            if steps:
+                kw["steps"] = steps
+            if methods:
+                kw["methods"] = [m.name + (":" + ",".join(f"{k}={v}" for k, v in m.options) if m.options else "")
+                                 for m in methods]
+            if args.checkpoint is not None:
+                from ..training import load_model
+
+                model, _ = load_model(args.checkpoint)
+                kw.update(event_shape=model.event_shape, dtype=next(model.net.parameters()).dtype, label=args.checkpoint)
+            else:
+                model, kw["label"] = mix.model(sde), f"exact {args.data}"
+            _, (spectrum, profile) = jobs.job_smoothness(tmp, model, progress=progress, **kw)
+            for r in spectrum.band_rows():
+                print(f"omega in [{r['omega_lo']:g}, {r['omega_hi']:g}): amplitude {r['amplitude']:.3g}")
+            for m, sl in profile.slopes.items():
+                print(f"{m:>28}: local slopes " + ", ".join(f"{v:.2f}" for v in sl))
         elif args.name == "trajectories":
             kw.pop("n", None)
             jobs.job_trajectories(tmp, mix, sde, gif=not args.no_gif, progress=progress, **kw)

@@ -17,7 +17,7 @@ import math
 from torch import nn
 
 from .dit import DiT
-from .embedding import EMBEDDINGS, GaussianFourierEmbedding, SinusoidalEmbedding
+from .embedding import EMBEDDINGS, LEGACY_EMBEDDING, LEGACY_OPTIONS, GaussianFourierEmbedding, SinusoidalEmbedding, SmoothEmbedding
 from .mlp import TIME_INPUTS, ScoreMLP
 from .unet import UNet
 
@@ -48,4 +48,4 @@ def shape_kwargs(name: str, event_shape: tuple[int, ...]) -> dict[str, int]:
 
 
 __all__ = ["NETS", "build_net", "shape_kwargs", "ScoreMLP", "UNet", "DiT", "GaussianFourierEmbedding",
-           "SinusoidalEmbedding", "EMBEDDINGS", "TIME_INPUTS"]
+           "SinusoidalEmbedding", "SmoothEmbedding", "EMBEDDINGS", "LEGACY_EMBEDDING", "LEGACY_OPTIONS", "TIME_INPUTS"]

@@ -19,7 +19,7 @@ patches, row-major, each flattened to ``p^2 C`` values in (row, column, channel)
 with ``LN`` a LayerNorm without affine parameters (the adaLN regression replaces them), ``MHSA``
 multi-head self-attention over the N tokens and ``MLP`` two linear layers of width
 ``mlp_ratio * D`` with a tanh-GELU. ``c`` is :class:`~scoresde.nets.layers.NoiseLevelEmbedding`
-(the noise level ``tau = lambda(t)`` or ``t / T`` in sinusoidal features, plus a label embedding
+(the noise level ``tau = lambda(t)`` or ``t / T`` in smooth band-limited features, plus a label embedding
 with a null class ``null_label = num_classes`` for classifier-free guidance).
 
 **adaLN-Zero**: every ``W^{ada}_k`` (weights and bias) starts at zero, so the gates
@@ -30,12 +30,24 @@ and ``W_{out}`` start at zero too, so the untrained network outputs exactly ``F 
 token in patch row ``i``, column ``j`` and ``omega_k = 10000^{-k/(D/4)}``, ``k < D/4``,
 
 .. math::
-    P_{(i, j)} = [\sin(i\,\omega),\ \cos(i\,\omega),\ \sin(j\,\omega),\ \cos(j\,\omega)]
-    \in \mathbb{R}^{D}.
+    P_{(i, j)} = [\sin(j\,\omega),\ \cos(j\,\omega),\ \sin(i\,\omega),\ \cos(i\,\omega)]
+    \in \mathbb{R}^{D},
 
-``F`` is the raw prediction of ``parameterization`` (no preconditioning inside; DiT's learned
-variance head is left out). The interface is the one every network of :mod:`scoresde.nets`
-shares, ``net(x, t_input, y=None)``.
+the column half first, as DiT builds it (MAE's ``get_2d_sincos_pos_embed``: ``np.meshgrid(w, h)``
+puts the column coordinate in the half it calls ``emb_h``). Networks trained before issue 18 used
+the row half first; ``position_order='row_first'`` rebuilds that layout, and a checkpoint whose
+record names no ``position_order`` loads with it (:data:`scoresde.nets.LEGACY_OPTIONS`).
+
+Initialisation as DiT's ``initialize_weights``: Xavier-uniform linear maps with zero biases in the
+transformer and the patch embedding, the timestep MLP's weights and the label table ``N(0, 0.02^2)``
+(the MLP's biases zero), adaLN-Zero (below) and a zero output layer.
+
+``F`` is the raw prediction of ``parameterization`` (no preconditioning inside). With
+``learn_sigma=True`` the output layer has ``2 C`` channels per pixel, as DiT's ``learn_sigma``:
+the first ``C`` are ``F`` and the last ``C`` the variance output ``v`` of Nichol & Dhariwal (2021),
+``Sigma = exp(v log beta_t + (1 - v) log beta~_t)``; ``net(x, t, y)`` returns ``F`` (the interface
+every network of :mod:`scoresde.nets` shares) and :meth:`DiT.forward_with_variance` returns
+``(F, v)``. No loss of this package trains ``v`` yet (the hybrid loss is issue 18's item 5).
 
 The defaults (``patch_size=2``, ``hidden_size=128``, ``depth=6``, ``num_heads=4``, ``mlp_ratio=4``)
 are the small net recommended for 8x8 digits (16 tokens): 1.86 M parameters.
@@ -51,7 +63,7 @@ from torch.nn import functional
 from ..sde import SDE
 from .layers import NoiseLevelEmbedding, check_common, check_image, positive_int, time_batch
 
-__all__ = ["DiT", "patchify", "unpatchify", "sincos_position_embedding_2d"]
+__all__ = ["DiT", "patchify", "unpatchify", "sincos_position_embedding_2d", "POSITION_ORDERS"]
 
 
 def patchify(x: Tensor, patch_size: int) -> Tensor:
@@ -70,8 +82,16 @@ def unpatchify(tokens: Tensor, patch_size: int, channels: int) -> Tensor:
     return tokens.reshape(B, g, g, p, p, channels).permute(0, 5, 1, 3, 2, 4).reshape(B, channels, g * p, g * p)
 
 
-def sincos_position_embedding_2d(grid_size: int, dim: int, dtype: torch.dtype = torch.float64) -> Tensor:
-    """The fixed ``(grid_size^2, dim)`` 2-D sin-cos embedding of the patch grid (module docstring)."""
+#: the halves of the 2-D position embedding: DiT's (column first) or the layout before issue 18 (row first)
+POSITION_ORDERS = ("dit", "row_first")
+
+
+def sincos_position_embedding_2d(grid_size: int, dim: int, dtype: torch.dtype = torch.float64,
+                                 order: str = "dit") -> Tensor:
+    """The fixed ``(grid_size^2, dim)`` 2-D sin-cos embedding of the patch grid (module docstring);
+    ``order='dit'`` puts the column half first, ``'row_first'`` the row half."""
+    if order not in POSITION_ORDERS:
+        raise ValueError(f"position_order: unknown {order!r}; allowed: {', '.join(POSITION_ORDERS)}")
     if dim % 4:
         raise ValueError(f"dim: expected a multiple of 4 (sin and cos of row and column), got {dim!r}")
     quarter = dim // 4
@@ -79,7 +99,8 @@ def sincos_position_embedding_2d(grid_size: int, dim: int, dtype: torch.dtype = 
     i, j = torch.meshgrid(torch.arange(grid_size, dtype=torch.float64), torch.arange(grid_size, dtype=torch.float64),
                           indexing="ij")
     ai, aj = i.reshape(-1, 1) * omega, j.reshape(-1, 1) * omega
-    return torch.cat([torch.sin(ai), torch.cos(ai), torch.sin(aj), torch.cos(aj)], dim=1).to(dtype)
+    first, second = (aj, ai) if order == "dit" else (ai, aj)
+    return torch.cat([torch.sin(first), torch.cos(first), torch.sin(second), torch.cos(second)], dim=1).to(dtype)
 
 
 def _modulate(h: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -149,12 +170,17 @@ class DiT(nn.Module):
         embedding, emb_dim, time_input, embed_scale: the noise-level features (``emb_dim`` of them,
             DiT's 256 by default), as in :class:`~scoresde.nets.mlp.ScoreMLP`.
         num_classes: number of labels for conditioning (None: unconditional).
+        learn_sigma: a second set of ``in_channels`` outputs, the variance interpolation ``v``
+            (DiT's ``learn_sigma``; see :meth:`forward_with_variance`).
+        position_order: ``'dit'`` (column half first, as DiT) or ``'row_first'`` (the layout
+            before issue 18, for old checkpoints).
     """
 
     def __init__(self, in_channels: int, sde: SDE, parameterization: str = "eps", *, image_size: int,
                  patch_size: int = 2, hidden_size: int = 128, depth: int = 6, num_heads: int = 4,
-                 mlp_ratio: float = 4.0, embedding: str = "sinusoidal", emb_dim: int = 256,
-                 time_input: str = "log_snr", embed_scale: float | None = None, num_classes: int | None = None):
+                 mlp_ratio: float = 4.0, embedding: str = "smooth", emb_dim: int = 256,
+                 time_input: str = "log_snr", embed_scale: float | None = None, num_classes: int | None = None,
+                 learn_sigma: bool = False, position_order: str = "dit"):
         super().__init__()
         positive_int("in_channels", in_channels)
         positive_int("image_size", image_size)
@@ -173,22 +199,33 @@ class DiT(nn.Module):
         if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not math.isfinite(mlp_ratio) \
                 or int(hidden_size * mlp_ratio) < 1:
             raise ValueError(f"mlp_ratio: expected a positive number with hidden_size * mlp_ratio >= 1, got {mlp_ratio!r}")
+        if not isinstance(learn_sigma, bool):
+            raise ValueError(f"learn_sigma: expected True or False, got {learn_sigma!r}")
+        if position_order not in POSITION_ORDERS:
+            raise ValueError(f"position_order: unknown {position_order!r}; allowed: {', '.join(POSITION_ORDERS)}")
         self.in_channels, self.image_size, self.sde, self.parameterization = in_channels, image_size, sde, parameterization
-        self.patch_size, self.num_classes = patch_size, num_classes
+        self.patch_size, self.num_classes, self.learn_sigma = patch_size, num_classes, learn_sigma
+        self.out_channels = 2 * in_channels if learn_sigma else in_channels
         grid = image_size // patch_size
         self.patch_embed = nn.Linear(patch_size * patch_size * in_channels, hidden_size)
         # fixed, not learned; rebuilt from the arguments, so not stored in the state dict
-        self.register_buffer("pos_embed", sincos_position_embedding_2d(grid, hidden_size, torch.get_default_dtype()),
-                             persistent=False)
+        self.register_buffer("pos_embed", sincos_position_embedding_2d(grid, hidden_size, torch.get_default_dtype(),
+                                                                       position_order), persistent=False)
         self.embed = NoiseLevelEmbedding(sde, emb_dim, hidden_size, embedding=embedding, time_input=time_input,
                                          embed_scale=embed_scale, num_classes=num_classes)
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
-        self.final = _FinalLayer(hidden_size, patch_size * patch_size * in_channels)
-        # DiT's initialisation: Xavier-uniform linear maps in the transformer, then adaLN-Zero
-        for module in [self.patch_embed, *self.blocks.modules()]:
+        self.final = _FinalLayer(hidden_size, patch_size * patch_size * self.out_channels)
+        # DiT's initialisation: Xavier-uniform linear maps with zero biases, the timestep MLP and the
+        # label table N(0, 0.02^2), then adaLN-Zero
+        for module in [self.patch_embed, *self.embed.mlp.modules(), *self.blocks.modules()]:
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
+        for layer in self.embed.mlp:
+            if isinstance(layer, nn.Linear):
+                nn.init.normal_(layer.weight, std=0.02)
+        if self.embed.label is not None:
+            nn.init.normal_(self.embed.label.weight, std=0.02)
         for layer in [*(b.ada for b in self.blocks), self.final.ada, self.final.linear]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -198,10 +235,22 @@ class DiT(nn.Module):
         """The reserved label index meaning "unconditional" (``num_classes``), or None."""
         return self.num_classes
 
-    def forward(self, x: Tensor, t_input: Tensor, y: Tensor | None = None) -> Tensor:
+    def _raw(self, x: Tensor, t_input: Tensor, y: Tensor | None) -> Tensor:
         check_image(x, self.in_channels, self.image_size)
         c = self.embed(time_batch(t_input, x), y)
         z = self.patch_embed(patchify(x, self.patch_size)) + self.pos_embed.to(x.dtype)
         for block in self.blocks:
             z = block(z, c)
-        return unpatchify(self.final(z, c), self.patch_size, self.in_channels)
+        return unpatchify(self.final(z, c), self.patch_size, self.out_channels)
+
+    def forward(self, x: Tensor, t_input: Tensor, y: Tensor | None = None) -> Tensor:
+        out = self._raw(x, t_input, y)
+        return out[:, :self.in_channels] if self.learn_sigma else out
+
+    def forward_with_variance(self, x: Tensor, t_input: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(F, v)``: the prediction and the variance output (``learn_sigma=True`` only; module docstring)."""
+        if not self.learn_sigma:
+            raise ValueError("learn_sigma: this DiT has no variance output (learn_sigma=False); build it with "
+                             "learn_sigma=True")
+        out = self._raw(x, t_input, y)
+        return out[:, :self.in_channels], out[:, self.in_channels:]

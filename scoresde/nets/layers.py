@@ -7,10 +7,12 @@ r"""Pieces shared by the image networks (:mod:`~scoresde.nets.unet`, :mod:`~scor
       \tau = \lambda(t) = \log\alpha_t - \log\sigma_t \ \ (\texttt{time\_input='log\_snr'})
       \quad\text{or}\quad \tau = t / T \ \ (\texttt{'t'}),
 
-  with :math:`\phi` sinusoidal (Vaswani et al. 2017; DDPM's timestep embedding) or Gaussian
-  Fourier features (:mod:`~scoresde.nets.embedding`) at the frequency scale ``c`` that
-  :class:`~scoresde.nets.mlp.ScoreMLP` uses (sinusoidal: ``c = 100`` on lambda, which spans about
-  [-10, 10] for the VP SDE, and ``c = 1000`` on ``t / T``, DDPM's integer timestep range).
+  with :math:`\phi` the smooth band-limited features (the default: frequencies at most 1 rad per
+  unit lambda, so the output varies slowly at the scale of a solver step; the reasoning is in
+  :mod:`~scoresde.nets.embedding`), sinusoidal (Vaswani et al. 2017; DDPM's timestep embedding) or
+  Gaussian Fourier features at the frequency scale ``c`` that :class:`~scoresde.nets.mlp.ScoreMLP`
+  uses (sinusoidal: ``c = 100`` on lambda, which spans about [-10, 10] for the VP SDE, and
+  ``c = 1000`` on ``t / T``, DDPM's integer timestep range).
   ``E`` has ``num_classes + 1`` rows; the last, ``null_label = num_classes``, is the
   classifier-free "no label" token (Ho & Salimans 2022) used when ``y`` is None.
 * Argument checks that name the argument, the value given and what is allowed.
@@ -25,16 +27,18 @@ from torch import Tensor, nn
 
 from ..models import PARAMETERIZATIONS
 from ..sde import SDE
-from .embedding import EMBEDDINGS
+from .embedding import EMBEDDINGS, SMOOTH_MAX_FREQ
 
 __all__ = ["NoiseLevelEmbedding", "DEFAULT_EMBED_SCALE", "TIME_INPUTS", "check_image", "time_batch"]
 
 #: what a network embeds as its noise level: the half log-SNR lambda(t), or t / T
 TIME_INPUTS = ("log_snr", "t")
 
-#: frequency scale ``c`` per (embedding, time input), the values ScoreMLP uses: sinusoidal features
-#: see ``c tau`` in about [-1000, 1000] (DDPM's timestep range), Fourier features ``tau`` at unit scale
-DEFAULT_EMBED_SCALE = {("fourier", "log_snr"): 1.0, ("fourier", "t"): 16.0,
+#: frequency scale ``c`` per (embedding, time input), the values ScoreMLP uses: smooth features have
+#: frequencies at most 1 rad per unit lambda (8 per unit t / T; :class:`~scoresde.nets.embedding.SmoothEmbedding`);
+#: sinusoidal features see ``c tau`` in about [-1000, 1000] (DDPM's timestep range), Fourier features
+#: ``tau`` at unit scale
+DEFAULT_EMBED_SCALE = {("smooth", "log_snr"): SMOOTH_MAX_FREQ, ("smooth", "t"): 8.0, ("fourier", "log_snr"): 1.0, ("fourier", "t"): 16.0,
                        ("sinusoidal", "log_snr"): 100.0, ("sinusoidal", "t"): 1000.0}
 
 
@@ -102,7 +106,7 @@ class NoiseLevelEmbedding(nn.Module):
         num_classes: number of labels (None: unconditional, and ``y`` must be None).
     """
 
-    def __init__(self, sde: SDE, freq_dim: int, out_dim: int, *, embedding: str = "sinusoidal",
+    def __init__(self, sde: SDE, freq_dim: int, out_dim: int, *, embedding: str = "smooth",
                  time_input: str = "log_snr", embed_scale: float | None = None, num_classes: int | None = None):
         super().__init__()
         self.sde, self.time_input, self.num_classes = sde, time_input, num_classes

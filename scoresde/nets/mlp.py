@@ -58,14 +58,16 @@ class ScoreMLP(nn.Module):
         sde: the SDE whose lambda(t) (or T) conditions the network.
         parameterization: what the output is (``scoresde.PARAMETERIZATIONS``).
         width, depth: hidden width and number of residual blocks.
-        embedding: ``'fourier'`` or ``'sinusoidal'``; ``emb_dim`` its size (even).
+        embedding: ``'smooth'`` (the default: frequencies at most ``embed_scale``, 1 rad per unit
+            lambda, see :mod:`~scoresde.nets.embedding`), ``'fourier'`` (the default before issue 18)
+            or ``'sinusoidal'``; ``emb_dim`` its size (even).
         time_input: ``'log_snr'`` (embed lambda(t)) or ``'t'`` (embed t / T).
         embed_scale: frequency scale of the embedding (default per embedding and time input).
         num_classes: number of labels for conditioning (None: unconditional).
     """
 
     def __init__(self, dim: int, sde: SDE, parameterization: str = "eps", *, width: int = 128, depth: int = 3,
-                 embedding: str = "fourier", emb_dim: int = 64, time_input: str = "log_snr",
+                 embedding: str = "smooth", emb_dim: int = 64, time_input: str = "log_snr",
                  embed_scale: float | None = None, num_classes: int | None = None):
         super().__init__()
         _positive_int("dim", dim)

@@ -155,7 +155,7 @@ class UNet(nn.Module):
     def __init__(self, in_channels: int, sde: SDE, parameterization: str = "eps", *, image_size: int,
                  channels: int = 32, channel_mult: tuple[int, ...] = (1, 2, 2), num_res_blocks: int = 2,
                  attn_resolutions: tuple[int, ...] = (), num_heads: int = 1, dropout: float = 0.0,
-                 norm_groups: int = 8, embedding: str = "sinusoidal", emb_dim: int | None = None,
+                 norm_groups: int = 8, embedding: str = "smooth", emb_dim: int | None = None,
                  time_input: str = "log_snr", embed_scale: float | None = None, num_classes: int | None = None):
         super().__init__()
         positive_int("in_channels", in_channels)

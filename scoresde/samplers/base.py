@@ -343,7 +343,7 @@ def _all_finite(x: Tensor) -> bool:
 
 
 def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T: Tensor | None = None,
-           shape: tuple[int, ...] | None = None, generator: torch.Generator | None = None, grid="logsnr",
+           shape: tuple[int, ...] | None = None, generator: torch.Generator | None = None, grid=None,
            t_min: float | None = None, T: float | None = None, final_denoise: bool = False, brownian=None,
            dtype: torch.dtype | None = None, return_trajectory: bool = False, progress: bool = False,
            grad: bool = False, check_finite: str = "end", **options) -> SampleResult:
@@ -363,7 +363,8 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
         generator: a ``torch.Generator`` for the prior draw and the sampler's noise.
         grid: a grid name (``scoresde.grids.available()``), a callable ``fn(sde, steps, t_min, T)``
             returning ``steps + 1`` decreasing times from ``T`` to ``t_min``, or a decreasing tensor of
-            times in ``(0, sde.T]`` (which fixes both ends and the step count).
+            times in ``(0, sde.T]`` (which fixes both ends and the step count). None: the SDE's
+            ``default_grid`` (``'logsnr'``; ``'quadratic'`` for the flow-matching path).
         t_min, T: the two ends of the grid (default: the SDE's).
         final_denoise: finish with Tweedie's denoiser x0(x, t_min) (one more model call).
         brownian: a torchsde Brownian path (see :func:`brownian_path`) for stochastic samplers, of size
@@ -389,6 +390,8 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
     check_instance("sde", sde, SDE, "a scoresde.SDE")
     if model.sde is not sde and model.sde != sde:
         raise ValueError(f"sde: {sde!r} differs from the model's SDE {model.sde!r}")
+    if grid is None:
+        grid = sde.default_grid
     for name, flag in (("final_denoise", final_denoise), ("return_trajectory", return_trajectory),
                        ("progress", progress), ("grad", grad)):
         check_bool(name, flag)

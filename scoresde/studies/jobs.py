@@ -18,7 +18,8 @@ from .grid_opt import grid_comparison
 from .output import write_csv
 from .trajectories import trajectories
 
-__all__ = ["default_methods", "job_error_vs_steps", "job_ddim_limit", "job_trajectories", "job_grid_comparison"]
+__all__ = ["default_methods", "job_error_vs_steps", "job_ddim_limit", "job_trajectories", "job_grid_comparison",
+           "job_smoothness"]
 
 DPI = 110
 
@@ -126,6 +127,7 @@ QUICK = {
     "ddim_limit": {"steps": (4, 8, 16), "n": 8, "eta_steps": (5, 10), "etas": (0.0, 1.0), "n_eta": 64, "ref_tol": 1e-7},
     "trajectories": {"n_paths": 3, "sde_steps": 40, "n_frames": 3, "mesh": 40, "score_mesh": 8, "n_samples": 100},
     "grid_comparison": {"nfes": (5,), "n_calib": 16, "n_test": 16, "max_evals": 10, "ref_tol": 1e-7, "fit_iterations": 5},
+    "smoothness": {"steps": (8, 16), "n": 4, "tol": 1e-7, "spectrum_points": 256},
 }
 
 
@@ -133,3 +135,30 @@ def eight_gaussians():
     mix = toy.mixture("eight_gaussians")
     mix.name = "eight_gaussians"
     return mix
+
+
+def job_smoothness(out, model: ScoreModel, *, methods=("dpm_solver++", "unipc:order=3"),
+                   steps=(10, 16, 25, 40, 64, 100, 160), n: int = 8, tol: float = 1e-10, solver: str = "dopri8",
+                   spectrum_points: int = 2048, seed: int = 0, event_shape=None, label: str = "model",
+                   dtype=None, name: str = "smoothness", progress: bool = False) -> tuple[list[Path], tuple]:
+    """The spectrum of ``model``'s eps along lambda at ``n`` prior draws and its error against steps
+    (:mod:`.smoothness`): ``<name>.png``, ``<name>_spectrum.csv`` (per frequency band) and
+    ``<name>_orders.csv`` (errors and local slopes)."""
+    import torch
+
+    from .smoothness import lambda_spectrum, order_profile, plot_smoothness
+
+    out = Path(out)
+    sde = model.sde
+    dtype = torch.float64 if dtype is None else dtype
+    shape = tuple(event_shape) if event_shape is not None else (2,)
+    g = torch.Generator().manual_seed(seed)
+    x_T = sde.prior_sample((n, *shape), generator=g, dtype=dtype)
+    spectrum = lambda_spectrum(model, x_T, n=spectrum_points)
+    profile = order_profile(model, methods, steps, x_T, tol=tol, solver=solver)
+    fig = plot_smoothness({label: spectrum}, profile,
+                          title=f"{label} under {type(sde).__name__}: spectrum along lambda and local order "
+                                f"(reference {profile.reference.kind}, {profile.reference.nfe} calls)")
+    paths = [_save(fig, out / f"{name}.png"), write_csv(spectrum.band_rows(), out / f"{name}_spectrum.csv"),
+             write_csv(profile.rows(), out / f"{name}_orders.csv")]
+    return paths, (spectrum, profile)

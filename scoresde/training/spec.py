@@ -17,12 +17,12 @@ from torch import nn
 from .. import make_sde
 from ..config import RESERVED_NET_KWARGS, TrainConfig
 from ..models import ScoreModel
-from ..nets import NETS, build_net
+from ..nets import LEGACY_OPTIONS, NETS, build_net
 from ..nets.precondition import precondition
 from .checkpoints import checkpoint_path, load_checkpoint, load_weights
 from .device import resolve_device
 
-__all__ = ["net_spec", "build_from_spec", "load_model"]
+__all__ = ["net_spec", "spec_kwargs", "build_from_spec", "load_model"]
 
 
 def _takes(name: str) -> tuple[dict, bool]:
@@ -69,7 +69,25 @@ def net_spec(cfg: TrainConfig, event_shape: tuple[int, ...]) -> dict:
         raise ValueError(f"net_kwargs: the net {name!r} takes no option {', '.join(map(repr, unknown))}; "
                          f"its options: {', '.join(known)}")
     kwargs.update(options)
+    for key in LEGACY_OPTIONS.get(name, {}):
+        if key in params and key not in kwargs:
+            # recorded explicitly, so that a later change of the default cannot change what a checkpoint loads
+            kwargs[key] = params[key].default
     return {"name": name, "kwargs": kwargs, "event_shape": list(event_shape)}
+
+
+def spec_kwargs(spec: dict) -> dict:
+    """The constructor options of a :func:`net_spec` record, with the options an old record implies.
+
+    A record written before issue 18 names no embedding (nor, for the DiT, position order): its network
+    was trained with the defaults of that time (:data:`~scoresde.nets.embedding.LEGACY_OPTIONS`), not today's.
+    """
+    kwargs = dict(spec["kwargs"])
+    params = _takes(spec["name"])[0] if spec["name"] in NETS else {}
+    for key, old in LEGACY_OPTIONS.get(spec["name"], {}).items():
+        if key in params and key not in kwargs:
+            kwargs[key] = old
+    return kwargs
 
 
 def build_from_spec(spec: dict, cfg: TrainConfig, sde) -> nn.Module:
@@ -78,7 +96,7 @@ def build_from_spec(spec: dict, cfg: TrainConfig, sde) -> nn.Module:
         raise ValueError(f"net: {spec['name']!r} is not registered here; registered: {', '.join(NETS)}")
     params, takes_any = _takes(spec["name"])
     extra = {"sde": sde} if "sde" in params or takes_any else {}
-    net = build_net(spec["name"], **extra, **spec["kwargs"])
+    net = build_net(spec["name"], **extra, **spec_kwargs(spec))
     return precondition(net, cfg.precondition, sde=sde, parameterization=cfg.parameterization,
                         sigma_data=cfg.sigma_data if cfg.sigma_data is not None else 1.0)
 

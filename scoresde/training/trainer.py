@@ -52,7 +52,7 @@ from .checkpoints import (
 )
 from .data import make_data
 from .device import resolve_device
-from .spec import build_from_spec, net_spec
+from .spec import build_from_spec, net_spec, spec_kwargs
 
 __all__ = ["Trainer", "StepRecord"]
 
@@ -183,12 +183,24 @@ class Trainer:
             # resolved from the run's first `steps`, not from the `steps` it is now extended to
             self.config = self.config.replace(warmup=saved.warmup)
         diff = saved.mismatches(self.config)
+        was = spec_kwargs(ckpt["net"]).get("embedding")
+        if "embedding" in diff and diff["embedding"][0] is None and diff["embedding"][1] == was:
+            del diff["embedding"]  # an old run (its record names no embedding) resumed with the one it was trained with
         if diff:
             lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
             raise ValueError(f"config: the run to resume ({src}) was trained with a different config ({lines})")
         if ckpt["world_size"] != self.world_size:
             raise ValueError(f"resume: the checkpoint was written by {ckpt['world_size']} process(es), this run has "
                              f"{self.world_size}; an exact resume needs the same number")
+        now = self.net_spec["kwargs"].get("embedding")
+        if was != now:
+            raise ValueError(f"embedding: the run to resume ({src}) was trained with embedding {was!r}, this run "
+                             f"builds {now!r}; resume with --embedding {was}")
+        old_record, new_record = spec_kwargs(ckpt["net"]), self.net_spec["kwargs"]
+        changed = sorted(k for k in old_record if k != "embedding" and old_record[k] != new_record.get(k))
+        if changed:
+            raise ValueError(f"resume: the run in {src} was built with {', '.join(f'{k}={old_record[k]!r}' for k in changed)}"
+                             f" (a record from before issue 18); load it with load_model, or start a new run")
         file = checkpoint_path(src)
         load_weights(self.net, ckpt["model"], file, "model")
         load_weights(self.ema, ckpt["ema"], file, "EMA")
