@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"sampler: one of {', '.join(available())}, with options as 'name:opt=value,...' "
                         "(e.g. 'dpm_solver++:order=3'; default %(default)s)")
     p.add_argument("--steps", type=int, default=20, help="steps of the sampler (default 20)")
-    p.add_argument("--grid", default="logsnr", choices=grids.available(), help="time grid (default logsnr)")
+    p.add_argument("--grid", default=None, choices=grids.available(),
+                   help="time grid (default: the SDE's own, logsnr; quadratic for the flow-matching path)")
     p.add_argument("--n", type=int, default=5000, help="number of samples (default 5000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", default="mixture_samples.png", help="image path for the scatter plot (.png, .pdf, .svg, "
@@ -44,7 +45,7 @@ def run(args) -> int:
                  grid=args.grid, progress=not args.quiet, **method.opts)
     data = mix.sample(args.n, generator=gen)
     fig = plot_samples(res.samples, data, label=f"{method.label}, NFE {res.nfe}",
-                       title=f"{args.data} under {args.sde}: exact score, {args.steps} steps ({args.grid} grid)")
+                       title=f"{args.data} under {args.sde}: exact score, {args.steps} steps ({args.grid or sde.default_grid} grid)")
     save_figure(fig, out, dpi=120)
     print(f"wrote {out} ({args.n} samples, NFE {res.nfe})")
     return 0

@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help=f"grid steps, 1 to {MAX_STEPS} (default {DEFAULT_STEPS}; an adaptive solver such as "
                         "'ode' chooses its own and needs none)")
-    p.add_argument("--grid", default="logsnr", choices=grids.available(), help="time grid")
+    p.add_argument("--grid", default=None, choices=grids.available(),
+                   help="time grid (default: the SDE's own, logsnr; quadratic for the flow-matching path)")
     # --num-samples for torchrun, whose own parser reads "--n" as an ambiguous abbreviation of its flags
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=10000,
                    help="number of samples (under torchrun write --num-samples: torchrun reads --n as an "
