@@ -146,18 +146,45 @@ def test_from_diffusers_latent_with_a_vae_folder(tmp_path):
     assert x.shape == (2, 1, 8, 8)
 
 
-def test_from_diffusers_latent_with_an_ldm_pipeline(tmp_path):
+def _tiny_vq():
     torch.manual_seed(0)
-    vq = diffusers.VQModel(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
-                           up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=3,
-                           num_vq_embeddings=16, norm_num_groups=4, sample_size=8)
+    return diffusers.VQModel(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                             up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=3,
+                             num_vq_embeddings=16, norm_num_groups=4, sample_size=8, scaling_factor=0.5)
+
+
+def test_from_diffusers_latent_with_an_ldm_pipeline(tmp_path):
+    vq = _tiny_vq()
     pipe = diffusers.LDMPipeline(vqvae=vq, unet=_tiny_unet(3, 4), scheduler=diffusers.DDIMScheduler(100))
     pipe.save_pretrained(tmp_path)
     model, sde, codec = from_diffusers_latent(tmp_path)
-    assert codec.scale_factor == 1.0 and codec.latent_shape == (3, 4, 4) and codec.image_shape == (1, 8, 8)
+    assert codec.scale_factor == 0.5 and codec.latent_shape == (3, 4, 4) and codec.image_shape == (1, 8, 8)
     with torch.no_grad():
         z = sd.sample(model, sde, "ddim", 3, x_T=torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))).samples
-        torch.testing.assert_close(codec.decode(z), vq.decode(z).sample, rtol=1e-5, atol=1e-6)
+        # LDMPipeline's decoding: vqvae.decode(latents / scaling_factor), quantised inside decode
+        torch.testing.assert_close(codec.decode(z), vq.decode(z / 0.5).sample, rtol=1e-5, atol=1e-6)
+
+
+def test_scoresde_scheduler_drives_an_ldm_pipeline(tmp_path):
+    """LDMPipeline(vqvae, unet, ScoresdeScheduler(dpm_solver++)) gives the decoded images of scoresde.sample with the
+    model and codec of from_diffusers_latent on the pipeline's own x_T (float32: agreement to 1e-5)."""
+    from scoresde.interop import ScoresdeScheduler
+
+    options = {"order": 2, "variant": "multistep"}
+    sched = ScoresdeScheduler(num_train_timesteps=100, method="dpm_solver++", options=options)
+    pipe = diffusers.LDMPipeline(vqvae=_tiny_vq(), unet=_tiny_unet(3, 4), scheduler=diffusers.DDIMScheduler(100))
+    pipe.save_pretrained(tmp_path)
+    pipe.scheduler = sched
+    pipe.set_progress_bar_config(disable=True)
+    images = torch.from_numpy(pipe(batch_size=2, generator=torch.Generator().manual_seed(3), num_inference_steps=5,
+                                   output_type="np").images)
+    model, sde, codec = from_diffusers_latent(tmp_path)
+    x_T = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(3)) * sched.init_noise_sigma
+    with torch.no_grad():
+        z = sd.sample(model, sde, "dpm_solver++", 5, x_T=x_T, final_denoise=True, **options).samples
+    ours = (codec.decode(z) / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+    assert float(((ours > 0) & (ours < 1)).double().mean()) > 0.25  # the clamp leaves content to compare
+    assert float((ours - images).norm() / images.norm()) < 1e-5
 
 
 def test_from_diffusers_latent_refuses_a_pixel_folder(tmp_path):

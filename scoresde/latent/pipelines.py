@@ -1,9 +1,10 @@
 """diffusers' latent pipelines in: the denoiser as a scoresde model on its latents, and the decoder.
 
 A latent pipeline saved with ``save_pretrained`` keeps its autoencoder beside its denoiser: ``vae/``
-(an ``AutoencoderKL``, whose config's ``scaling_factor`` is LDM's latent scale: the pipeline denoises
-``s * mu(x)`` and decodes ``D(z / s)``) or ``vqvae/`` (a ``VQModel``, as in ``LDMPipeline``, which
-decodes its latents as they are: scale 1). :func:`from_diffusers_latent` returns the denoiser through
+(an ``AutoencoderKL``) or ``vqvae/`` (a ``VQModel``, as in ``LDMPipeline``); either config's
+``scaling_factor`` is LDM's latent scale ``s``: the pipeline denoises ``s * mu(x)`` and decodes
+``D(z / s)`` (``LDMPipeline`` divides by ``vqvae.config.scaling_factor`` before decoding, and the
+``VQModel`` quantises in its ``decode``). :func:`from_diffusers_latent` returns the denoiser through
 :func:`scoresde.interop.diffusers.from_diffusers` (any scoresde sampler then runs in the latent) and
 a :class:`~scoresde.latent.codec.LatentCodec` that decodes its samples.
 
@@ -21,7 +22,7 @@ from .codec import LatentCodec
 
 __all__ = ["from_diffusers_latent"]
 
-_DECODERS = {"vae": ("AutoencoderKL", "scaling_factor"), "vqvae": ("VQModel", None)}
+_DECODERS = {"vae": "AutoencoderKL", "vqvae": "VQModel"}
 
 
 def _denoiser_folder(folder: Path) -> tuple[Path, Path | None]:
@@ -56,7 +57,7 @@ def from_diffusers_latent(folder: str | os.PathLike, scheduler=None, *, device=N
         raise ValueError(f"folder: {str(folder)!r} has no vae/ (AutoencoderKL) or vqvae/ (VQModel) folder: not a "
                          "latent pipeline; use scoresde.interop.from_diffusers for pixel-space pipelines")
     part = parts[0]
-    cls_name, scale_key = _DECODERS[part]
+    cls_name = _DECODERS[part]
     named = json.loads((folder / part / "config.json").read_text()).get("_class_name")
     if named != cls_name:
         raise ValueError(f"folder: {part}/config.json names {named!r}; expected {cls_name}")
@@ -75,8 +76,7 @@ def from_diffusers_latent(folder: str | os.PathLike, scheduler=None, *, device=N
     latent_shape = (int(net_cfg["in_channels"]), *map(int, size))
     f = 2 ** (len(decoder.config.block_out_channels) - 1)
     image_shape = (int(decoder.config.out_channels), latent_shape[1] * f, latent_shape[2] * f)
-    scale = float(decoder.config[scale_key]) if scale_key else 1.0
-    codec = LatentCodec(decoder, scale, image_shape, latent_shape)
+    codec = LatentCodec(decoder, float(decoder.config.scaling_factor), image_shape, latent_shape)
     if device is not None:
         codec = codec.to(device)
     return model, sde, codec
