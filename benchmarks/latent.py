@@ -19,6 +19,10 @@
 Goals (issue 21): latent within 1.5x of the pixel Frechet distance at NFE 20, at less than half its sampling
 cost per image; reconstruction floor within 1.2x of the pixel floor.
 
+6. ``--study RUN``: the error-against-steps study of ``benchmarks/images.py`` (each sampler's endpoint against
+   the model's own PF-ODE by dopri5, float64, fitted orders) on a saved latent run (``scoresde train --latent``),
+   in the latent space; results in ``benchmarks/results/latent_study.txt``.
+
 Run: ``python benchmarks/latent.py`` (about 15-25 minutes on 2 shared CPU cores; ``--quick`` a few minutes,
 figures not meaningful). Results: ``benchmarks/results/latent.txt`` (``--quick``: ``latent_quick.txt``).
 """
@@ -83,11 +87,39 @@ def sample_images(model, shape, codec, n: int, nfe: int, seed: int) -> tuple[tor
     return x.clamp(-1, 1), time.perf_counter() - start
 
 
+def study(run: str, out: Path) -> int:
+    """The error-against-steps study of ``benchmarks/images.py`` on a latent run, in its latent space."""
+    from images import error_vs_steps  # noqa: E402  (benchmarks/ is the script folder)
+
+    from scoresde.training import load_model
+
+    model, cfg = load_model(run)
+    start = time.perf_counter()
+    nfes = (4, 6, 10, 16, 25, 40)
+    rows, orders, ref = error_vs_steps(model, nfes=nfes, tol=1e-6)
+    lines = [f"# python benchmarks/latent.py --study {run}: latent {tuple(model.event_shape)} of {cfg.data}",
+             f"# endpoint error (mean per-sample Euclidean over the latent) against the PF-ODE by dopri5 at rtol = atol = "
+             f"1e-6 ({ref['nfe']} calls, its own error {ref['error']:.2e}), {ref['n']} x_T, float64",
+             "sampler         " + "".join(f"{'NFE~' + str(k):>10s}" for k in nfes) + "   fitted order (declared)"]
+    for o in orders:
+        errs = [r["error"] for r in rows if r["sampler"] == o["sampler"]]
+        lines.append(f"{o['sampler']:15s} " + "".join(f"{e:10.2e}" for e in errs)
+                     + f"   {o['fitted_order']:.2f} +- {o['stderr']:.2f} ({o['declared_order']})")
+    lines.append(f"# {time.perf_counter() - start:.0f} s")
+    print("\n".join(lines))
+    save_text("\n".join(lines) + "\n", out)
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=None, help="results file (default benchmarks/results/latent[_quick].txt)")
+    p.add_argument("--study", default=None, metavar="RUN", help="run the error-against-steps study on a latent run")
     args = p.parse_args(argv)
+    if args.study:
+        return study(args.study, Path(args.out) if args.out else RESULTS / "latent_study.txt")
     budget = BUDGETS["quick" if args.quick else "full"]
     out = Path(args.out) if args.out else RESULTS / ("latent_quick.txt" if args.quick else "latent.txt")
     lines: list[str] = []
