@@ -233,3 +233,13 @@ def test_cli_latent_errors(tmp_path, monkeypatch, capsys, latent, extra, match):
     assert err.startswith("scoresde train: error: ")
     assert re.search(match, err), err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_without_diffusers_the_error_says_how_to_install(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers now raises ImportError
+    with pytest.raises(ImportError, match=r"pip install -e \.\[diffusers\]"):
+        AutoencoderTrainer(AutoencoderConfig(**TINY))
+    with pytest.raises(ImportError, match=r"pip install -e \.\[diffusers\]"):
+        load_autoencoder(tmp_path)

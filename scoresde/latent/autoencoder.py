@@ -189,6 +189,7 @@ class AutoencoderTrainer:
                  images: Tensor | None = None):
         if not isinstance(config, AutoencoderConfig):
             raise TypeError(f"config: expected an AutoencoderConfig, got {type(config).__name__}")
+        require_diffusers()  # before any work
         self.config = config
         self.out = None if out is None else Path(out)
         if resume and self.out is None:
