@@ -106,6 +106,15 @@ def test_encode_sample_decode(ae_run):
         res = sd.sample(model, model.sde, "ddim", 3, x_T=x_T)
     assert res.samples.shape == (3, 4, 8, 8)
     assert codec.decode(res.samples).shape == (3, 1, 16, 16)
+    # classifier-free guidance in the latent: the null label is num_classes (the trainer's label dropout)
+    from scoresde.guidance import classifier_free_guidance
+
+    guided = classifier_free_guidance(lambda x, t, y: trainer.ema.module(x, t, y), trainer.sde, 3, 2.0,
+                                      null_label=10, parameterization=trainer.config.parameterization)
+    with torch.no_grad():
+        g = sd.sample(guided, trainer.sde, "ddim", 3, x_T=x_T).samples
+    assert g.shape == (3, 4, 8, 8) and not torch.equal(g, res.samples)
+    assert codec.decode(g).shape == (3, 1, 16, 16)
 
 
 def _unconditional(trainer):
