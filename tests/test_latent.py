@@ -224,6 +224,13 @@ def test_cli_autoencoder_train_latent_sample(tmp_path, monkeypatch, capsys):
                  "--image-grid", "g.png"]) == 0
     assert torch.load(tmp_path / "s.pt").shape == (4, 1, 16, 16)
     assert (tmp_path / "g.png").is_file()
+    # the likelihood runs in the latent space (4x8x8 = 256): encoded points are continuous, no --levels asked
+    codec = load_autoencoder(tmp_path / "ae")
+    torch.save(codec.encode(autoencoder_images("digits", 16, split="test").x[:2]), tmp_path / "z.pt")
+    capsys.readouterr()
+    assert main(["nll", "--ckpt", "lat", "--points", "z.pt", "--estimator", "hutchinson", "--n-probes", "1",
+                 "--rtol", "1e-2", "--atol", "1e-2"]) == 0
+    assert "2 points of dimension 256" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("latent, extra, match", [
