@@ -231,6 +231,11 @@ def test_cli_autoencoder_train_latent_sample(tmp_path, monkeypatch, capsys):
     assert main(["nll", "--ckpt", "lat", "--points", "z.pt", "--estimator", "hutchinson", "--n-probes", "1",
                  "--rtol", "1e-2", "--atol", "1e-2"]) == 0
     assert "2 points of dimension 256" in capsys.readouterr().out
+    # a latent run whose autoencoder was moved away: one line naming it, exit 2
+    (tmp_path / "ae").rename(tmp_path / "ae_moved")
+    assert main(["sample", "--ckpt", "lat", "--n", "2", "--out", "t.pt"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--ckpt: the run's autoencoder: autoencoder run" in err and "does not exist" in err
 
 
 @pytest.mark.parametrize("latent, extra, match", [

@@ -149,4 +149,4 @@ def run_codec(data_name: str, device=None) -> LatentCodec | None:
     """The codec a run's ``config.data`` records (None for a pixel-space run)."""
     if not isinstance(data_name, str) or not data_name.startswith(LATENT_PREFIX):
         return None
-    return load_autoencoder(data_name[len(LATENT_PREFIX):], device)
+    return load_autoencoder(data_name[len(LATENT_PREFIX):], device, what="--ckpt: the run's autoencoder")
