@@ -265,19 +265,9 @@ def error_vs_steps(model, *, n: int = 16, seed: int = 1, nfes=(4, 6, 10, 16, 25,
 
 
 def error_figure(rows, orders, ref, out: Path) -> list[Path]:
-    fig = _figure(figsize=(6.2, 4.4), constrained_layout=True)
-    ax = fig.subplots()
-    for k, o in enumerate(orders):
-        r = [row for row in rows if row["sampler"] == o["sampler"]]
-        label = f"{o['sampler']} (declared {o['declared_order']}, fitted {o['fitted_order']:.2f})"
-        ax.loglog([x["nfe"] for x in r], [x["error"] for x in r], marker="osD^"[k % 4], label=label)
-    ax.axhline(ref["error"], color="grey", ls=":", lw=1, label=f"reference's own error ({ref['error']:.1e})")
-    ax.set_xlabel("model calls (NFE)")
-    ax.set_ylabel("mean |x - x_ref| over 64 pixels")
-    ax.set_title(f"Trained U-Net, digits: error against its own PF-ODE solution\n({ref['n']} x_T, float64, "
-                 f"dopri5 reference at tol {ref['tol']:g}, NFE {ref['nfe']})", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    from scoresde.plotting import plot_image_error_vs_steps
+
+    fig = plot_image_error_vs_steps(rows, orders, ref)
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / "images_error_vs_steps.png", dpi=110)
     _write_csv(out / "images_error_vs_steps.csv", rows)

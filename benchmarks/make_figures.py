@@ -2,6 +2,7 @@
 
     python benchmarks/make_figures.py            # all figures into figures/
     python benchmarks/make_figures.py --only ddim_limit --out /tmp/figs
+    python benchmarks/make_figures.py --threads 1   # on a machine shared with other jobs
 
 The eight_gaussians mixture under the VP SDE with its exact score; the jobs are those of scoresde.studies.jobs.
 The ``images`` job (benchmarks/images.py) uses the trained U-Net in ``--runs`` (benchmarks/results/image_runs by
@@ -29,8 +30,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", default=str(Path(__file__).resolve().parent / "results" / "image_runs"),
                    help="image runs of benchmarks/images.py (the images job)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's, which honours OMP_NUM_THREADS; on a shared machine 1)")
     args = p.parse_args(argv)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     mix = jobs.eight_gaussians()
@@ -43,7 +47,7 @@ def main(argv=None) -> int:
         elif job == "ddim_limit":
             paths, _ = jobs.job_ddim_limit(out, mix, seed=args.seed, progress=True)
         elif job == "trajectories":
-            paths, _ = jobs.job_trajectories(out, mix, sde, seed=args.seed)
+            paths, _ = jobs.job_trajectories(out, mix, sde, seed=args.seed, progress=True)
         elif job == "grid_comparison":
             paths, _ = jobs.job_grid_comparison(out, model, seed=args.seed, progress=True)
         elif job == "images":  # sample grid and error against steps on the trained U-Net (benchmarks/images.py)

@@ -1,5 +1,6 @@
 """scoresde: continuous-time score-based diffusion with exact oracles and interchangeable samplers."""
 from . import grids, toy
+from .dynamics import ProbabilityFlowODE, ReverseSDE
 from .models import PARAMETERIZATIONS, ScoreModel
 from .samplers import SampleResult, sample
 from .sde import (
@@ -9,8 +10,6 @@ from .sde import (
     CosineVPSDE,
     DiscreteVPSDE,
     FlowMatchingSDE,
-    ProbabilityFlowODE,
-    ReverseSDE,
     SubVPSDE,
     check_sde_kwargs,
 )

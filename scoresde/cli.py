@@ -9,6 +9,12 @@ model or schedule that produces NaN) ends the command with exit status 2 and one
 ``scoresde <command>: <message>``, naming the flag or file, the value and what is allowed. Anything
 else is a bug: exit status 1 and one line that says so. ``--debug`` (or ``SCORESDE_DEBUG=1``) shows
 the traceback instead.
+
+Threads: every command takes ``--threads N`` (``torch.set_num_threads(N)``). Without it torch's own
+default stands, which honours ``OMP_NUM_THREADS``. On a machine shared with other jobs, one thread is
+usually much faster than torch's default of one thread per core (``--threads 1`` or
+``OMP_NUM_THREADS=1``): the small batches of the toy problems gain little from more threads and lose
+a lot when the threads wait for busy cores.
 """
 from __future__ import annotations
 
@@ -55,7 +61,29 @@ def build_parser() -> argparse.ArgumentParser:
     for mod in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
         if not mod.startswith("_"):
             importlib.import_module(f"{commands.__name__}.{mod}").register(sub)
+    for command in sub.choices.values():  # one spelling for every command
+        command.add_argument("--threads", type=_threads, default=None, metavar="N",
+                             help="CPU threads for torch (default: torch's, which honours OMP_NUM_THREADS; "
+                                  "on a shared machine use 1)")
     return parser
+
+
+def _threads(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def set_threads(n: int | None) -> None:
+    """``torch.set_num_threads(n)`` when ``n`` is given; otherwise leave torch's (or the user's) setting."""
+    if n is not None:
+        import torch
+
+        torch.set_num_threads(n)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     debug = args.debug or os.environ.get("SCORESDE_DEBUG", "") not in ("", "0")
     name = f"scoresde {args.command}"
+    set_threads(getattr(args, "threads", None))
     try:
         return int(args.run(args) or 0)
     except _user_errors() as err:  # bad input: a clear message, no traceback

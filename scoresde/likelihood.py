@@ -8,7 +8,7 @@ obeys the instantaneous change of variables (Chen et al. 2018, "Neural ODEs", th
 
 where ``x(t)`` solves the ODE forward from ``x(t_min) = x``. We integrate it in the half log-SNR
 lam, where it is smooth for every schedule of the family, for ``y = x / alpha``
-(:class:`scoresde.sde.ProbabilityFlowODE`): ``dy/dlam = u(y, lam) = (sigma^2/alpha) s(alpha y, t(lam))``,
+(:class:`scoresde.dynamics.ProbabilityFlowODE`): ``dy/dlam = u(y, lam) = (sigma^2/alpha) s(alpha y, t(lam))``,
 with ``div_y u = sigma^2 div_x s``. Since ``div_x v dt = D f dt + div_y u dlam`` and ``f = d log alpha/dt``,
 
 .. math::  \log p_{t_{min}}(x) = \log p_T(x(T)) + D \log\frac{\alpha_T}{\alpha_{t_{min}}}
@@ -60,9 +60,8 @@ from torch import Tensor
 from ._tensor import check_finite_number
 from .bounds import BoundResult, continuous_bound, variational_bound
 from .bounds.gaussian import check_levels, check_on_lattice
-from .integrators import TORCHDIFFEQ_ADAPTIVE
+from .dynamics import ProbabilityFlowODE, odeint_in_lam, solve_ivp
 from .models import ScoreModel
-from .sde import ProbabilityFlowODE
 
 __all__ = ["LikelihoodResult", "log_likelihood", "divergence", "draw_probes", "bits_per_dim",
            "ESTIMATORS", "PROBES", "BACKENDS", "EXACT_MAX_DIM", "variational_bound", "continuous_bound",
@@ -204,21 +203,35 @@ class _AugmentedFlow(torch.nn.Module):
 
 
 class _FiniteDrift(torch.nn.Module):
-    """Stops the solve at the first non-finite drift or divergence with a named error, instead of letting an
-    adaptive solver shrink its step to nothing ("underflow in dt"). A NaN network output is caught earlier,
-    by the model wrapper; this catches finite outputs whose drift or divergence overflows."""
+    """Records, on the device, the first lambda where the drift or the divergence is not finite, and
+    :meth:`check` raises a named error once the solve is over (or has failed: an adaptive solver fed a
+    non-finite field shrinks its step until "underflow in dt"). A NaN network output is caught by the
+    model wrapper; this catches finite outputs whose drift or divergence overflows. No host sync per call."""
 
     def __init__(self, flow: torch.nn.Module):
         super().__init__()
         self.flow = flow
+        self.bad_lam: Tensor | None = None  # lambda of the first non-finite evaluation (NaN: none yet)
+        self.bad_count: Tensor | None = None  # how many drift values were not finite there
 
     def forward(self, lam: Tensor, state):
         dx, dl = self.flow(lam, state)
-        if not (torch.isfinite(dx).all() and torch.isfinite(dl).all()):
-            raise FloatingPointError(f"model: the probability-flow drift or its divergence is not finite at "
-                                     f"lambda = {float(lam):.6g} ({int((~torch.isfinite(dx)).sum())} of {dx.numel()} "
-                                     "drift values); the model's outputs overflow there")
+        bad = ~torch.isfinite(dx)
+        first = (bad.any() | ~torch.isfinite(dl).all())
+        if self.bad_lam is None:
+            self.bad_lam = torch.full((), math.nan, dtype=torch.float64, device=dx.device)
+            self.bad_count = torch.zeros((), dtype=torch.long, device=dx.device)
+        first = first & self.bad_lam.isnan()
+        self.bad_lam = torch.where(first, lam.detach().to(self.bad_lam), self.bad_lam)
+        self.bad_count = torch.where(first, bad.sum(), self.bad_count)
         return dx, dl
+
+    def check(self) -> None:
+        """Raise FloatingPointError if any evaluation was not finite (one host read per solve)."""
+        if self.bad_lam is not None and not bool(self.bad_lam.isnan()):
+            raise FloatingPointError(f"model: the probability-flow drift or its divergence is not finite at "
+                                     f"lambda = {float(self.bad_lam):.6g} ({int(self.bad_count)} drift values); "
+                                     "the model's outputs overflow there")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,8 +257,9 @@ def log_likelihood(model: ScoreModel, x: Tensor, *, t_min: float | None = None, 
             the independent variable is lam, so e.g. a fixed-step ``step_size`` is in lam)
             or ``'scipy'`` (``solve_ivp``, method default ``'RK45'``; evaluation only, no gradients).
         rtol, atol: solver tolerances on the augmented state ``(x / alpha, l)``.
-        prior_log_prob: log-density of x(T), ``(B, *event) -> (B,)``; default the SDE's Gaussian
-            prior. Pass the exact log p_T to separate the prior mismatch from the ODE error.
+        prior_log_prob: log-density of x(T), ``(B, *event) -> (B,)``; default the Gaussian prior
+            ``N(0, sigma(T)^2 I)`` at this run's ``T``. Pass the exact log p_T to separate the prior
+            mismatch from the ODE error.
         bin_width, dequantize: discrete data on a lattice of spacing ``bin_width`` are dequantised
             uniformly (``x + bin_width * U[0, 1)``) unless ``dequantize=False``.
         levels: instead of ``bin_width``, the number of values of data scaled to [-1, 1] (256 for
@@ -300,17 +314,24 @@ def log_likelihood(model: ScoreModel, x: Tensor, *, t_min: float | None = None, 
     ends = torch.tensor([t_min, T], dtype=torch.float64)
     lam, (alpha_min, alpha_T) = sde.lam(ends), sde.alpha(ends)
     nfe0 = model.nfe
-    if backend == "torchdiffeq":
-        y_T, integral = _solve_torchdiffeq(flow, points / alpha_min, lam, method or "dopri5", rtol, atol,
-                                           options or {}, differentiable)
-    else:
-        y_T, integral = _solve_scipy(flow, points / alpha_min, lam, method or "RK45", rtol, atol, options or {})
+    try:
+        if backend == "torchdiffeq":
+            y_T, integral = _solve_torchdiffeq(flow, points / alpha_min, lam, method or "dopri5", rtol, atol,
+                                               options or {}, differentiable)
+        else:
+            y_T, integral = _solve_scipy(flow, points / alpha_min, lam, method or "RK45", rtol, atol,
+                                         options or {})
+    except (AssertionError, RuntimeError):  # torchdiffeq's "underflow in dt", scipy's failure: blame the field
+        flow.check()
+        raise
+    flow.check()
     nfe = model.nfe - nfe0
     latent = alpha_T * y_T
     delta = integral + dim * torch.log(alpha_T / alpha_min)
 
     with torch.set_grad_enabled(differentiable):
-        prior = sde.prior_log_prob(latent) if prior_log_prob is None else prior_log_prob(latent)
+        # the prior at the T this run ends at (sample() draws it there too), not the SDE's
+        prior = sde.prior_log_prob(latent, T) if prior_log_prob is None else prior_log_prob(latent)
     if prior.shape != (x.shape[0],):
         raise ValueError(f"prior_log_prob: expected shape ({x.shape[0]},), got {tuple(prior.shape)}")
     prior = prior.to(delta.dtype)
@@ -324,36 +345,20 @@ def log_likelihood(model: ScoreModel, x: Tensor, *, t_min: float | None = None, 
 
 def _solve_torchdiffeq(flow, y, lam, method, rtol, atol, options, differentiable):
     """``(y, l)`` at ``lam[1]`` from ``(y, 0)`` at ``lam[0]``."""
-    import torchdiffeq
-
-    lam = lam.to(device=y.device, dtype=y.dtype)
-    if method in TORCHDIFFEQ_ADAPTIVE:
-        options = {"step_t": lam[-1:], **options}  # land on lam(T) exactly instead of stepping past it
-    kwargs = {"options": options} if options else {}
     state0 = (y, torch.zeros(y.shape[0], dtype=y.dtype, device=y.device))
     with torch.set_grad_enabled(differentiable):
-        ys, ls = torchdiffeq.odeint(flow, state0, lam, method=method, rtol=rtol, atol=atol, **kwargs)
+        ys, ls = odeint_in_lam(flow, state0, lam, method=method, rtol=rtol, atol=atol, options=options)
     return ys[-1], ls[-1]
 
 
-def _solve_scipy(flow, x, lam, method, rtol, atol, options):
-    """``solve_ivp`` on the flattened float64 state; evaluation only (the state leaves autograd)."""
-    import numpy as np
-    from scipy.integrate import solve_ivp
-
-    B, n = x.shape[0], x.numel()
-
-    def rhs(t, y):
-        state = torch.from_numpy(y[:n]).to(device=x.device, dtype=x.dtype).reshape(x.shape)
-        dx, dl = flow(torch.tensor(t, dtype=torch.float64), (state, None))
-        return np.concatenate([dx.detach().reshape(-1).cpu().double().numpy(), dl.detach().cpu().double().numpy()])
-
-    y0 = np.concatenate([x.detach().reshape(-1).cpu().double().numpy(), np.zeros(B)])
-    sol = solve_ivp(rhs, (float(lam[0]), float(lam[1])), y0, method=method, rtol=rtol, atol=atol, **options)
+def _solve_scipy(flow, y, lam, method, rtol, atol, options):
+    """``(y, l)`` at ``lam[1]`` by ``solve_ivp`` on the flattened float64 state; evaluation only."""
+    state0 = (y, torch.zeros(y.shape[0], dtype=y.dtype, device=y.device))
+    sol, unflatten = solve_ivp(flow, state0, (float(lam[0]), float(lam[1])), method=method, rtol=rtol, atol=atol,
+                               **options)
     if not sol.success:
         raise RuntimeError(f"scipy solve_ivp ({method}) failed: {sol.message}")
-    y = torch.from_numpy(sol.y[:, -1]).to(device=x.device, dtype=x.dtype)
-    return y[:n].reshape(x.shape), y[n:]
+    return unflatten(sol.y[:, -1])
 
 
 def _check_points(x) -> Tensor:

@@ -11,7 +11,10 @@ Kingma et al. 2021, "Variational Diffusion Models", appendix on the SNR):
 * drift coefficient ``f(t) = d log alpha / dt``,
 * squared diffusion ``g^2(t) = d sigma^2/dt - 2 f(t) sigma^2(t)``,
 * half log-SNR ``lam(t) = log alpha(t) - log sigma(t)`` and its inverse ``t_of_lam``,
-* the prior ``N(0, sigma(T)^2 I)``, the reverse-time SDE and the probability-flow ODE.
+* the prior ``N(0, sigma(T)^2 I)``.
+
+The reverse-time SDE and the probability-flow ODE that follow from them live in :mod:`scoresde.dynamics`
+(reached through ``sde.reverse_drift``, ``sde.probability_flow``, ``sde.reverse_sde``, ...).
 
 The base class derives ``f`` and ``g^2`` by forward-mode differentiation of the closed forms and
 inverts ``lam`` by bisection, so a new SDE needs two methods; the shipped SDEs override these with
@@ -45,6 +48,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from . import dynamics
 from ._tensor import append_dims, as_time, broadcast_time, check_finite_number
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -57,9 +61,6 @@ __all__ = [
     "CosineVPSDE",
     "DiscreteVPSDE",
     "FlowMatchingSDE",
-    "ProbabilityFlowODE",
-    "ReverseSDE",
-    "ForwardSDE",
     "sde_arguments",
     "check_sde_kwargs",
 ]
@@ -280,14 +281,14 @@ class SDE(ABC):
         z = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
         return self.prior_std(T) * z
 
-    def prior_log_prob(self, x: Tensor) -> Tensor:
-        """log N(x; 0, sigma(T)^2 I), summed over all non-batch dimensions: shape ``(B,)``."""
-        s = self.prior_std()
+    def prior_log_prob(self, x: Tensor, T: float | None = None) -> Tensor:
+        """log N(x; 0, sigma(T)^2 I) at ``T`` (default: the SDE's T), summed over all non-batch dimensions: ``(B,)``."""
+        s = self.prior_std(T)
         d = x[0].numel()
         sq = x.reshape(x.shape[0], -1).pow(2).sum(1)
         return -0.5 * sq / s**2 - d * (math.log(s) + 0.5 * math.log(2 * math.pi))
 
-    # ----- dynamics ----------------------------------------------------------------------------
+    # ----- dynamics (scoresde.dynamics; these methods are the documented way in) ---------------
     def drift(self, x: Tensor, t) -> Tensor:
         """Forward drift f(t) x, with per-sample t broadcast over x, t in [0, T]."""
         _check_points("x", x)
@@ -295,26 +296,25 @@ class SDE(ABC):
         return broadcast_time(self.f(t), x) * x
 
     def reverse_drift(self, x: Tensor, t, score: Tensor) -> Tensor:
-        """Drift of the Anderson reverse-time SDE, ``f(t) x - g(t)^2 s`` (Song et al. 2021, eq. 6)."""
-        t = as_time(t, like=x).to(x.dtype)
-        return append_dims(self.f(t), x.ndim) * x - append_dims(self.g2(t), x.ndim) * score
+        """Drift of the Anderson reverse-time SDE, ``f(t) x - g(t)^2 s`` (:func:`scoresde.dynamics.reverse_drift`)."""
+        return dynamics.reverse_drift(self, x, t, score)
 
     def probability_flow_drift(self, x: Tensor, t, score: Tensor) -> Tensor:
-        """Drift of the probability-flow ODE, ``f(t) x - g(t)^2 s / 2`` (Song et al. 2021, eq. 13)."""
-        t = as_time(t, like=x).to(x.dtype)
-        return append_dims(self.f(t), x.ndim) * x - 0.5 * append_dims(self.g2(t), x.ndim) * score
+        """Drift of the probability-flow ODE, ``f(t) x - g(t)^2 s / 2`` (:func:`scoresde.dynamics.probability_flow_drift`)."""
+        return dynamics.probability_flow_drift(self, x, t, score)
 
-    def probability_flow(self, score_fn: ScoreFn) -> ProbabilityFlowODE:
-        """The probability-flow ODE of this SDE with score ``score_fn`` (see :class:`ProbabilityFlowODE`)."""
-        return ProbabilityFlowODE(self, score_fn)
+    def probability_flow(self, score_fn: ScoreFn) -> dynamics.ProbabilityFlowODE:
+        """The probability-flow ODE of this SDE with score ``score_fn`` (:class:`scoresde.dynamics.ProbabilityFlowODE`)."""
+        return dynamics.ProbabilityFlowODE(self, score_fn)
 
-    def reverse_sde(self, score_fn: ScoreFn, event_shape=None, *, t_start: float | None = None) -> ReverseSDE:
-        """The Anderson reverse-time SDE as an object ``torchsde.sdeint`` accepts (see :class:`ReverseSDE`)."""
-        return ReverseSDE(self, score_fn, event_shape=event_shape, t_start=self.T if t_start is None else t_start)
+    def reverse_sde(self, score_fn: ScoreFn, event_shape=None, *, t_start: float | None = None) -> dynamics.ReverseSDE:
+        """The Anderson reverse-time SDE as an object ``torchsde.sdeint`` accepts (:class:`scoresde.dynamics.ReverseSDE`)."""
+        return dynamics.ReverseSDE(self, score_fn, event_shape=event_shape,
+                                   t_start=self.T if t_start is None else t_start)
 
-    def forward_sde(self, event_shape=None) -> ForwardSDE:
+    def forward_sde(self, event_shape=None) -> dynamics.ForwardSDE:
         """The forward SDE dx = f x dt + g dw as an object ``torchsde.sdeint`` accepts."""
-        return ForwardSDE(self, event_shape=event_shape)
+        return dynamics.ForwardSDE(self, event_shape=event_shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -721,131 +721,3 @@ class DiscreteVPSDE(_VariancePreserving):
     def discrete_time(self, t) -> Tensor:
         """The discrete step index (as a float) a network trained on this schedule expects."""
         return self.N * as_time(t) - 1
-
-
-# ---------------------------------------------------------------------------------------------
-# Dynamics as objects for torchdiffeq and torchsde.
-# ---------------------------------------------------------------------------------------------
-class ProbabilityFlowODE(torch.nn.Module):
-    r"""The probability-flow ODE of ``sde`` with score ``score_fn`` (Song et al. 2021, eq. 13), in two variables.
-
-    In the SDE's time t (:meth:`forward`, the signature ``torchdiffeq.odeint`` takes):
-
-    .. math::  \frac{dx}{dt} = f(t)\, x - \tfrac12 g(t)^2\, s(x, t).
-
-    In the half log-SNR lam, for ``y = x / alpha`` (:meth:`lambda_drift`; Lu et al. 2022, "DPM-Solver",
-    eq. 3.4, whose exponential integrators discretise the same form):
-
-    .. math::  \frac{dy}{d\lambda} = -e^{-\lambda}\, \varepsilon(\alpha y, t(\lambda))
-               = \frac{\sigma^2}{\alpha}\, s(\alpha y, t(\lambda)),
-
-    with alpha, sigma taken at ``t(lam) = sde.t_of_lam(lam)``. Every SDE of the family has
-    ``x_t / alpha_t = x_0 + e^{-lam} eps``, so the marginals of y, and this field, depend on t only through
-    lam: it is smooth in lam even where the schedule is not smooth in t (DiscreteVPSDE's piecewise-linear
-    log alpha, whose f jumps at each of its N knots).
-
-    ``t_range = (lo, hi)``: the times handed to ``score_fn`` are clamped into it. Solvers look a little
-    outside the interval they integrate (a stage time a rounding error past an end; the first-step
-    heuristic of an adaptive solver, Hairer et al. "Solving ODEs I" II.4, much further), where alpha and
-    sigma may not exist; there the field is held at its value at the nearest end, and the score is never
-    evaluated outside the interval. :meth:`solve` sets it to the span of its times.
-    """
-
-    def __init__(self, sde: SDE, score_fn: ScoreFn, t_range: tuple[float, float] | None = None):
-        super().__init__()
-        self.sde = sde
-        self.score_fn = score_fn
-        self.t_range = None if t_range is None else (float(min(t_range)), float(max(t_range)))
-
-    def _time(self, t: Tensor) -> Tensor:
-        return t if self.t_range is None else t.clamp(*self.t_range)
-
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        """dx/dt at ``(x, t)``: :meth:`SDE.probability_flow_drift` with the score."""
-        t = self._time(as_time(t, like=x).to(x.dtype))
-        return self.sde.probability_flow_drift(x, t, self.score_fn(x, t))
-
-    def lambda_drift(self, lam: Tensor, y: Tensor) -> Tensor:
-        """dy/dlam at ``(y, lam)`` for ``y = x / alpha``: ``(sigma^2 / alpha) s(alpha y, t(lam))``."""
-        t = self._time(self.sde.t_of_lam(as_time(lam).to(torch.float64)))
-        alpha, sigma = self.sde.alpha_sigma(t)
-        return sigma**2 / alpha * self.score_fn(alpha * y, t)
-
-    def solve(self, x: Tensor, times, *, method: str = "dopri5", rtol: float = 1e-10, atol: float = 1e-10,
-              **options) -> Tensor:
-        """Integrate from ``times[0]`` through ``times`` (monotone) with ``torchdiffeq.odeint``; x at every time.
-
-        A fixed-step ``method`` (:data:`scoresde.integrators.TORCHDIFFEQ_FIXED`) steps in t, one step per
-        interval of ``times`` (or ``options['step_size']``, in t). An adaptive one integrates
-        :meth:`lambda_drift` in lam between ``lam(times)``, with ``rtol``/``atol`` on y = x / alpha (at
-        the data end alpha ~ 1, so on x), and lands exactly on the last time; x = alpha y at each time.
-        The score is only evaluated at times between ``times[0]`` and ``times[-1]``.
-        """
-        import torchdiffeq
-
-        from .integrators import is_adaptive
-
-        times = torch.as_tensor(times, dtype=torch.float64).detach().cpu()
-        flow = ProbabilityFlowODE(self.sde, self.score_fn, t_range=(float(times[0]), float(times[-1])))
-        kwargs = {"options": options} if options else {}
-        if not is_adaptive(method):
-            return torchdiffeq.odeint(flow, x, times.to(x.device), method=method, **kwargs)
-        lam = self.sde.lam(times)
-        alpha = self.sde.alpha(times)
-        options = {"step_t": lam[-1:].to(x.device), **options}
-        ys = torchdiffeq.odeint(flow.lambda_drift, x / alpha[0], lam.to(x.device), method=method, rtol=rtol,
-                                atol=atol, options=options)
-        return append_dims(alpha.to(x.device, x.dtype), ys.ndim) * ys
-
-
-class ReverseSDE(torch.nn.Module):
-    """The Anderson reverse-time SDE ``dx = [f x - g^2 s] dt + g dw_bar`` for ``torchsde.sdeint``.
-
-    torchsde integrates forward in time only, so this object runs in the flipped time
-    ``s = t_start - t``: integrate s from 0 to ``t_start - t_end``. In s the drift changes sign,
-    the diffusion does not. States are flattened to ``(B, D)`` as torchsde requires; give
-    ``event_shape`` (the per-sample shape) to have the score called on unflattened tensors.
-    """
-
-    noise_type = "diagonal"
-    sde_type = "ito"
-
-    def __init__(self, sde: SDE, score_fn: ScoreFn, event_shape=None, t_start: float | None = None):
-        super().__init__()
-        self.sde = sde
-        self.score_fn = score_fn
-        self.event_shape = None if event_shape is None else tuple(event_shape)
-        self.t_start = float(sde.T if t_start is None else t_start)
-
-    def time(self, s: Tensor) -> Tensor:
-        return self.t_start - s
-
-    def _unflatten(self, y: Tensor) -> Tensor:
-        return y if self.event_shape is None else y.reshape(y.shape[0], *self.event_shape)
-
-    def f(self, s: Tensor, y: Tensor) -> Tensor:
-        t = as_time(self.time(s), like=y)
-        x = self._unflatten(y)
-        return -self.sde.reverse_drift(x, t, self.score_fn(x, t)).reshape(y.shape)
-
-    def g(self, s: Tensor, y: Tensor) -> Tensor:
-        t = as_time(self.time(s), like=y)
-        return self.sde.g(t).expand_as(y)
-
-
-class ForwardSDE(torch.nn.Module):
-    """The forward SDE ``dx = f(t) x dt + g(t) dw`` for ``torchsde.sdeint`` (t from 0 to T)."""
-
-    noise_type = "diagonal"
-    sde_type = "ito"
-
-    def __init__(self, sde: SDE, event_shape=None):
-        super().__init__()
-        self.sde = sde
-        self.event_shape = event_shape
-
-    def f(self, t: Tensor, y: Tensor) -> Tensor:
-        return self.sde.f(as_time(t, like=y)) * y
-
-    def g(self, t: Tensor, y: Tensor) -> Tensor:
-        return self.sde.g(as_time(t, like=y)).expand_as(y)

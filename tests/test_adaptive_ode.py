@@ -14,8 +14,8 @@ import torch
 import torchdiffeq
 
 import scoresde as sd
+from scoresde.dynamics import ProbabilityFlowODE
 from scoresde.samplers import sample
-from scoresde.sde import ProbabilityFlowODE
 
 F64 = torch.float64
 MIX = sd.toy.mixture("eight_gaussians")

@@ -4,6 +4,7 @@ import csv
 import pytest
 
 from scoresde.cli import main
+from scoresde.grids import available as available_grids
 
 DEMO_FILES = {"trajectories.png", "trajectories.csv", "error_vs_steps.png", "error_vs_steps.csv",
               "error_vs_steps_orders.csv", "ddim_limit.png", "ddim_limit.csv", "ddim_limit_identity.csv",
@@ -19,7 +20,7 @@ def test_demo_quick_writes_every_promised_file(tmp_path, capsys):
     assert DEMO_FILES <= names, DEMO_FILES - names
     assert not [n for n in names if n.startswith(".")]  # the staging folder is gone
     printed = capsys.readouterr().out
-    assert "declared" in printed and "fitted" in printed and "two-sample floor" in printed
+    assert "declared" in printed and "fitted" in printed and "two-sample level" in printed
     with open(out / "error_vs_steps.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert {(r["method"], int(r["steps"])) for r in rows} == {(m, n) for m in ("ddim", "heun") for n in (4, 8, 16)}
@@ -66,7 +67,7 @@ def test_study_grids_quick(tmp_path, capsys):
     assert {"grid_comparison.png", "grid_comparison.csv", "grid_comparison_gains.csv"} <= {p.name for p in out.iterdir()}
     with open(out / "grid_comparison.csv") as fh:
         grids = {r["grid"] for r in csv.DictReader(fh)}
-    assert grids == {"uniform", "logsnr", "quadratic", "karras", "optimised", "fitted"}
+    assert grids == set(available_grids()) | {"optimised", "fitted"}  # every named grid, and the two tuned ones
     assert "gain=" in capsys.readouterr().out
 
 

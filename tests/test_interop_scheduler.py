@@ -237,3 +237,18 @@ def test_stochastic_samplers_draw_from_the_pipelines_generator(unet, method, opt
         other = sd.sample(model, sde, method, STEPS, x_T=x_T, final_denoise=True,
                           generator=torch.Generator().manual_seed(99), **options).samples
     assert rel((other / 2 + 0.5).clamp(0, 1), images) > 1e-3  # the noise matters
+
+
+@pytest.mark.parametrize("method, options", CONFIGS + [("ddim", {"eta": 1.0}), ("pc", {})])
+def test_the_listed_timesteps_are_the_calls_and_a_device_run_reads_nothing_back(method, options):
+    # The timesteps come from the sampler's declared call_times (no trial pass), and a pipeline whose
+    # timesteps and latents live on a device is stepped without reading them on the host: on 'meta'
+    # (shapes, no values) any read would raise. A sampler's whole run, with the final denoising call.
+    stepped(method)
+    sched = ScoresdeScheduler(method=method, options=options)
+    sched.set_timesteps(4, device="meta")
+    assert sched.timesteps.device.type == "meta" and len(sched.timesteps) == sched.sampler.expected_nfe(4) + 1
+    x = torch.empty(2, 3, 8, 8, device="meta")
+    for t in sched.timesteps:
+        x = sched.step(torch.empty_like(x), t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    assert x.device.type == "meta" and x.shape == (2, 3, 8, 8) and x.dtype == torch.float32

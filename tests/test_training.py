@@ -274,6 +274,39 @@ def test_old_checkpoint_format_is_refused_clearly(tmp_path):
         load_model(tmp_path / "old.pt")
 
 
+@pytest.mark.parametrize("tamper, where, says", [
+    (lambda c: c["model"].pop(next(iter(c["model"]))), "model", "missing"),
+    (lambda c: c["model"].update(extra=torch.zeros(1)), "model", "unexpected extra"),
+    (lambda c: c["ema"].update({next(k for k in c["ema"] if k.startswith("module.")): torch.zeros(3, 3)}), "EMA",
+     r"shapes differ: .*\(3, 3\) in the file"),
+    (lambda c: c["optimizer"]["param_groups"][0]["params"].pop(), "optimizer", "optimizer state does not fit"),
+])
+def test_a_tampered_checkpoint_names_the_file_and_the_mismatch(tmp_path, tamper, where, says):
+    # weights that do not fit the network the record describes: a ValueError naming the file and what differs,
+    # on resume and on load_model, instead of torch's RuntimeError from load_state_dict
+    cfg = small(steps=2, ckpt_every=2)
+    Trainer(cfg, tmp_path / "run").train()
+    ckpt = load_checkpoint(tmp_path / "run")
+    tamper(ckpt)
+    bad = tmp_path / "tampered.pt"
+    torch.save(ckpt, bad)
+    with pytest.raises(ValueError, match=rf"checkpoint: '{bad}'.*{says}"):
+        Trainer(cfg, tmp_path / "new", resume=bad)
+    if where != "optimizer":
+        with pytest.raises(ValueError, match=rf"checkpoint: '{bad}': the {where} weights do not fit.*{says}"):
+            load_model(bad, ema=where == "EMA")
+
+
+def test_out_must_be_a_folder(tmp_path):
+    file = tmp_path / "a_file"
+    file.write_text("keep me")
+    with pytest.raises(ValueError, match=rf"out: '{file}' is a file; expected a run folder"):
+        Trainer(small(steps=1), file)
+    with pytest.raises(TypeError, match="out: expected a folder path"):
+        Trainer(small(steps=1), 3)
+    assert file.read_text() == "keep me"
+
+
 def test_labels_out_of_range_are_refused_before_training():
     x, y = torch.randn(10, 1, 2, 2), torch.arange(10) % 5
     with pytest.raises(ValueError, match=r"labels: the data has a label 4; num_classes=3 allows labels in \[0, 2\]"):

@@ -29,10 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-steps", type=int, default=1500,
                    help="optimiser steps of the small learned score model (0: skip it; default 1500)")
     p.add_argument("--no-gif", action="store_true", help="skip the trajectory animation")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--quick", action="store_true",
                    help="a seconds-long smoke run: tiny batches, loose references, same files")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or stage lines")
     p.set_defaults(run=run)
 
 
@@ -48,23 +48,30 @@ def _train_small_model(steps: int, seed: int, progress: bool):
     """A small MLP score model trained on eight_gaussians under VP for ``steps`` steps, in float64."""
     import copy
 
+    from .._progress import progress as progress_bar
     from ..config import TrainConfig
     from ..models import ScoreModel
     from ..training import Trainer
 
     cfg = TrainConfig(data="eight_gaussians", sde="vp", steps=steps, batch_size=256, width=128, depth=3,
-                      warmup=min(200, max(1, steps // 10)), seed=seed, progress=progress, tensorboard=False,
+                      warmup=min(200, max(1, steps // 10)), seed=seed, progress=False, tensorboard=False,
                       log_every=max(1, steps), ckpt_every=10**9)
     trainer = Trainer(cfg, None)
-    trainer.train()
+    # in chunks, so that the one progress helper reports it (plain lines in a log, a bar on a terminal)
+    chunk = max(1, steps // 50)
+    with progress_bar(total=steps, desc="train", enabled=progress) as bar:
+        while trainer.step < steps:
+            before = trainer.step
+            records = trainer.train(min(steps, before + chunk))
+            bar.update(trainer.step - before)
+            if records:
+                bar.set_postfix_str(f"loss {records[-1].loss:.4g}")
     # float64 weights: the studies compare against a tight-tolerance float64 ODE reference
     net = copy.deepcopy(trainer.ema.module).double().eval()
     return ScoreModel(net, trainer.sde, cfg.parameterization)
 
 
 def run(args) -> int:
-    import torch
-
     from .. import grids, make_sde
     from ..studies import jobs
     from ..studies.method_specs import check_grids, check_steps, parse_methods
@@ -84,40 +91,39 @@ def run(args) -> int:
     out = check_output(args.out, "--out", kind="dir")
     progress = not args.quiet
 
-    from tqdm.auto import tqdm
+    from .._progress import stage
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     start = time.perf_counter()
     with staged_output(out) as (tmp, written):
         mix = jobs.eight_gaussians()
         sde = make_sde("vp")
         model = mix.model(sde)
         learned = {}
-        stages = ["trajectories", "error vs steps", "DDIM limit"]
         train = args.train_steps > 0 and _trainer_available()
         if args.train_steps > 0 and not train:
             print("note: scoresde.training is not available; skipping the learned model")
+        # one line per stage and one bar inside it (never a bar around bars: nested bars are escape-code
+        # noise in a log)
+        n_stages, k = 3 + int(train), 0
         if train:
-            stages.insert(0, "training")
-        bar = tqdm(total=len(stages), desc="demo", disable=not progress, position=0)
-        if train:
-            bar.set_postfix_str("training a small score model")
+            k += 1
+            stage(k, n_stages, f"training a small score model ({args.train_steps} steps)", enabled=progress)
             learned[f"learned MLP ({args.train_steps} steps)"] = _train_small_model(args.train_steps, args.seed, progress)
-            bar.update(1)
-        bar.set_postfix_str("trajectories")
-        jobs.job_trajectories(tmp, mix, sde, gif=not args.no_gif, seed=args.seed,
+        k += 1
+        stage(k, n_stages, "trajectories of four dynamics from the same x_T", enabled=progress)
+        jobs.job_trajectories(tmp, mix, sde, gif=not args.no_gif, seed=args.seed, progress=progress,
                               **(jobs.QUICK["trajectories"] if args.quick else {}))
-        bar.update(1)
-        bar.set_postfix_str("error vs steps")
+        k += 1
+        stage(k, n_stages, "error vs steps: references, then every sampler at every step count"
+              + (" (exact and learned model)" if learned else ""), enabled=progress)
         _, study = jobs.job_error_vs_steps(tmp, model, methods=methods, steps=steps, grids=args.grid, mixture=mix,
-                                           n=args.n, seed=args.seed, extra_models=learned, progress=False,
+                                           n=args.n, seed=args.seed, extra_models=learned, progress=progress,
                                            **(jobs.QUICK["error_vs_steps"] if args.quick else {}))
-        bar.update(1)
-        bar.set_postfix_str("DDIM limit")
-        limit_kw = {"steps": (8, 16, 32, 64, 128), "n": 128, "eta_steps": (5, 10, 20, 50), "n_eta": 500}
-        jobs.job_ddim_limit(tmp, mix, seed=args.seed, **(jobs.QUICK["ddim_limit"] if args.quick else limit_kw))
-        bar.update(1)
-        bar.close()
+        k += 1
+        stage(k, n_stages, "DDIM as the ODE limit, and the eta family", enabled=progress)
+        limit_kw = {"steps": (8, 16, 32, 64, 128), "n": 128, "eta_steps": (5, 10, 20, 50)}
+        jobs.job_ddim_limit(tmp, mix, seed=args.seed, progress=progress,
+                            **(jobs.QUICK["ddim_limit"] if args.quick else limit_kw))
 
     print(study.table())
     if learned:

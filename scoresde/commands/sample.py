@@ -90,7 +90,7 @@ def run(args) -> int:
     import torch.distributed as dist
 
     from ..sharded import init_from_env
-    from ..training import _resolve_device, load_model
+    from ..training import load_model, resolve_device
 
     _check_args(args)
     world = os.environ.get("WORLD_SIZE", "1")
@@ -98,7 +98,7 @@ def run(args) -> int:
         launched = int(world) > 1 and not dist.is_initialized()
     except ValueError:
         raise ValueError(f"WORLD_SIZE: expected an integer (torchrun sets it), got {world!r}") from None
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     if launched:  # started by torchrun: one process per rank
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

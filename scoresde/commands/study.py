@@ -13,7 +13,7 @@ STUDIES = ("error-vs-steps", "ddim-limit", "trajectories", "grids")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("study", help="run one study (error-vs-steps, ddim-limit, trajectories, grids)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", choices=STUDIES)
+    p.add_argument("name", choices=STUDIES, help="which study")
     p.add_argument("--out", default="study_out", help="output folder (default ./study_out)")
     p.add_argument("--data", default="eight_gaussians", help="exact mixture (scoresde.toy.MIXTURES)")
     p.add_argument("--sde", default="vp", help="SDE (vp, subvp, ve, cosine, discrete, flow); ddim-limit uses its own three")
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="step counts (error-vs-steps, ddim-limit) or NFE budgets (grids); strictly increasing")
     p.add_argument("--grid", nargs="+", default=["logsnr"], help="time grid(s) for error-vs-steps")
     p.add_argument("--n", type=int, default=None, help="number of common starting points x_T")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--no-gif", action="store_true", help="trajectories: skip the animation")
     p.add_argument("--quick", action="store_true",
                    help="a seconds-long smoke run: tiny batches, loose references, same files")
@@ -31,8 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args) -> int:
-    import torch
-
     from .. import SDES, make_sde, toy
     from ..studies import jobs
     from ..studies.method_specs import check_grids, check_steps, parse_methods
@@ -50,7 +48,6 @@ def run(args) -> int:
         raise ValueError(f"--n: expected at least 2 starting points, got {args.n}")
     out = check_output(args.out, "--out", kind="dir")
     progress = not args.quiet
-    torch.set_num_threads(min(2, torch.get_num_threads()))
 
     mix = toy.mixture(args.data)
     mix.name = args.data
@@ -75,7 +72,7 @@ def run(args) -> int:
                 print(f"{name:>28}: fitted slope {slope:.3f}" if slope is not None else f"{name:>28}: slope n/a")
         elif args.name == "trajectories":
             kw.pop("n", None)
-            jobs.job_trajectories(tmp, mix, sde, gif=not args.no_gif, **kw)
+            jobs.job_trajectories(tmp, mix, sde, gif=not args.no_gif, progress=progress, **kw)
         else:
             if "n" in kw:
                 kw["n_test"] = kw.pop("n")

@@ -31,45 +31,99 @@ def _json_dict(text: str) -> dict:
     return d
 
 
-def _precondition(text: str) -> str:
-    if text not in ("edm", "none"):
-        raise argparse.ArgumentTypeError(f"expected 'edm' or 'none', got {text!r}")
-    return text
+#: what each TrainConfig field means on the command line (the default and the choices are added)
+HELP = {
+    "data": "toy set name ({toys}), digits, digits_test, a .pt/.npy array or a folder of PNG/JPEG images",
+    "conditional": "train with labels (mixture components for toy mixtures), ready for classifier-free guidance",
+    "label_dropout": "probability of replacing a label by the null label (classifier-free guidance training)",
+    "image_size": "resize the images of a folder to this size (pixels)",
+    "sde": "the SDE",
+    "sde_kwargs": "SDE arguments as JSON, e.g. '{{\"beta_max\": 20}}'",
+    "parameterization": "what the network predicts",
+    "loss": "dsm (denoising score matching) or flow_matching (needs --sde flow --parameterization velocity)",
+    "weighting": "DSM loss weighting over t (sigma2: the eps-MSE; likelihood: g^2)",
+    "time_sampling": "how the training times t are drawn per batch",
+    "importance": "draw t uniform in log-SNR with importance weights (likelihood weighting)",
+    "min_snr_gamma": "gamma of the min_snr weighting",
+    "net": "registered network",
+    "net_kwargs": "the network's constructor options as JSON, e.g. '{{\"channels\": 32}}'",
+    "width": "hidden width (network option of that name; default: the network's)",
+    "depth": "number of hidden blocks (network option of that name; default: the network's)",
+    "embedding": "time embedding (network option; default: the network's)",
+    "emb_dim": "time-embedding size (network option; default: the network's)",
+    "time_input": "what the network is given for t (network option; default: the network's)",
+    "precondition": "edm (EDM's input/skip/output scalings) or none (the raw output is the target)",
+    "sigma_data": "data standard deviation for EDM preconditioning (default: measured from the data)",
+    "num_classes": "number of classes of a conditional run (default: from the data's labels)",
+    "steps": "total optimiser steps (with --resume: the step to train to)",
+    "batch_size": "samples per optimiser step",
+    "lr": "peak learning rate (AdamW)",
+    "weight_decay": "AdamW weight decay",
+    "warmup": "linear learning-rate warm-up steps (default: 200, or a tenth of --steps when that is smaller, so a "
+              "short run reaches its learning rate)",
+    "grad_clip": "clip the gradient norm to this value (0: no clipping)",
+    "ema_decay": "decay of the exponential moving average of the weights",
+    "seed": "random seed (data, noise, initialisation)",
+    "log_every": "write log.csv every this many steps",
+    "ckpt_every": "write checkpoint.pt every this many steps (and at the end)",
+    "t_buckets": "number of t-buckets of the per-t loss in log.csv",
+    "device": "cpu, cuda, cuda:N or auto",
+    "progress": "progress bar",
+    "tensorboard": "TensorBoard logs in RUN/tb (when tensorboard is installed)",
+}
+
+#: the warm-up default is capped by --steps: at most this many steps, and at most a tenth of the run
+WARMUP_FRACTION = 10
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    from .. import SDES
+    from ..config import _CHOICES
+    from ..nets import NETS
+
+    return {**_CHOICES, "sde": tuple(SDES), "net": tuple(NETS), "precondition": ("edm", "none")}
+
+
+#: registries a user may extend at run time: listed in the help, checked by TrainConfig, not by argparse
+_OPEN_CHOICES = ("sde", "net")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from .. import toy
     from ..config import TrainConfig
 
-    p = sub.add_parser("train", help="train a score network (denoising score matching)",
-                       description="Train a score network; flags override --config; every run folder holds "
-                                   "checkpoint.pt, config.json and log.csv.")
-    p.add_argument("--out", required=True, help="run folder (created if needed)")
-    p.add_argument("--config", help="JSON/YAML file of TrainConfig fields (flags given here override it)")
+    p = sub.add_parser("train", help="train a score network (denoising score matching or flow matching)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder (created if needed)")
+    p.add_argument("--config", metavar="FILE", help="JSON/YAML file of TrainConfig fields (flags given here override it)")
     p.add_argument("--latent", default=None, metavar="AE_RUN",
                    help="train in the latent space of this autoencoder run (scoresde autoencoder); --data is its")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
                    help="continue the run in --out (or from the checkpoint file CKPT) exactly where it stopped")
-    from ..nets import NETS
-
-    helps = {"data": "toy set name, digits, a .pt/.npy array or a folder of PNG/JPEG images",
-             "sde_kwargs": "SDE arguments as JSON", "net": f"registered network: {', '.join(NETS)}",
-             "net_kwargs": "the network's constructor options as JSON, e.g. '{\"width\": 64}'",
-             "precondition": "edm (default: EDM's input/skip/output scalings) or none (the raw output is the target)",
-             "loss": "dsm (denoising score matching) or flow_matching (needs --sde flow --parameterization velocity)",
-             "image_size": "resize the images of a folder to this size",
-             "device": "cpu, cuda, cuda:N or auto", "conditional": "train with labels (CFG-ready)"}
+    choices = _choices()
+    defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        kw = dict(dest=f.name, default=None, help=helps.get(f.name))
+        default = getattr(defaults, f.name)
+        text = HELP.get(f.name, f.name.replace("_", " ")).format(toys=", ".join(toy.available()))
+        if f.name != "warmup" and default not in (None, {}, "") and f.type not in ("bool", bool):
+            text += f" (default {'none' if f.name == 'precondition' and default is None else default})"
+        elif f.type in ("bool", bool):
+            text += f" (default {'on' if default else 'off'})"
+        # default=None: a flag not given leaves the --config / resumed value alone
+        kw = dict(dest=f.name, default=None, help=text.replace("%", "%%"))
         if f.type in ("bool", bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif f.name in ("sde_kwargs", "net_kwargs"):
-            p.add_argument(flag, type=_json_dict, **kw)
-        elif f.name == "precondition":
-            p.add_argument(flag, type=_precondition, **kw)
+            p.add_argument(flag, type=_json_dict, metavar="JSON", **kw)
+        elif f.name in _OPEN_CHOICES:
+            kw["help"] = kw["help"].replace(" (default", f": {', '.join(choices[f.name])} (default", 1)
+            p.add_argument(flag, metavar="NAME", **kw)
+        elif f.name in choices:
+            p.add_argument(flag, choices=choices[f.name], metavar="{" + ",".join(choices[f.name]) + "}", **kw)
         else:
             typ = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
-            p.add_argument(flag, type=typ, **kw)
+            p.add_argument(flag, type=typ, metavar={int: "N", float: "X"}.get(typ, "TEXT"), **kw)
     p.set_defaults(run=run)
 
 
@@ -85,6 +139,10 @@ def _config(args):
         base = TrainConfig()
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if getattr(args, f.name) is not None}
+    if not args.config and not args.resume and "warmup" not in overrides:
+        # the default warm-up, capped so that a short run reaches its learning rate
+        steps = overrides.get("steps", base.steps)
+        overrides["warmup"] = min(base.warmup, steps // WARMUP_FRACTION)
     if overrides.get("precondition") == "none":
         overrides["precondition"] = None
     return base.replace(**overrides)

@@ -7,10 +7,11 @@ with explicit state: ``step(model, schedule, state, output, ctx)`` consumes the 
 
 * builds the scoresde grid and :class:`~scoresde.schedule.Schedule` in ``set_timesteps(n)`` and lists
   one timestep per model call: the network time ``N t_eval - 1`` of every call the sampler will make
-  (found by stepping the sampler once on a zero state: on a fixed grid the evaluation times do not
-  depend on the values), then the final denoising call at ``t_min`` when ``final_denoise``;
-* keeps the :class:`SamplerState` between calls and returns as ``prev_sample`` the next model input
-  ``state.x_eval`` (a Heun or singlestep stage point, or the next grid state), and the final state
+  (its ``call_times``, known from the grid alone), then the final denoising call at ``t_min`` when
+  ``final_denoise``;
+* steps the sampler with the one stepping driver, :func:`~scoresde.samplers.base.drive`, which yields
+  the state that waits for the next model output, and returns as ``prev_sample`` that state's model
+  input ``x_eval`` (a Heun or singlestep stage point, or the next grid state), and the final state
   after the last call. A multi-call step (Heun: 2 calls, singlestep DPM-Solver-3: 3) is thus 2 or 3
   diffusers steps; a multistep history lives in the state.
 
@@ -33,7 +34,7 @@ from torch import Tensor
 from .. import grids as _grids
 from .._tensor import append_dims
 from ..models import ScoreModel
-from ..samplers.base import GeneratorNoise, SamplingContext, SteppedSampler, get_sampler
+from ..samplers.base import GeneratorNoise, SamplingContext, SteppedSampler, drive, get_sampler
 from ..schedule import Schedule
 from .diffusers import TIME_ROUNDINGS, _parameterization, _snap, diffusers_sde
 
@@ -45,18 +46,6 @@ _TIMESTEP_TOL = 1e-3
 
 def _never_called(x: Tensor, t: Tensor) -> Tensor:
     raise RuntimeError("ScoresdeScheduler: the sampler called the model; a SteppedSampler's step only converts outputs")
-
-
-def _wants_output(sampler: SteppedSampler, state) -> bool:
-    """Whether ``state``'s next step consumes a model output.
-
-    A sampler may define ``needs_output(state)``; UniPC's uncorrected last predictor (``stage = 2``)
-    is stepped with ``output=None``, as its own ``run`` does.
-    """
-    hook = getattr(sampler, "needs_output", None)
-    if callable(hook):
-        return bool(hook(state))
-    return not (sampler.name == "unipc" and state.stage == 2)
 
 
 def _stepped_names() -> list[str]:
@@ -125,9 +114,11 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps: int | None = None
         self.timesteps: Tensor | None = None
         self.schedule: Schedule | None = None
-        self._call_times: list[Tensor] = []
+        self._listed: list[float] = []
+        self._given: list[Tensor] = []  # timesteps handed to step() on an accelerator, read after the last call
         self._k = 0
-        self._state = None
+        self._calls = None  # the driver of the run in progress (None before the first call and after the last)
+        self._state = None  # the state that waits for the next model output, or the final one
         self._ctx = None
 
     @classmethod
@@ -169,27 +160,40 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
             times = _grids.make_grid(self.config.grid, self.sde, num_inference_steps, t_min=self.config.t_min)
         self.schedule = Schedule.from_times(self.sde, times)
         self.num_inference_steps = self.schedule.steps
-        self._call_times = self._dry_run()
+        call_times = self.sampler.call_times(self.schedule)
         if self.config.final_denoise:
-            self._call_times.append(self.schedule.t[-1])
-        self.timesteps = self.network_time(torch.stack(self._call_times)).to(device or "cpu")
-        self._k, self._state = 0, None
+            call_times = torch.cat([call_times, self.schedule.t[-1:]])
+        listed = self.network_time(call_times)
+        self._listed = listed.tolist()  # on the host, to check what step() is handed
+        self.timesteps = listed.to(device or "cpu")
+        self._k, self._calls, self._state, self._given = 0, None, None, []
         self._ctx = SamplingContext(self.sampler, self.schedule.t, GeneratorNoise(None), None, False, False)
 
-    def _dry_run(self) -> list[Tensor]:
-        """The evaluation times of every model call, from stepping the sampler on a zero state."""
-        x = torch.zeros(1, 1, dtype=torch.float64)
-        ctx = SamplingContext(self.sampler, self.schedule.t, GeneratorNoise(torch.Generator().manual_seed(0)),
-                              None, False, False)
-        state = self.sampler.begin(self.schedule, x, ctx)
-        t_eval = []
-        while state.i < self.schedule.steps:
-            if _wants_output(self.sampler, state):
-                t_eval.append(torch.as_tensor(state.t_eval, dtype=torch.float64).reshape(()))
-                state = self.sampler.step(self.model, self.schedule, state, torch.zeros_like(x), ctx)
-            else:
-                state = self.sampler.step(self.model, self.schedule, state, None, ctx)
-        return t_eval
+    def _check_timestep(self, k: int, timestep) -> None:
+        """``timestep`` must be the one listed for call ``k``. One on an accelerator is not read per call (a
+        host sync): the run's timesteps are read together after its last call (not at all on 'meta')."""
+        n_calls = len(self._listed)
+        if k >= n_calls:
+            raise ValueError(f"timestep: all {n_calls} model calls of this run are done; call set_timesteps again")
+        if isinstance(timestep, Tensor) and timestep.device.type != "cpu" and timestep.numel() == 1:
+            self._given.append(timestep.detach().reshape(()))
+            if k < n_calls - 1 or timestep.device.type == "meta":
+                return
+            given, self._given = torch.stack(self._given).tolist(), []
+        else:
+            try:
+                given = [float(timestep)]
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"timestep: expected a number or a 0-d tensor, got {type(timestep).__name__}") from None
+        for j, value in enumerate(given, start=k + 1 - len(given)):
+            if not abs(value - self._listed[j]) <= _TIMESTEP_TOL:
+                raise ValueError(f"timestep: {value!r} is not the one this scheduler listed for call {j} of {n_calls} "
+                                 f"({self._listed[j]!r}); drive it with its own scheduler.timesteps, in order")
+
+    def _start(self, state) -> None:
+        """Step from ``state`` on: a new driver, advanced to the state that waits for the first output."""
+        self._calls = drive(self.sampler, self.model, self.schedule, state, self._ctx)
+        self._state = next(self._calls)
 
     # ----- the protocol -----------------------------------------------------------------------
     def scale_model_input(self, sample: Tensor, timestep=None) -> Tensor:
@@ -202,40 +206,29 @@ class ScoresdeScheduler(SchedulerMixin, ConfigMixin):
         if self.timesteps is None:
             raise RuntimeError("ScoresdeScheduler.step: call set_timesteps(num_inference_steps) first")
         k = self._k
-        n_calls = len(self._call_times)
-        if k >= n_calls:
-            raise ValueError(f"timestep: all {n_calls} model calls of this run are done; call set_timesteps again")
-        expected = float(self.timesteps[k])
-        try:
-            given = float(timestep)
-        except (TypeError, ValueError):
-            raise TypeError(f"timestep: expected a number or a 0-d tensor, got {type(timestep).__name__}") from None
-        if not abs(given - expected) <= _TIMESTEP_TOL:
-            raise ValueError(f"timestep: {given!r} is not the one this scheduler listed for call {k} of {n_calls} "
-                             f"({expected!r}); drive it with its own scheduler.timesteps, in order")
+        self._check_timestep(k, timestep)
         if not isinstance(model_output, Tensor) or model_output.shape != sample.shape:
             raise ValueError(f"model_output: expected a tensor of the sample's shape {tuple(sample.shape)}, got "
                              f"{getattr(model_output, 'shape', type(model_output).__name__)}")
         model_output = model_output.to(sample.dtype)
-        schedule = self.schedule
+        self._ctx.noise = GeneratorNoise(generator)
         if k == 0:
             # begin() may draw noise before the first call (Heun's churn); the pipeline has made that call
             # at x_T, which is where the grid-start state is for every sampler without churn at T
-            self._ctx.noise = GeneratorNoise(generator)
-            self._state = self.sampler.begin(schedule, sample, self._ctx)
+            self._start(self.sampler.begin(self.schedule, sample, self._ctx))
         state = self._state
-        if state.i >= schedule.steps:  # the final denoising call
-            prev = self.model.to_x0(model_output, state.x, schedule.t[-1])
+        if self._calls is None:  # the run is done: the final denoising call
+            prev = self.model.to_x0(model_output, state.x, self.schedule.t[-1])
         else:
             if state.stage == 0 and state.x_eval is state.x and sample is not state.x:
                 # the pipeline changed the latents between steps (e.g. inpainting): continue from them
-                state = dataclasses.replace(state, x=sample, x_eval=sample)
-            self._ctx.noise = GeneratorNoise(generator)
-            state = self.sampler.step(self.model, schedule, state, model_output, self._ctx)
-            while state.i < schedule.steps and not _wants_output(self.sampler, state):
-                state = self.sampler.step(self.model, schedule, state, None, self._ctx)
-            prev = state.x_eval if state.i < schedule.steps else state.x
-        self._state = state
+                self._start(dataclasses.replace(state, x=sample, x_eval=sample))
+            try:
+                self._state = self._calls.send(model_output)
+                prev = self._state.x_eval
+            except StopIteration as stop:
+                self._calls, self._state = None, stop.value
+                prev = self._state.x
         self._k = k + 1
         if not return_dict:
             return (prev,)

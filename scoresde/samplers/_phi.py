@@ -93,7 +93,8 @@ def phi(k: int, z: float | Tensor) -> float | Tensor:
 
 
 def _phi(k: int, z, exp, expm1):
-    if abs(float(z)) < 1.5:
+    # which formula is a choice, not part of the function: read it off the value without the graph
+    if abs(float(z.detach() if isinstance(z, Tensor) else z)) < 1.5:
         total = _INV_FACTORIAL[_SERIES_TERMS + k]
         for j in range(_SERIES_TERMS - 1, -1, -1):
             total = total * z + _INV_FACTORIAL[j + k]

@@ -28,7 +28,7 @@ from ..schedule import Schedule
 from ..sde import SDE
 
 __all__ = ["Sampler", "SteppedSampler", "SamplerState", "Schedule", "SampleResult", "SamplingContext", "register", "get_sampler", "available", "sample",
-           "SAMPLERS", "GeneratorNoise", "BrownianNoise", "brownian_path", "MAX_STEPS"]
+           "SAMPLERS", "drive", "GeneratorNoise", "BrownianNoise", "brownian_path", "MAX_STEPS"]
 
 #: The most grid steps :func:`sample` accepts. Fixed-step samplers converge long before it (their
 #: error at 10^4 steps is already at float64 rounding on the oracle); a larger number is a typo.
@@ -66,11 +66,12 @@ def get_sampler(method) -> type[Sampler]:
 class Sampler:
     """Base class of all samplers.
 
-    Class attribute: ``name`` (registry key). Attributes an instance may set in ``__init__`` from
-    its options (class defaults otherwise): ``adaptive`` (chooses its own steps; ``steps`` may then
-    be None), ``stochastic`` (draws noise), ``convergence_order`` (theoretical global order of the deterministic error, or the
-    weak order for SDE samplers; None when it has none; a constructor option ``order`` picks a solver's order and may
-    differ from it) and ``calls_per_step`` (model evaluations per grid step).
+    Class attribute: ``name`` (registry key). Metadata, class attributes or properties computed from
+    the options (never state a run changes): ``adaptive`` (chooses its own steps; ``steps`` may then
+    be None), ``stochastic`` (draws noise), ``convergence_order`` (theoretical global order of the
+    deterministic error, or the weak order for SDE samplers; None when it has none; a constructor option
+    ``order`` picks a solver's order and may differ from it; :meth:`convergence_order_for` gives the
+    order of a run of a given number of steps) and ``calls_per_step`` (model evaluations per grid step).
     """
 
     name: ClassVar[str] = ""
@@ -82,6 +83,10 @@ class Sampler:
     def expected_nfe(self, steps: int) -> int | None:
         """Model evaluations for ``steps`` grid steps (None where the solver decides, e.g. adaptive)."""
         return self.calls_per_step * steps
+
+    def convergence_order_for(self, steps: int) -> float | None:
+        """The order of a run of ``steps`` steps (some samplers lower their final steps on short runs)."""
+        return self.convergence_order
 
     def run(self, model: ScoreModel, x: Tensor, schedule: Schedule, ctx: SamplingContext) -> Tensor:
         raise NotImplementedError
@@ -121,39 +126,70 @@ class SamplerState:
 class SteppedSampler(Sampler):
     """A fixed-grid sampler written as one update per model call, with explicit state.
 
-    ``init(schedule, x)`` gives the state at ``schedule.t[0]``; ``begin(schedule, x, ctx)`` is
-    ``init`` for samplers that draw noise before their first model call (Heun's churn) and is what
-    a loop calls; ``step(model, schedule, state, output, ctx)`` consumes the raw network output at
-    ``(state.x_eval, state.t_eval)`` and returns the next state. ``run`` is the loop over them; an
-    external loop (a diffusers pipeline) can own the model calls instead and hand each output to
-    :meth:`step`. ``model`` is used for its conversions (``to_eps``, ``to_x0``) only, never called
-    by ``step``.
+    ``init(schedule, x, start)`` gives the state at ``schedule.t[start]``; ``begin(schedule, x, ctx,
+    start)`` is ``init`` for samplers that draw noise before their first model call (Heun's churn) and
+    is what a loop starts from; ``step(model, schedule, state, output, ctx)`` consumes the raw network
+    output at ``(state.x_eval, state.t_eval)`` and returns the next state. :func:`drive` is the one
+    loop over them, for :meth:`run` and for an outside loop that owns the model calls (a diffusers
+    pipeline); ``call_times`` lists the times of those calls in advance. ``model`` is used for its
+    conversions (``to_eps``, ``to_x0``) only, never called by ``step``. A run that starts at a later
+    step (``start > 0``) starts without history: a multistep method warms up again from there.
     """
 
-    def init(self, schedule: Schedule, x: Tensor) -> SamplerState:
-        return SamplerState(x=x, i=0, x_eval=x, t_eval=schedule.t[0])
+    def init(self, schedule: Schedule, x: Tensor, start: int = 0) -> SamplerState:
+        return SamplerState(x=x, i=start, x_eval=x, t_eval=schedule.t[start])
 
-    def begin(self, schedule: Schedule, x: Tensor, ctx: SamplingContext) -> SamplerState:
-        """The state an outside loop starts from (``init``, plus any noise a first step draws up front)."""
-        return self.init(schedule, x)
+    def begin(self, schedule: Schedule, x: Tensor, ctx: SamplingContext | None, start: int = 0) -> SamplerState:
+        """The state a loop starts from (``init``, plus any noise a first step draws up front)."""
+        return self.init(schedule, x, start)
 
     def needs_output(self, state: SamplerState) -> bool:
         """Whether the next :meth:`step` consumes a model output (a final uncorrected UniPC step does not)."""
         return True
+
+    def call_times(self, schedule: Schedule, start: int = 0) -> Tensor:
+        """The times of the model calls from step ``start`` to the end, in order (float64, 1-D): what
+        :func:`drive` will ask for, known before any call. Default: one call at ``t_i`` per step."""
+        if self.calls_per_step != 1:
+            raise NotImplementedError(f"{type(self).__name__}: a sampler with {self.calls_per_step} calls per step "
+                                      "declares its call times (override call_times)")
+        return schedule.t[start:-1]
+
+    def run_stats(self, steps: int) -> dict[str, Any]:
+        """What a run of ``steps`` steps records in ``SampleResult.stats`` besides the timing (e.g. step orders)."""
+        return {}
 
     def step(self, model: ScoreModel, schedule: Schedule, state: SamplerState, output: Tensor,
              ctx: SamplingContext) -> SamplerState:
         raise NotImplementedError
 
     def run(self, model: ScoreModel, x: Tensor, schedule: Schedule, ctx: SamplingContext) -> Tensor:
-        state = self.begin(schedule, x, ctx)
-        while state.i < schedule.steps:
-            output = model.predict(state.x_eval, state.t_eval) if self.needs_output(state) else None
-            i = state.i
-            state = self.step(model, schedule, state, output, ctx)
-            if state.i > i:
-                ctx.step(i, state.x)
-        return state.x
+        ctx.stats.update(self.run_stats(schedule.steps))
+        calls = drive(self, model, schedule, self.begin(schedule, x, ctx), ctx, on_step=ctx.step)
+        try:
+            state = next(calls)
+            while True:
+                state = calls.send(model.predict(state.x_eval, state.t_eval))
+        except StopIteration as stop:
+            return stop.value.x
+
+
+def drive(sampler: SteppedSampler, model: ScoreModel, schedule: Schedule, state: SamplerState,
+          ctx: SamplingContext | None = None, on_step=None):
+    """The stepping loop, as a generator over the model calls of a run from ``state`` to ``t_min``.
+
+    It yields each state that waits for a model output at ``(state.x_eval, state.t_eval)``; ``send``
+    it the raw network output there. Steps that need no output are taken in between. It returns (as
+    ``StopIteration.value``) the final state. ``on_step(i, x)`` is called when grid step ``i`` is done.
+    The state is explicit, so a caller may stop and start another generator from any state.
+    """
+    while state.i < schedule.steps:
+        output = (yield state) if sampler.needs_output(state) else None
+        i = state.i
+        state = sampler.step(model, schedule, state, output, ctx)
+        if on_step is not None and state.i > i:
+            on_step(i, state.x)
+    return state
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from .base import SamplerState, SteppedSampler, register
 class DDIM(SteppedSampler):
     name = "ddim"
     calls_per_step = 1
+    convergence_order = 1
     conformance_options = [{}, {"eta": 1.0}]
 
     def __init__(self, eta: float = 0.0, clip_sample: bool = False, clip_range: float = 1.0):
@@ -37,8 +38,10 @@ class DDIM(SteppedSampler):
         self.eta = eta
         self.clip_sample = clip_sample
         self.clip_range = check_finite_number("clip_range", clip_range, positive=True)
-        self.convergence_order = 1
-        self.stochastic = eta > 0
+
+    @property
+    def stochastic(self) -> bool:
+        return self.eta > 0
 
     def step(self, model, schedule, state, output, ctx):
         i, x = state.i, state.x

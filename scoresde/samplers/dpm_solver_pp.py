@@ -25,13 +25,13 @@ from torch import Tensor
 from ._phi import phi
 from ._thresholding import check_threshold_options, dynamic_threshold
 from .base import register
-from .dpm_solver import ExponentialIntegrator, Point
+from .dpm_solver import DPMSolverSteps, Point
 
 __all__ = ["DPMSolverPP", "dynamic_threshold"]
 
 
 @register
-class DPMSolverPP(ExponentialIntegrator):
+class DPMSolverPP(DPMSolverSteps):
     r"""DPM-Solver++ with the data prediction (Lu et al. 2022b).
 
     Options: ``order`` 1-3, ``variant`` ``'multistep'`` (2M/3M) or ``'singlestep'`` (2S/3S),

@@ -17,6 +17,8 @@ the last (use ``sample(final_denoise=True)`` for a noise-free Tweedie step at th
 """
 from __future__ import annotations
 
+import torch
+
 from .base import SamplerState, SteppedSampler, register
 
 
@@ -32,5 +34,6 @@ class EulerMaruyama(SteppedSampler):
         t = schedule.t[i]
         dt = schedule.t[i + 1] - t
         drift = sde.reverse_drift(x, t, model.to_score(output, x, t))
-        x_next = x + drift * dt + sde.g(t) * ctx.brownian_increment(i, x)
+        # Delta w = sqrt(|dt|) z with |dt| a tensor of the grid, so that a grid tensor gets its gradient
+        x_next = x + drift * dt + sde.g(t) * torch.sqrt(-dt) * ctx.normal(i, x)
         return SamplerState(x=x_next, i=i + 1, x_eval=x_next, t_eval=schedule.t[i + 1])

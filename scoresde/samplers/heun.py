@@ -70,34 +70,48 @@ class Heun(SteppedSampler):
         if not (0 <= self.S_tmin < self.S_tmax) or math.isnan(self.S_tmax):
             raise ValueError(f"S_tmin, S_tmax: expected 0 <= S_tmin < S_tmax (noise levels s = sigma/alpha), "
                              f"got S_tmin={S_tmin!r}, S_tmax={S_tmax!r}")
-        self.stochastic = self.S_churn > 0
+
+    @property
+    def stochastic(self) -> bool:
+        return self.S_churn > 0
 
     def expected_nfe(self, steps: int) -> int:
         return 2 * steps - (1 if self.euler_last else 0)
 
-    def init(self, schedule, x):
-        """The state at ``t[0]`` without the churn of step 0 (:meth:`begin` draws it)."""
-        return self._start(schedule, 0, x, None)
+    def init(self, schedule, x, start=0):
+        """The state at ``t[start]`` without the churn of that step (:meth:`begin` draws it)."""
+        return self._start(schedule, start, x, None)
 
-    def begin(self, schedule, x, ctx):
-        return self._start(schedule, 0, x, ctx)
+    def begin(self, schedule, x, ctx, start=0):
+        return self._start(schedule, start, x, ctx)
+
+    def call_times(self, schedule, start=0):
+        """The (churned) ``t_hat_i`` of every step, and ``t_{i+1}`` but after an Euler last step."""
+        times = []
+        for i in range(start, schedule.steps):
+            times.append(self._churn(schedule, i)[2])
+            if i < schedule.steps - 1 or not self.euler_last:
+                times.append(schedule.t[i + 1])
+        return torch.stack(times)
+
+    def _churn(self, schedule, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``(s_i, s_hat, t_hat)`` of step ``i``: the noise level raised (Alg. 2, lines 4-6) when churning."""
+        sde, s_i = schedule.sde, schedule.sigma[i] / schedule.alpha[i]
+        gamma = min(self.S_churn / schedule.steps, math.sqrt(2) - 1) if self.S_tmin <= s_i <= self.S_tmax else 0.0
+        if gamma > 0:
+            s_up = torch.minimum(s_i * (1 + gamma), torch.exp(-sde.lam(torch.tensor(float(sde.T), dtype=torch.float64))))
+            if s_up > s_i:
+                return s_i, s_up, torch.clamp(sde.t_of_lam(-torch.log(s_up)), max=float(sde.T))
+        return s_i, s_i, schedule.t[i]
 
     def _start(self, schedule, i: int, x: Tensor, ctx) -> HeunState:
-        """Step ``i`` from ``x`` at ``t_i``: raise the noise level (Alg. 2, lines 4-6) when churning."""
-        sde = schedule.sde
-        s_i = schedule.sigma[i] / schedule.alpha[i]
+        """Step ``i`` from ``x`` at ``t_i``, churned when ``ctx`` is given (it draws the noise)."""
         y = x / schedule.alpha[i]
-        x_hat, t_hat, s_hat = x, schedule.t[i], s_i
-        gamma = min(self.S_churn / schedule.steps, math.sqrt(2) - 1) if self.S_tmin <= s_i <= self.S_tmax else 0.0
-        if ctx is not None and gamma > 0:
-            s_top = torch.exp(-sde.lam(torch.tensor(float(sde.T), dtype=torch.float64)))
-            s_up = torch.minimum(s_i * (1 + gamma), s_top)
-            if s_up > s_i:
-                y = y + torch.sqrt(s_up**2 - s_i**2) * self.S_noise * ctx.normal(i, y)
-                t_hat = torch.clamp(sde.t_of_lam(-torch.log(s_up)), max=float(sde.T))
-                s_hat = s_up
-                x_hat = sde.alpha(t_hat) * y
-        return HeunState(x=x, i=i, x_eval=x_hat, t_eval=t_hat, y_hat=y, s_hat=s_hat)
+        s_i, s_hat, t_hat = self._churn(schedule, i)
+        if ctx is None or not s_hat > s_i:
+            return HeunState(x=x, i=i, x_eval=x, t_eval=schedule.t[i], y_hat=y, s_hat=s_i)
+        y = y + torch.sqrt(s_hat**2 - s_i**2) * self.S_noise * ctx.normal(i, y)
+        return HeunState(x=x, i=i, x_eval=schedule.sde.alpha(t_hat) * y, t_eval=t_hat, y_hat=y, s_hat=s_hat)
 
     def step(self, model, schedule, state, output, ctx):
         i = state.i

@@ -98,7 +98,10 @@ class LinearMultistep(SteppedSampler):
                                  f"prediction of a later step {j}; C must be lower triangular")
             coefficients = C.to(device="cpu", dtype=torch.float64)  # keeps the graph of a C that requires grad
         self.coefficients = coefficients
-        self.convergence_order = 2 if coefficients is None else None
+
+    @property
+    def convergence_order(self) -> int | None:
+        return 2 if self.coefficients is None else None  # a fitted C claims no order
 
     def __repr__(self) -> str:
         if self.coefficients is None:
@@ -114,13 +117,13 @@ class LinearMultistep(SteppedSampler):
                              f"{schedule.steps} (pass the grid the coefficients were fitted with)")
         return self.coefficients
 
-    def init(self, schedule, x):
+    def init(self, schedule, x, start=0):
         C = self.coefficient_matrix(schedule)
         if C.requires_grad:
             width = C.shape[0]  # every entry of the lower triangle gets a gradient, zeros included
         else:
             width = 1 + max((i - j for i, j in C.nonzero().tolist()), default=0)
-        return MultistepState(x=x, i=0, x_eval=x, t_eval=schedule.t[0], C=C, width=width)
+        return MultistepState(x=x, i=start, x_eval=x, t_eval=schedule.t[start], C=C, width=width)
 
     def step(self, model, schedule, state, output, ctx):
         i, x, C = state.i, state.x, state.C

@@ -76,8 +76,14 @@ class PredictorCorrector(SteppedSampler):
         self.n_corrector_steps = n_corrector_steps
         self.denoise_last_step = denoise_last_step
         self._n_corr = n_corr
-        self.calls_per_step = (predictor != "none") + n_corr
-        self.convergence_order = 1 if n_corr == 0 else None
+
+    @property
+    def calls_per_step(self) -> int:
+        return (self.predictor != "none") + self._n_corr
+
+    @property
+    def convergence_order(self) -> int | None:
+        return 1 if self._n_corr == 0 else None
 
     def _eval_time(self, schedule, i: int, stage: int) -> Tensor:
         """Where call ``stage`` of step ``i`` evaluates the model (module docstring: order of operations)."""
@@ -85,8 +91,12 @@ class PredictorCorrector(SteppedSampler):
             return schedule.t[i + 1]
         return schedule.t[i]
 
-    def init(self, schedule, x):
-        return SamplerState(x=x, i=0, x_eval=x, t_eval=self._eval_time(schedule, 0, 0))
+    def init(self, schedule, x, start=0):
+        return SamplerState(x=x, i=start, x_eval=x, t_eval=self._eval_time(schedule, start, 0))
+
+    def call_times(self, schedule, start=0):
+        return torch.stack([self._eval_time(schedule, i, stage) for i in range(start, schedule.steps)
+                            for stage in range(self.calls_per_step)])
 
     def step(self, model, schedule, state, output, ctx):
         i, x, stage = state.i, state.x, state.stage
@@ -110,8 +120,9 @@ class PredictorCorrector(SteppedSampler):
         sde, t = schedule.sde, schedule.t[i]
         last = self.denoise_last_step and i == schedule.steps - 1
         if self.predictor == "euler_maruyama":
-            mean = x + sde.reverse_drift(x, t, score) * (schedule.t[i + 1] - t)
-            return mean if last else mean + sde.g(t) * ctx.brownian_increment(i, x)
+            dt = schedule.t[i + 1] - t
+            mean = x + sde.reverse_drift(x, t, score) * dt
+            return mean if last else mean + sde.g(t) * torch.sqrt(-dt) * ctx.normal(i, x)  # Delta w = sqrt|dt| z
         a = schedule.alpha[i] / schedule.alpha[i + 1]
         G2 = schedule.sigma[i] ** 2 * -torch.expm1(-2 * schedule.h[i])
         if self.predictor == "reverse_diffusion":

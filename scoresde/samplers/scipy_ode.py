@@ -1,6 +1,6 @@
 r"""The probability-flow ODE (Song et al. 2021, eq. 13) through ``scipy.integrate.solve_ivp``.
 
-Integrated in the half log-SNR lam for ``y = x / alpha`` (:class:`scoresde.sde.ProbabilityFlowODE`),
+Integrated in the half log-SNR lam for ``y = x / alpha`` (:class:`scoresde.dynamics.ProbabilityFlowODE`),
 
 .. math::  \frac{dy}{d\lambda} = -e^{-\lambda}\, \varepsilon(\alpha y, t(\lambda)),
            \qquad \lambda: \lambda(T) \to \lambda(t_{min}),
@@ -17,6 +17,7 @@ the Jacobian is block diagonal with (D, D) blocks: the implicit methods get that
 instead of B*D. Adaptive: ``expected_nfe`` is None; the stats carry the OdeResult's ``nfev``, ``njev``,
 ``nlu``, ``status`` and ``message``. The state at each grid time comes from ``t_eval`` (dense output),
 asked for only when a trajectory or progress bar looks at it (the steps do not depend on it).
+Evaluation only: ``sample(grad=True)`` is refused with a ValueError.
 """
 from __future__ import annotations
 
@@ -27,10 +28,10 @@ import torch
 from torch import Tensor
 
 from .._tensor import check_finite_number
+from ..dynamics import ProbabilityFlowODE, solve_ivp
 from ..integrators import scipy_methods
 from ..models import ScoreModel
 from ..schedule import Schedule
-from ..sde import ProbabilityFlowODE
 from .base import Sampler, SamplingContext, register
 from .ode import finite_score
 
@@ -55,19 +56,14 @@ class ScipyODE(Sampler):
         return None
 
     def run(self, model: ScoreModel, x: Tensor, schedule: Schedule, ctx: SamplingContext) -> Tensor:
-        from scipy.integrate import solve_ivp
         from scipy.sparse import block_diag
 
-        sde = model.sde
-        shape, dtype, device = x.shape, x.dtype, x.device
+        if torch.is_grad_enabled():
+            raise ValueError("grad: scipy_ode is evaluation-only (solve_ivp runs on NumPy arrays, outside autograd), "
+                             "got grad=True; use method='ode' for a differentiable solve")
+        sde, shape, dtype = model.sde, x.shape, x.dtype
         score = finite_score(model, schedule, f"scipy_ode ({self.solver})")
         flow = ProbabilityFlowODE(sde, score, t_range=(float(schedule.t[0]), float(schedule.t[-1])))
-
-        def fun(lam, y):
-            y = torch.from_numpy(y).to(device=device, dtype=dtype).reshape(shape)
-            with torch.no_grad():
-                d = flow.lambda_drift(torch.tensor(lam, dtype=torch.float64), y)
-            return d.reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
 
         B, D = shape[0], math.prod(shape[1:])
         extra = {}
@@ -75,19 +71,20 @@ class ScipyODE(Sampler):
             extra["jac_sparsity"] = block_diag([np.ones((D, D))] * B, format="csc")
         elif self.solver == "LSODA":
             extra.update(lband=D - 1, uband=D - 1)
-        y0 = (x.detach().to(torch.float64).cpu() / schedule.alpha[0]).reshape(-1).numpy()
+        y0 = x.detach().to(torch.float64) / schedule.alpha[0]  # divided in float64, not in x.s dtype
         lam = schedule.lam.numpy()
         # interior grid times are dense-output values: asked for only when someone looks at them
         out = np.arange(len(lam)) if ctx.observed else np.array([0, len(lam) - 1])
-        sol = solve_ivp(fun, (float(lam[0]), float(lam[-1])), y0, method=self.solver, t_eval=lam[out],
-                        rtol=self.rtol, atol=self.atol, **extra)
+        sol, unflatten = solve_ivp(lambda lam_, y: (flow.lambda_drift(lam_, y[0]),), (y0,), (lam[0], lam[-1]),
+                                   method=self.solver, rtol=self.rtol, atol=self.atol, dtype=dtype,
+                                   t_eval=lam[out], **extra)
         ctx.stats.update(solver=self.solver, nfev=int(sol.nfev), njev=int(sol.njev), nlu=int(sol.nlu),
                          status=int(sol.status), message=str(sol.message))
         if sol.status != 0:
             t_fail = float(sde.t_of_lam(torch.tensor(float(sol.t[-1]) if sol.t.size else lam[0], dtype=torch.float64)))
             raise RuntimeError(f"scipy_ode: solve_ivp({self.solver}) failed at t = {t_fail:.6g}: {sol.message}")
         for k in range(1, len(out)):
-            y = torch.from_numpy(np.ascontiguousarray(sol.y[:, k])).reshape(shape)
-            x = (schedule.alpha[out[k]] * y).to(device=device, dtype=dtype)
+            (y,) = unflatten(sol.y[:, k], torch.float64)
+            x = (schedule.alpha[out[k]] * y).to(dtype)
             ctx.step(int(out[k]) - 1, x)
         return x

@@ -3,7 +3,7 @@ r"""The Anderson reverse-time SDE through ``torchsde.sdeint`` (Li et al. 2020; K
 .. math::  dx = [f(t)\, x - g(t)^2 s(x, t)]\, dt + g(t)\, d\bar w, \qquad t: T \to t_{min},
 
 integrated in the flipped time ``u = t_start - t``, where the drift changes sign and the diffusion
-does not (:meth:`scoresde.sde.SDE.reverse_drift`). torchsde steps with a fixed ``dt`` and interpolates
+does not (:func:`scoresde.dynamics.reverse_drift`). torchsde steps with a fixed ``dt`` and interpolates
 linearly between its steps; to follow an arbitrary grid exactly, ``sdeint`` is called once per grid
 interval ``[t_start - t_i, t_start - t_{i+1}]`` with a ``dt`` above its length (one solver step
 landing on its end; a solver's extra state, e.g. reversible Heun's, is carried to the next call).
@@ -35,6 +35,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..dynamics import AdditiveReverseSDE, ReverseSDE
 from ..models import ScoreModel
 from ..schedule import Schedule
 from .base import BrownianNoise, Sampler, SamplingContext, register
@@ -43,36 +44,6 @@ from .base import BrownianNoise, Sampler, SamplingContext, register
 METHODS = {"euler": ("ito", "additive", 1.0, 2), "milstein": ("ito", "additive", 1.0, 2),
            "srk": ("ito", "additive", 2.0, 4), "reversible_heun": ("stratonovich", "diagonal", 1.0, 2)}
 _LEVY_AREA = {"srk": ("space-time", "davie", "foster")}
-
-
-class _FlippedReverseSDE(torch.nn.Module):
-    """The reverse SDE in ``u = t_start - t`` on flattened ``(B, D)`` states, with additive noise given
-    as ``g_prod(u, y, v) = g(t) v`` (what torchsde's additive-noise schemes take)."""
-
-    noise_type = "additive"
-
-    def __init__(self, model, shape, t_start: float, t_end: float, sde_type: str):
-        super().__init__()
-        self.model, self.sde = model, model.sde
-        self.shape, self.t_start, self.t_end, self.sde_type = tuple(shape), t_start, t_end, sde_type
-
-    def f(self, u, y):
-        # t_start - (t_start - t_i) can land a rounding error outside the grid's ends
-        t = (self.t_start - u.to(torch.float64)).clamp(self.t_end, self.t_start)
-        x = y.reshape(self.shape)
-        return -self.sde.reverse_drift(x, t, self.model.score(x, t)).reshape(y.shape)
-
-    def g_prod(self, u, y, v):
-        return self.sde.g(self.t_start - u.to(torch.float64)) * v
-
-
-class _DiagonalFlippedReverseSDE(_FlippedReverseSDE):
-    """The same SDE with its diffusion as a diagonal ``g`` (reversible Heun asks for g itself)."""
-
-    noise_type = "diagonal"
-
-    def g(self, u, y):
-        return self.sde.g(self.t_start - u.to(torch.float64)).to(y.dtype).expand_as(y)
 
 
 class _CastPath:
@@ -111,18 +82,23 @@ class TorchSDE(Sampler):
     def run(self, model: ScoreModel, x: Tensor, schedule: Schedule, ctx: SamplingContext) -> Tensor:
         import torchsde
 
+        if schedule.t.requires_grad:
+            raise ValueError("grid: torchsde cannot differentiate with respect to the grid times (sdeint refuses "
+                             "times that require grad); pass grid.detach(), or use a stepped sampler "
+                             "(euler_maruyama, ddpm, ...) to differentiate the grid")
         shape = x.shape
         t_start = float(schedule.t[0])
         us = t_start - schedule.t  # flipped time, increasing from 0
         path = self._path(x, us, ctx)
-        cls = _DiagonalFlippedReverseSDE if self.noise_type == "diagonal" else _FlippedReverseSDE
-        rsde = cls(model, shape, t_start, float(schedule.t[-1]), self.sde_type)
+        cls = ReverseSDE if self.noise_type == "diagonal" else AdditiveReverseSDE
+        rsde = cls(model.sde, model.score, shape[1:], t_start, float(schedule.t[-1]), sde_type=self.sde_type)
         y = x.reshape(shape[0], -1)
         extra = None
+        spans = us.to(device=x.device)  # once per run; the step lengths are read on the host's copy
+        lengths = (us[1:] - us[:-1]).tolist()
         for i in range(schedule.steps):
-            span = us[i:i + 2].to(device=x.device)
             # dt above the interval: the solver's step is min(u0 + dt, u1) - u0, one step landing on u1
-            ys, extra = torchsde.sdeint(rsde, y, span, bm=path, method=self.solver, dt=2 * float(span[1] - span[0]),
+            ys, extra = torchsde.sdeint(rsde, y, spans[i:i + 2], bm=path, method=self.solver, dt=2 * lengths[i],
                                         adaptive=False, extra=True, extra_solver_state=extra)
             y = ys[-1]
             ctx.step(i, y.reshape(shape))

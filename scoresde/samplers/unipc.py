@@ -1,74 +1,36 @@
 r"""UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of
 Diffusion Models", Algorithms 1-3): a multistep exponential integrator in lambda (UniP) with a
-corrector (UniC) that raises its order by one at no extra model call.
-
-Step ``i`` from ``s = t_i`` to ``t = t_{i+1}``, ``h = lam_t - lam_s`` and, for the data prediction
-``m = x0_theta``, ``hh = -h`` (the noise prediction ``m = eps_theta`` has ``hh = h`` and the frame
-``(alpha_t/alpha_s, sigma_t)`` in place of ``(sigma_t/sigma_s, alpha_t)``):
-
-.. math::  x_t = \frac{\sigma_t}{\sigma_s} x_s - \alpha_t\, hh\,\varphi_1(hh)\, m_s
-           - \alpha_t B(h) \sum_{m=1}^{K} \rho_m \frac{D_m}{r_m},
-           \qquad D_m = m_{s_m} - m_s,\quad r_m = \frac{\lam_{s_m} - \lam_s}{h},
-
-with ``B(h) = hh`` (``variant='bh1'``) or ``e^{hh} - 1`` (``'bh2'``) and ``rho`` solving the order
-conditions of Theorem 3.1 (written in ``r`` rather than ``r h``; ``phi_k`` from :mod:`._phi`)
-
-.. math::  \sum_{m=1}^{K} \rho_m r_m^{k-1} = b_k = \frac{hh\, \varphi_{k+1}(hh)\, k!}{B(h)},\qquad k = 1..K.
-
-* **UniP-p** (predictor, order p): the ``K = p - 1`` previous outputs (``r_m < 0``); local O(h^{p+1}).
-* **UniC** (corrector): the output ``m_t = m(x~_t)`` at the predictor's ``x~_t``, which the next step
-  needs anyway, joins as ``r_K = 1`` (``K = p``) and the same update from ``x_s`` is recomputed:
-  local O(h^{p+2}), global order ``p + 1`` at one call per step. The next predictor starts from the
-  corrected state with ``m_t`` as it was evaluated (the paper's analysis covers this).
-
-Solved exactly, ``rho`` is proportional to ``1/B(h)`` and ``B`` cancels. A one-term system uses the
-published ``rho = 1/2`` (the limit of ``b_1`` as h -> 0, as the paper's code and diffusers do), the
-only place where ``'bh1'`` and ``'bh2'`` differ; ``exact_weights=True`` solves it too.
+corrector (UniC) that raises its order by one at no extra model call. The update, its order
+conditions and the weights are in :mod:`._unipc`.
 
 Costs: one call per step; the **last** step's corrector needs ``m`` at ``t_min``, one extra call
-(``final_corrector=True``; off by default, as in the paper and diffusers: the last UniP-p step has
-local error O(h^{p+1}), the size of the global error, so skipping it keeps the order). Step ``i``
-uses predictor order ``min(order, i + 1)`` (warm-up) and, where the final steps are lowered
-(``lower_order_final``: None = below 15 steps, as in :mod:`._phi`), ``min(order, steps - i)``; the
-first-order last step then caps the global order at 2 (3 with the final corrector). Near T the
-warm-up's error constant carries ``alpha_T``, so order 3 + UniC measures 4 from T
-(tests/test_unipc.py). ``stats['orders']`` and ``stats['corrected']`` record each step.
+(``final_corrector=True``; off by default, as in the paper and diffusers: the last UniP-p step's local
+error O(h^{p+1}) is the size of the global error). Step ``i`` has predictor order ``min(order, i + 1)``
+(warm-up), at most ``steps - i`` where the final steps are lowered (``lower_order_final``, :mod:`._phi`):
+global order 2 then (3 with the final corrector). Near T the warm-up's error carries ``alpha_T``, so
+order 3 + UniC measures 4 from T (tests/test_unipc.py).
 
-Stepping state: ``x`` is the corrected state at ``t_i``; while step ``i`` waits for its corrector
-``stage = 1`` and ``x_eval`` is the predictor's ``x~_{i+1}``; ``stage = 2`` marks an uncorrected last
-step, whose predictor needs no new model output; ``history`` holds ``(lam, m)`` at the grid
-points, newest first. The scalar coefficients are float64 numbers: with ``sample(grad=True)``
-gradients reach the network and ``x_T``, not the grid.
+State: ``x`` is the corrected state at ``t_i``; while step ``i`` waits for its corrector ``stage = 1``
+and ``x_eval`` is the predictor's ``x~_{i+1}``; ``stage = 2`` marks an uncorrected last step, whose
+predictor needs no model output; ``history`` holds ``(lam, m)`` at the grid points, newest first.
+The coefficients are 0-d float64 tensors of the schedule, so a grid that requires grad gets its gradient.
 """
 from __future__ import annotations
 
 import math
 import numbers
 
-import numpy as np
 from torch import Tensor
 
-from ._phi import LOWER_ORDER_FINAL_BELOW, check_lower_order_final, lowers_final, phi
+from ._phi import LOWER_ORDER_FINAL_BELOW, check_lower_order_final, lowers_final
 from ._thresholding import check_threshold_options, dynamic_threshold
+from ._unipc import unipc_update, unipc_weights
 from .base import SamplerState, SteppedSampler, register
 
 __all__ = ["UniPC", "unipc_weights"]
 
 VARIANTS = ("bh1", "bh2")
 PREDICTIONS = ("data", "noise")
-
-
-def unipc_weights(r: list[float], hh: float, B: float, exact: bool = False) -> list[float]:
-    r"""Solve ``sum_m rho_m r_m^{k-1} = hh phi_{k+1}(hh) k!/B``, ``k = 1..K``, in float64 (K = len(r) >= 1).
-
-    With one node and ``exact=False`` the published ``rho = 1/2``.
-    """
-    K = len(r)
-    if K == 1 and not exact:
-        return [0.5]
-    b = [hh * phi(k + 1, hh) * math.factorial(k) / B for k in range(1, K + 1)]
-    R = np.vander(np.asarray(r, dtype=np.float64), K, increasing=True).T  # R[k - 1, m] = r_m^(k - 1)
-    return np.linalg.solve(R, np.asarray(b, dtype=np.float64)).tolist()
 
 
 def _check_bool(name: str, value) -> bool:
@@ -79,14 +41,9 @@ def _check_bool(name: str, value) -> bool:
 
 @register
 class UniPC(SteppedSampler):
-    r"""UniPC multistep sampler (Zhao et al. 2023): UniP-``order`` with the UniC corrector.
-
-    Options: ``order`` in {1, 2, 3} (the predictor's), ``corrector`` (UniC, default on: global order
-    ``order + 1``), ``variant`` ``'bh1'`` or ``'bh2'``, ``prediction`` ``'data'`` or ``'noise'``,
-    ``lower_order_final`` (None: below 15 steps; True/False force it), ``final_corrector`` (UniC on
-    the last step for one extra call), ``exact_weights`` (solve one-term systems instead of
-    rho = 1/2), ``thresholding`` with ``percentile`` in (0, 1] and ``max_value`` > 0 (data only).
-    """
+    r"""UniP-``order`` (1-3) with the UniC ``corrector`` (global order ``order + 1``); ``variant`` 'bh1'/'bh2',
+    ``prediction`` 'data'/'noise', ``lower_order_final`` (None: below 15 steps), ``final_corrector``,
+    ``exact_weights``, ``thresholding`` with ``percentile`` in (0, 1] and ``max_value`` > 0 (data only)."""
 
     name = "unipc"
     calls_per_step = 1
@@ -115,7 +72,11 @@ class UniPC(SteppedSampler):
             raise ValueError("thresholding: dynamic thresholding clips the data prediction; "
                              f"use prediction='data' (got prediction={prediction!r})")
         self.percentile, self.max_value = check_threshold_options(percentile, max_value)
-        self.convergence_order = self.convergence_order_for(LOWER_ORDER_FINAL_BELOW)
+
+    @property
+    def convergence_order(self) -> int:
+        """The global order from :data:`~._phi.LOWER_ORDER_FINAL_BELOW` steps on."""
+        return self.convergence_order_for(LOWER_ORDER_FINAL_BELOW)
 
     def convergence_order_for(self, steps: int) -> int:
         """``order + 1`` with UniC; a first-order last step caps it at 2 (3 with the final corrector)."""
@@ -132,19 +93,22 @@ class UniPC(SteppedSampler):
         k = min(self.order, i + 1)
         return min(k, steps - i) if lowers_final(self.lower_order_final, steps) else k
 
-    def step_orders(self, steps: int) -> list[int]:
-        return [self.step_order(i, steps) for i in range(steps)]
-
     def corrects(self, i: int, steps: int) -> bool:
         return self.corrector and (i < steps - 1 or self.final_corrector)
 
     def needs_output(self, state):
         return state.stage != 2  # the uncorrected last predictor reuses the history (see :meth:`step`)
 
-    def run(self, model, x, schedule, ctx):
-        ctx.stats["orders"] = self.step_orders(schedule.steps)
-        ctx.stats["corrected"] = [self.corrects(i, schedule.steps) for i in range(schedule.steps)]
-        return super().run(model, x, schedule, ctx)
+    def call_times(self, schedule, start: int = 0) -> Tensor:
+        """``t_i`` for every step (the corrector of step ``i`` uses the call at ``t_{i+1}``), and ``t_min``
+        for the final corrector."""
+        return schedule.t[start:] if self.corrects(schedule.steps - 1, schedule.steps) else schedule.t[start:-1]
+
+    def run_stats(self, steps: int) -> dict:
+        return {"orders": self.step_orders(steps), "corrected": [self.corrects(i, steps) for i in range(steps)]}
+
+    def step_orders(self, steps: int) -> list[int]:
+        return [self.step_order(i, steps) for i in range(steps)]
 
     def _m(self, model, output: Tensor, x: Tensor, t: Tensor) -> Tensor:
         if self.prediction == "noise":
@@ -155,22 +119,7 @@ class UniPC(SteppedSampler):
     def update(self, schedule, i: int, x: Tensor, history: tuple, m_t: Tensor | None = None) -> Tensor:
         """UniP of step ``i`` from ``x = x_i`` (``history`` newest first), or UniC given ``m_t``."""
         k = self.step_order(i, schedule.steps)
-        h = float(schedule.h[i])
-        if self.prediction == "data":
-            hh, ratio, c = -h, float(schedule.sigma[i + 1] / schedule.sigma[i]), float(schedule.alpha[i + 1])
-        else:
-            hh, ratio, c = h, float(schedule.alpha[i + 1] / schedule.alpha[i]), float(schedule.sigma[i + 1])
-        B = hh if self.variant == "bh1" else math.expm1(hh)
-        (lam_s, m_s), *prev = history[:k]
-        r = [(lam_m - lam_s) / h for lam_m, _ in prev]
-        D = [m_m - m_s for _, m_m in prev]
-        if m_t is not None:
-            r, D = r + [1.0], D + [m_t - m_s]
-        x_t = ratio * x - c * hh * phi(1, hh) * m_s
-        if r:
-            rho = unipc_weights(r, hh, B, self.exact_weights)
-            x_t = x_t - c * B * sum(rho_m / r_m * D_m for rho_m, r_m, D_m in zip(rho, r, D, strict=True))
-        return x_t
+        return unipc_update(schedule, i, x, history[:k], m_t, self.prediction, self.variant, self.exact_weights)
 
     def step(self, model, schedule, state, output, ctx):
         """Consume the output at ``(x_eval, t_eval)``: finish step ``i`` with UniC (``stage = 1``), then
@@ -182,7 +131,7 @@ class UniPC(SteppedSampler):
             if state.stage == 1:  # m is at the predictor's x~_{i+1}
                 x = self.update(schedule, i, x, history, m_t=m)
                 i += 1
-            history = ((float(schedule.lam[i]), m),) + history[: self.order - 1]
+            history = ((schedule.lam[i], m),) + history[: self.order - 1]
             if i == n:
                 return SamplerState(x=x, i=i, x_eval=x, t_eval=schedule.t[i], history=history)
             if i > state.i and not self.corrects(i, n):  # one grid step per call: the last predictor waits

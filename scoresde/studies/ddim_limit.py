@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from .._progress import progress as progress_bar
 from ..models import ScoreModel
 from ..samplers import sample
 from ..sde import SDE
-from .distances import distribution_error, sliced_w2, w2_exact
+from .distances import distribution_error, two_sample_level
 from .error_vs_steps import ErrorVsSteps, error_vs_steps
 from .method_specs import check_steps
 from .output import sde_name
@@ -143,7 +143,7 @@ def ddim_convergence(sdes: dict[str, SDE], mixture, steps=(8, 16, 32, 64, 128, 2
     if not sdes:
         raise ValueError("sdes: expected at least one SDE")
     identity, conv = [], {}
-    for name, sde in tqdm(sdes.items(), desc="ddim limit", disable=not progress):
+    for name, sde in progress_bar(sdes.items(), desc="ddim limit", enabled=progress):
         model = mixture.model(sde)
         gen = torch.Generator().manual_seed(seed)
         x_T = sde.prior_sample((n, mixture.dim), generator=gen, dtype=torch.float64)
@@ -158,7 +158,8 @@ def ddim_convergence(sdes: dict[str, SDE], mixture, steps=(8, 16, 32, 64, 128, 2
 
 @dataclass
 class EtaFamily:
-    """Distribution error of DDIM(eta) against steps, with the two-sample floor."""
+    """Distribution error of DDIM(eta) against steps, with one draw of the two-sample level (see
+    :func:`~scoresde.studies.distances.two_sample_level`)."""
 
     rows: list[dict]
     floors: dict[str, float] = field(default_factory=dict)
@@ -180,9 +181,9 @@ def eta_family(model: ScoreModel, mixture, etas=(0.0, 0.25, 0.5, 0.75, 1.0), ste
     x_T = sde.prior_sample((n, mixture.dim), generator=gen, dtype=torch.float64)
     data = mixture.sample(n, generator=gen, dtype=torch.float64)
     data2 = mixture.sample(n, generator=gen, dtype=torch.float64)
-    floors = {"w2": w2_exact(data, data2), "sliced_w2": sliced_w2(data, data2)}
+    floors = two_sample_level([data2], data)
     rows = []
-    bar = tqdm(total=len(etas) * len(steps), desc="eta family", disable=not progress)
+    bar = progress_bar(total=len(etas) * len(steps), desc="eta family", enabled=progress)
     for eta in etas:
         for N in steps:
             res = sample(model, sde, "ddim", N, x_T=x_T, grid=grid, eta=eta,

@@ -78,20 +78,28 @@ def job_ddim_limit(out, mixture, *, steps=(8, 16, 32, 64, 128, 256), n: int = 25
 
 
 def job_trajectories(out, mixture, sde: SDE, *, steps: int = 10, gif: bool = True, seed: int = 0,
-                     name: str = "trajectories", **study_kw):
+                     name: str = "trajectories", progress: bool = False, **study_kw):
     """Trajectory figure (and GIF) of the reverse SDE, PF ODE, DDIM and DPM-Solver++ from the same x_T."""
+    from .._progress import progress as progress_bar
     from ..plotting import animate_trajectories, plot_trajectories
 
     out = Path(out)
-    traj = trajectories(mixture, sde, steps=steps, seed=seed, **study_kw)
-    fig = plot_trajectories(traj, title=f"same x_T, four dynamics: exact mixture under {type(sde).__name__}")
-    paths = [_save(fig, out / f"{name}.png"), write_csv(traj.rows(), out / f"{name}.csv")]
-    if gif:
-        from matplotlib.animation import PillowWriter
+    with progress_bar(total=3 if gif else 2, desc="trajectories", enabled=progress) as bar:
+        bar.set_postfix_str("paths and densities")
+        traj = trajectories(mixture, sde, steps=steps, seed=seed, **study_kw)
+        bar.update(1)
+        bar.set_postfix_str("figure")
+        fig = plot_trajectories(traj, title=f"same x_T, four dynamics: exact mixture under {type(sde).__name__}")
+        paths = [_save(fig, out / f"{name}.png"), write_csv(traj.rows(), out / f"{name}.csv")]
+        bar.update(1)
+        if gif:
+            from matplotlib.animation import PillowWriter
 
-        anim = animate_trajectories(traj)
-        anim.save(out / f"{name}.gif", writer=PillowWriter(fps=8), dpi=70)
-        paths.append(out / f"{name}.gif")
+            bar.set_postfix_str("animation")
+            anim = animate_trajectories(traj)
+            anim.save(out / f"{name}.gif", writer=PillowWriter(fps=8), dpi=70)
+            paths.append(out / f"{name}.gif")
+            bar.update(1)
     return paths, traj
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..dynamics import odeint_in_lam
 from ..models import ScoreModel
 from .distances import endpoint_error
 
@@ -62,7 +63,7 @@ class _FlowInLambda(torch.nn.Module):
         sde = self.model.sde
         # the solver's first-step probe may look past the ends; keep t where the coefficients exist
         t = sde.t_of_lam(lam.to(torch.float64)).clamp(self.t_lo, self.t_hi)
-        f, g2, sigma = float(sde.f(t)), float(sde.g2(t)), float(sde.sigma(t))
+        f, g2, sigma = sde.f(t), sde.g2(t), sde.sigma(t)  # 0-d float64: no host read per call
         return (-2 * sigma**2 * f / g2) * x + sigma**2 * self.model.score(x, t.to(x.dtype))
 
 
@@ -78,8 +79,6 @@ def reference_pf_ode(model: ScoreModel, x_T: Tensor, t_start: float, t_end: floa
     magnitude of the reference's own error. ``estimate_error=False`` skips the second solve (``error`` is
     then NaN). ``nfe``: the model calls of the first solve.
     """
-    import torchdiffeq
-
     if solver not in REFERENCE_SOLVERS:
         raise ValueError(f"solver: expected one of {', '.join(REFERENCE_SOLVERS)}, got {solver!r}")
     if not (isinstance(tol, float) and 0 < tol < 1):
@@ -96,10 +95,8 @@ def reference_pf_ode(model: ScoreModel, x_T: Tensor, t_start: float, t_end: floa
         flow = _FlowInLambda(model, min(t_start, t_end), max(t_start, t_end))
 
         def solve(tol_):
-            with torch.no_grad():
-                # step_t: land on the end exactly, where the coefficients are still defined
-                return torchdiffeq.odeint(flow, x_T, lams, rtol=tol_, atol=tol_, method=solver,
-                                          options={"step_t": lams[-1:]})[-1]
+            with torch.no_grad():  # landing on the end exactly, where the coefficients are still defined
+                return odeint_in_lam(flow, x_T, lams, rtol=tol_, atol=tol_, method=solver)[-1]
     else:
         raise ValueError(f"variable: expected 'lambda' or 't', got {variable!r}")
     nfe0 = model.nfe
@@ -125,7 +122,7 @@ def reference_reverse_sde(model: ScoreModel, x_T: Tensor, t_start: float, t_end:
                           *, steps: int = 2048) -> Reference:
     """The reverse SDE on the Brownian path ``brownian`` by Euler-Maruyama with ``steps`` uniform steps.
 
-    torchsde's ``sdeint`` runs :class:`scoresde.sde.ReverseSDE` in flipped time s = t_start - t.
+    torchsde's ``sdeint`` runs :class:`scoresde.dynamics.ReverseSDE` in flipped time s = t_start - t.
     ``error`` compares with the same scheme at half as many steps (strong order 1 for additive
     noise, so the fine solution's error is about that difference).
     """

@@ -9,9 +9,15 @@ parameters, in the spirit of calibrated solvers (Shaul et al. 2023, "Bespoke Sol
 * the grid, through the log-SNR gaps: ``lam_i = lam_T + (lam_min - lam_T) sum_{j<i} softmax(w)_j``
   (both ends pinned, always strictly increasing: :func:`.grid_opt.lam_from_logits`, the optimised grid's
   parametrisation);
-* the coefficients, relative to DPM-Solver-2M's on the current grid,
-  ``C = C_2M(lam) + R * d_i`` with ``d_i = e^{-lam_{i+1}} - e^{-lam_i}`` the DDIM weight of row ``i``,
-  so ``R = 0`` is DPM-Solver-2M and ``R`` is scale-free.
+* the coefficients, relative to a starting solver's on the current grid,
+  ``C = C_start(lam) + R * d_i`` with ``d_i = e^{-lam_{i+1}} - e^{-lam_i}`` the DDIM weight of row ``i``,
+  so ``R = 0`` is the starting solver and ``R`` is scale-free. The start is DPM-Solver-2M by default, or any
+  registered sampler with a ``coefficient_matrix(schedule)`` (``init_solver``: DEIS and iPNDM of every order,
+  whose weights follow the grid as it moves).
+
+**The fit never loses to its start.** The calibration loss of the start is the first iterate, and the best
+iterate is returned; with held-out pairs (``x_valid``) the start is returned whenever the fit does not lower
+the held-out error too (``config['kept_start']`` says which).
 
 The loss is the mean Euclidean endpoint error over a calibration batch, ``mean_b ||x_b - x_b^ref||``
 (the statistic the benchmarks report) of the registered ``linear_multistep`` sampler run through
@@ -35,8 +41,9 @@ from tqdm.auto import tqdm
 from .. import grids as _grids
 from ..grids import lam_from_logits, logits_of_grid
 from ..models import ScoreModel
-from ..samplers import sample
+from ..samplers import get_sampler, sample
 from ..samplers.linear_multistep import ddim_increments, dpm_solver_2m_coefficients
+from ..schedule import Schedule
 
 __all__ = ["FittedSolver", "fit_linear_multistep", "grid_of_lam"]
 
@@ -72,12 +79,12 @@ class FittedSolver:
 
     def save(self, path) -> None:
         """Write the solver atomically (a temporary file, then a rename)."""
-        from ..training import _atomic_save
+        from ..training.checkpoints import atomic_save
 
-        _atomic_save({"times": self.times, "coefficients": self.coefficients,
-                      "calib_error_initial": self.calib_error_initial, "calib_error": self.calib_error,
-                      "valid_error_initial": self.valid_error_initial, "valid_error": self.valid_error,
-                      "history": list(self.history), "fit_nfe": self.fit_nfe, "config": dict(self.config)}, Path(path))
+        atomic_save({"times": self.times, "coefficients": self.coefficients,
+                     "calib_error_initial": self.calib_error_initial, "calib_error": self.calib_error,
+                     "valid_error_initial": self.valid_error_initial, "valid_error": self.valid_error,
+                     "history": list(self.history), "fit_nfe": self.fit_nfe, "config": dict(self.config)}, Path(path))
 
     @classmethod
     def load(cls, path) -> FittedSolver:
@@ -110,7 +117,7 @@ def fit_linear_multistep(model: ScoreModel, steps: int, x_calib: Tensor, ref_cal
                          init_grid="logsnr", t_min: float | None = None, T: float | None = None,
                          iterations: int = 300, lr_grid: float = 0.02, lr_coefficients: float = 0.01,
                          fit_grid: bool = True, x_valid: Tensor | None = None, ref_valid: Tensor | None = None,
-                         progress: bool = False) -> FittedSolver:
+                         progress: bool = False, init_solver=None) -> FittedSolver:
     """Fit the grid and the coefficients of a ``steps``-step :class:`LinearMultistep` solver.
 
     Args:
@@ -123,7 +130,11 @@ def fit_linear_multistep(model: ScoreModel, steps: int, x_calib: Tensor, ref_cal
         fit_grid: also move the interior times (False keeps ``init_grid``).
         x_valid, ref_valid: optional held-out pairs, reported before and after the fit.
         progress: show a tqdm bar.
+        init_solver: the solver to start from: None (DPM-Solver-2M), a registered name or a ``(name, options)``
+            pair of a sampler with ``coefficient_matrix(schedule)`` and the noise prediction, e.g.
+            ``("deis", {"order": 4})``. Its coefficients are recomputed on the grid as the grid moves.
     """
+    start_coefficients = _start_solver(init_solver)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected a positive integer, got {steps!r}")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
@@ -151,7 +162,7 @@ def fit_linear_multistep(model: ScoreModel, steps: int, x_calib: Tensor, ref_cal
 
     def solver(w_, R_):
         lam = lam_from_logits(w_, lam_T, lam_min)
-        C = dpm_solver_2m_coefficients(lam) + (R_ * mask) * ddim_increments(lam)[:, None]
+        C = start_coefficients(sde, lam, T_, t_min_) + (R_ * mask) * ddim_increments(lam)[:, None]
         return lam, C
 
     def error(x_T, ref, lam, C):
@@ -187,14 +198,49 @@ def fit_linear_multistep(model: ScoreModel, steps: int, x_calib: Tensor, ref_cal
     fit_nfe = model.nfe - nfe0
 
     with torch.no_grad():
-        C0 = dpm_solver_2m_coefficients(lam0)
+        C0 = start_coefficients(sde, lam0, T_, t_min_)
         valid0 = valid = math.nan
         if x_valid is not None:
             valid0 = float(error(x_valid, ref_valid, lam0, C0))
             valid = float(error(x_valid, ref_valid, lam_best, C_best))
     model.nfe = nfe0 + fit_nfe  # the validation passes are measurements, not part of the fit's cost
-    return FittedSolver(times=times, coefficients=C_best, calib_error_initial=history[0], calib_error=best[0],
+    # the start wins ties and whatever the held-out batch does not confirm (NaN included)
+    kept_start = x_valid is not None and not valid < valid0
+    if kept_start:
+        times, C_best, valid = times0, C0, valid0
+    calib = history[0] if kept_start else best[0]
+    return FittedSolver(times=times, coefficients=C_best, calib_error_initial=history[0], calib_error=calib,
                         valid_error_initial=valid0, valid_error=valid, history=history, fit_nfe=fit_nfe,
                         config={"steps": steps, "init_grid": init_grid if isinstance(init_grid, str) else "tensor",
                                 "iterations": iterations, "lr_grid": lr_grid, "lr_coefficients": lr_coefficients,
-                                "fit_grid": fit_grid, "n_calib": int(x_calib.shape[0])})
+                                "fit_grid": fit_grid, "n_calib": int(x_calib.shape[0]),
+                                "init_solver": _describe_start(init_solver), "kept_start": kept_start})
+
+
+def _start_solver(init_solver):
+    """``C_start(sde, lam, T, t_min)``: the starting solver's coefficient matrix on the grid with log-SNRs ``lam``."""
+    if init_solver is None:
+        return lambda sde, lam, T, t_min: dpm_solver_2m_coefficients(lam)
+    name, options = (init_solver, {}) if not isinstance(init_solver, tuple) else init_solver
+    if not isinstance(options, dict):
+        raise ValueError(f"init_solver: expected a sampler name or a (name, options dict) pair, got {init_solver!r}")
+    solver = get_sampler(name)(**options)
+    if not hasattr(solver, "coefficient_matrix") or getattr(solver, "afs", False):
+        raise ValueError(f"init_solver: {init_solver!r} has no linear multistep coefficients to start from; use "
+                         "linear_multistep, deis or ipndm (noise prediction, without afs)")
+    if getattr(solver, "prediction", "noise") != "noise":
+        raise ValueError(f"init_solver: {init_solver!r} uses the data prediction; the fitted form holds the noise "
+                         "prediction (prediction='noise')")
+
+    def coefficients(sde, lam, T, t_min):
+        return solver.coefficient_matrix(Schedule.from_times(sde, grid_of_lam(sde, lam, T=T, t_min=t_min)))
+    return coefficients
+
+
+def _describe_start(init_solver) -> str:
+    if init_solver is None:
+        return "linear_multistep"
+    if isinstance(init_solver, tuple):
+        name, options = init_solver
+        return f"{getattr(name, 'name', name)}({', '.join(f'{k}={v!r}' for k, v in options.items())})"
+    return str(getattr(init_solver, "name", init_solver))
