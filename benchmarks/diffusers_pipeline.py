@@ -1,17 +1,19 @@
 """ScoresdeScheduler against diffusers' native schedulers on a small UNet2DModel: wall time and agreement.
 
 For each algorithm the same network, the same x_T and the same number of steps run twice through the
-loop every diffusers pipeline uses (``scale_model_input``, the UNet, ``scheduler.step``): once with
-diffusers' own scheduler, once with :class:`~scoresde.interop.ScoresdeScheduler` running the scoresde
-sampler of :func:`~scoresde.interop.diffusers_equivalent` on the grid of
-:func:`~scoresde.interop.diffusers_grid` (so both integrate the same grid and must agree). Reported
+loop every diffusers pipeline uses (x_T = z * ``init_noise_sigma``, ``scale_model_input``, the UNet,
+``scheduler.step``): once with diffusers' own scheduler, once with
+``ScoresdeScheduler.from_scheduler(native)`` (the scoresde sampler of
+:func:`~scoresde.interop.diffusers_equivalent` on the native timesteps, so both integrate the same grid
+and must agree). Reported
 per algorithm: the median time of each run over ``--repeats`` alternating runs after one warm-up
 (CPU: process time on ``--threads`` threads; GPU: wall clock), their ratio (target <= 1.05), the
 scheduler's own time per model call (the same loop with a free network that returns a stored
 tensor: what the scheduler costs beyond the UNet), and the relative difference of the outputs (the baseline for it is the relative
 difference between two *different* algorithms on the same noise levels, diffusers' DDIM and Heun, printed
-last). Samplers not yet
-driveable one call at a time (not a SteppedSampler on this branch) are listed as skipped.
+last), and the cost of ``set_timesteps`` (a pipeline calls it once per image batch): its first call
+for a step count (the grid and the listed calls are built) and a repeated one (cached), against the
+native scheduler's.
 
 Run: ``python benchmarks/diffusers_pipeline.py [--out benchmarks/results/diffusers_pipeline.txt]``
 (a minute or two on one CPU core; ``--device cuda`` on a GPU).
@@ -25,18 +27,16 @@ import time
 import diffusers
 import torch
 
-from scoresde.interop import ScoresdeScheduler, diffusers_equivalent
-from scoresde.samplers.base import SAMPLERS, SteppedSampler
+from scoresde.interop import ScoresdeScheduler
 
 #: (diffusers scheduler, its config beyond the pipeline's)
 CASES = [
-    ("DDIMScheduler", {"timestep_spacing": "trailing", "clip_sample": False, "set_alpha_to_one": True}),
+    ("DDIMScheduler", {"timestep_spacing": "leading"}),
     ("DPMSolverMultistepScheduler", {"timestep_spacing": "trailing", "solver_order": 2}),
     ("UniPCMultistepScheduler", {"timestep_spacing": "trailing", "solver_order": 2}),
     ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
     ("HeunDiscreteScheduler", {"timestep_spacing": "trailing", "clip_sample": False}),
 ]
-VE_FRAME = ("EulerDiscreteScheduler", "HeunDiscreteScheduler")
 
 
 def small_unet(device, dtype) -> diffusers.UNet2DModel:
@@ -52,10 +52,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run(unet, sched, z: torch.Tensor, steps: int | None, ve_frame: bool) -> torch.Tensor:
-    """The pipeline loop; Euler and Heun start in their frame x = z / alpha(t_0)."""
+def run(unet, sched, z: torch.Tensor, steps: int) -> torch.Tensor:
+    """The pipeline loop (Euler and Heun start in their frame: their init_noise_sigma is sigma-frame's)."""
     sched.set_timesteps(steps)
-    x = z * float((sched.sigmas[0] ** 2 + 1) ** 0.5) if ve_frame else z
+    x = z * sched.init_noise_sigma
     with torch.no_grad():
         for t in sched.timesteps:
             out = unet(sched.scale_model_input(x, t), t).sample
@@ -98,6 +98,25 @@ class _Fixed(torch.nn.Module):
         return diffusers.models.unets.unet_2d.UNet2DOutput(sample=self.out)
 
 
+def set_timesteps_cost(native, ours, steps: int) -> tuple[float, float, float]:
+    """Median ms of ``set_timesteps(steps)`` for the native scheduler and ours (first and repeated call)."""
+    def median_ms(fn, n=200):
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return 1e3 * statistics.median(times)
+
+    native_ms = median_ms(lambda: native.set_timesteps(steps))
+    fresh = [ScoresdeScheduler.from_config(ours.config) for _ in range(20)]
+    first_ms = median_ms(lambda: fresh.pop().set_timesteps(steps), n=20)
+    # the plain route (from_config of the pipeline's config, diffusers' timestep rule, no native scheduler)
+    plain = [ScoresdeScheduler.from_config(native.config, method=ours.config.method) for _ in range(20)]
+    plain_ms = median_ms(lambda: plain.pop().set_timesteps(steps), n=20)
+    return native_ms, first_ms, plain_ms, median_ms(lambda: ours.set_timesteps(steps))
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=20)
@@ -125,24 +144,18 @@ def main(argv=None) -> None:
              f"{'':<30} {'':<36} {'':>5} {'':>11} {'':>10} {'':>6} {'':>9} {'diffusers':>8} {'scoresde':>8}"]
     print("\n".join(lines))
     outputs = {}
+    costs = []
     for name, config in CASES:
         theirs = getattr(diffusers, name)(**base, **config)
-        kw = diffusers_equivalent(theirs, args.steps)
-        method, grid, final = kw.pop("method"), kw.pop("grid"), kw.pop("final_denoise")
-        label = f"{method} {kw}" if kw else method
-        if not issubclass(SAMPLERS[method], SteppedSampler):
-            line = f"{name:<30} {method:<36} skipped: {method} is not a SteppedSampler on this branch"
-            print(line)
-            lines.append(line)
-            continue
-        ours = ScoresdeScheduler(**base, method=method, options=kw, times=grid.tolist(),
-                                             final_denoise=final)
-        ve = name in VE_FRAME
-        t_theirs, t_ours, x_theirs, x_ours = timed_pair(lambda s=theirs, v=ve: run(unet, s, z, args.steps, v),
-                                                        lambda s=ours: run(unet, s, z, None, False), args.repeats, device)
+        ours = ScoresdeScheduler.from_scheduler(theirs)
+        ours.set_timesteps(args.steps)
+        kw = {k: v for k, v in ours._plan.sampler.__dict__.items() if not k.startswith("_")}
+        label = ours.config.method
+        t_theirs, t_ours, x_theirs, x_ours = timed_pair(lambda s=theirs: run(unet, s, z, args.steps),
+                                                        lambda s=ours: run(unet, s, z, args.steps), args.repeats, device)
         free = _Fixed(0.1 * z)
-        o_theirs, o_ours, _, _ = timed_pair(lambda s=theirs, v=ve: run(free, s, z, args.steps, v),
-                                            lambda s=ours: run(free, s, z, None, False), args.repeats, device)
+        o_theirs, o_ours, _, _ = timed_pair(lambda s=theirs: run(free, s, z, args.steps),
+                                            lambda s=ours: run(free, s, z, args.steps), args.repeats, device)
         calls = len(ours.timesteps)
         x_theirs, x_ours = x_theirs.double().cpu(), x_ours.double().cpu()
         outputs[name] = x_theirs
@@ -151,9 +164,17 @@ def main(argv=None) -> None:
                 f"{t_ours / t_theirs:>6.3f} {diff:>9.1e} {1e3 * o_theirs / calls:>8.3f} {1e3 * o_ours / calls:>8.3f}")
         print(line)
         lines.append(line)
-    if "DDIMScheduler" in outputs and "HeunDiscreteScheduler" in outputs:
-        a, b = outputs["DDIMScheduler"], outputs["HeunDiscreteScheduler"]
-        line = (f"baseline for rel. diff: diffusers' DDIM against its Heun (different algorithms, same noise "
+        costs.append((name, *set_timesteps_cost(theirs, ours, args.steps), kw))
+    lines.append(f"set_timesteps({args.steps}) cost, ms (median of 200 calls; scoresde: first call of a new step "
+                 "count via from_scheduler and via from_config, then repeated; ratio: repeated / diffusers)")
+    lines.append(f"{'diffusers scheduler':<30} {'diffusers':>9} {'from_sched.':>11} {'from_config':>11} "
+                 f"{'repeated':>9} {'ratio':>6}")
+    for name, native, first, plain, again, _ in costs:
+        lines.append(f"{name:<30} {native:>9.3f} {first:>11.3f} {plain:>11.3f} {again:>9.3f} {again / native:>6.2f}")
+    print("\n".join(lines[-len(costs) - 2:]))
+    if "DPMSolverMultistepScheduler" in outputs and "HeunDiscreteScheduler" in outputs:
+        a, b = outputs["DPMSolverMultistepScheduler"], outputs["HeunDiscreteScheduler"]
+        line = (f"baseline for rel. diff: diffusers' DPM-Solver++ against its Heun (different algorithms, same noise "
                 f"levels): {float((a - b).norm() / b.norm()):.1e}")
         print(line)
         lines.append(line)

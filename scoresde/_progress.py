@@ -19,10 +19,14 @@ LINE_INTERVAL = 15.0
 
 class LineProgress:
     """The tqdm methods the package uses (``update``, ``set_postfix_str``, ``set_postfix``, ``close``,
-    iteration), printing ``desc: k/total (p%) 12 s [postfix]`` lines instead of redrawing a bar."""
+    iteration), printing ``desc: k/total (p%) 12 s [postfix]`` lines instead of redrawing a bar.
+
+    ``leave=False`` (tqdm's bar that vanishes when done, e.g. one sampling call among many) prints its
+    closing line only when it has printed before: a short inner stage leaves nothing in the log.
+    """
 
     def __init__(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
-                 initial: int = 0, interval: float = LINE_INTERVAL, file=None):
+                 initial: int = 0, interval: float = LINE_INTERVAL, file=None, leave: bool = True):
         self.iterable = iterable
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
@@ -32,6 +36,7 @@ class LineProgress:
         self.start = self.last = time.monotonic()
         self.closed = False
         self.printed = ""
+        self.leave = leave
 
     def _line(self) -> str:
         done = f"{self.n}/{self.total} ({100 * self.n / self.total:.0f}%)" if self.total else f"{self.n}"
@@ -63,7 +68,8 @@ class LineProgress:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._print()
+            if self.leave or self.printed:
+                self._print()
 
     def __iter__(self):
         for item in self.iterable:
@@ -99,7 +105,7 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
         return tqdm(iterable, total=total, desc=desc, disable=True)
     if _is_terminal(sys.stderr):
         return tqdm(iterable, total=total, desc=desc, leave=leave, initial=initial, dynamic_ncols=True)
-    return LineProgress(iterable, total=total, desc=desc, initial=initial, interval=interval)
+    return LineProgress(iterable, total=total, desc=desc, initial=initial, interval=interval, leave=leave)
 
 
 def stage(k: int, n: int, what: str, *, enabled: bool = True) -> None:

@@ -1,11 +1,11 @@
 """Small tensor helpers shared across the package."""
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 from torch import Tensor
+
+# the argument checks live in .checks (one policy); these names stay importable from here
+from .checks import check_bool, check_count, check_finite_number, check_generator  # noqa: F401
 
 
 def append_dims(v: Tensor, ndim: int) -> Tensor:
@@ -44,61 +44,6 @@ def batch_time(t, x: Tensor) -> Tensor:
     if t.shape != (x.shape[0],):
         raise ValueError(f"t: expected a scalar or shape ({x.shape[0]},) to match the batch of x, got {tuple(t.shape)}")
     return t
-
-
-def _is_real_scalar(value) -> bool:
-    """A real number that is not a boolean: int, float, a NumPy real scalar, or a one-element real tensor."""
-    if isinstance(value, Tensor):
-        return value.numel() == 1 and value.dtype != torch.bool and not value.is_complex()
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
-
-
-def check_finite_number(name: str, value, *, positive: bool = False, allowed: str | None = None) -> float:
-    """Validate a scalar hyper-parameter and return it as a float.
-
-    A value that is not a real number (a string, a boolean, None, a list) is a TypeError; a real number
-    that is NaN, infinite or (with ``positive``) not above 0 is a ValueError. Both messages name the argument.
-    """
-    what = allowed or ("a finite positive number" if positive else "a finite number")
-    if not _is_real_scalar(value):
-        raise TypeError(f"{name}: expected {what}, got {value!r} of type {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v) or (positive and v <= 0):
-        raise ValueError(f"{name}: expected {what}, got {value!r}")
-    return v
-
-
-def check_count(name: str, value, *, minimum: int = 1) -> int:
-    """Validate a count (a number of samples, steps, ...) and return it as an int.
-
-    Only integers are counts: ``2.5`` (or ``2.0``, or ``True``) is a TypeError rather than a
-    silently truncated 2; an integer below ``minimum`` is a ValueError. Both messages name the argument.
-    """
-    integral = isinstance(value, numbers.Integral) or (
-        isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point()
-        and not value.is_complex())
-    if not integral or isinstance(value, bool) or type(value).__name__ == "bool_" or (
-            isinstance(value, Tensor) and value.dtype == torch.bool):
-        raise TypeError(f"{name}: expected an integer >= {minimum}, got {value!r} of type {type(value).__name__}")
-    v = int(value)
-    if v < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {v}")
-    return v
-
-
-def check_bool(name: str, value) -> bool:
-    """A flag is ``True`` or ``False``: the string ``'false'`` (which is truthy) or ``0`` is a TypeError."""
-    if not isinstance(value, bool) and type(value).__name__ != "bool_":
-        raise TypeError(f"{name}: expected True or False, got {value!r} of type {type(value).__name__}")
-    return bool(value)
-
-
-def check_generator(name: str, generator) -> torch.Generator | None:
-    """``None`` or a ``torch.Generator``; a NumPy generator or an integer seed is a TypeError."""
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"{name}: expected a torch.Generator or None, got {type(generator).__name__} "
-                        "(seed one with torch.Generator().manual_seed(seed))")
-    return generator
 
 
 def broadcast_time(t: Tensor, x: Tensor, name: str = "t") -> Tensor:

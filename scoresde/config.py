@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrainConfig", "RESUME_FREE_FIELDS", "NET_OPTION_FIELDS", "RESERVED_NET_KWARGS"]
+from .checks import check_count
+
+__all__ = ["TrainConfig", "RESUME_FREE_FIELDS", "NET_OPTION_FIELDS", "RESERVED_NET_KWARGS", "default_warmup"]
 
 #: fields that may differ between a checkpoint and the run that resumes it: they change neither the
 #: model nor the random stream (``steps`` extends a run; ``device`` moves it).
@@ -36,6 +38,16 @@ NET_OPTION_FIELDS = ("width", "depth", "embedding", "emb_dim", "time_input")
 #: keyword arguments the trainer itself gives every network (from the SDE, the target, the data)
 RESERVED_NET_KWARGS = frozenset({"sde", "parameterization", "num_classes", "dim", "in_channels", "image_size",
                                  "event_shape"})
+
+
+#: the default warm-up: at most this many steps, and at most 1/WARMUP_FRACTION of the run
+WARMUP_MAX, WARMUP_FRACTION = 200, 10
+
+
+def default_warmup(steps: int) -> int:
+    """``min(200, steps // 10)``: the warm-up of ``TrainConfig(warmup=None)``, short enough that a short run
+    reaches its learning rate (a 100-step run warming up over 200 steps never would)."""
+    return min(WARMUP_MAX, steps // WARMUP_FRACTION)
 
 
 def _same_kind(err: Exception, message: str) -> Exception:
@@ -74,6 +86,12 @@ class TrainConfig:
     network sends 10-17% of its samples beyond radius 6 (W2 16.6 against a two-sample floor of
     0.26), the x0 network reaches W2 0.69, and the EDM-wrapped one 0.44. Choose None to compare
     targets as the networks' raw outputs.
+
+    Optimisation: AdamW at ``lr`` after a linear warm-up over ``warmup`` steps; ``warmup=None`` (the
+    default) is :func:`default_warmup` of ``steps``, ``min(200, steps // 10)``, resolved by the
+    :class:`~scoresde.training.Trainer` when a run starts and recorded in its config and checkpoint, so
+    a resumed run (with ``warmup=None`` or the recorded value) keeps the warm-up it started with.
+    :meth:`resolved_warmup` gives the number.
     """
 
     # data
@@ -106,7 +124,7 @@ class TrainConfig:
     batch_size: int = 512
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    warmup: int = 200
+    warmup: int | None = None
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     seed: int = 0
@@ -139,13 +157,11 @@ class TrainConfig:
         self._check_sde_kwargs()
         self._check_net_and_loss()
         for name in ("steps", "batch_size", "log_every", "ckpt_every", "t_buckets"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+            check_count(name, getattr(self, name))  # a non-integer is a TypeError, below 1 a ValueError
         for name in ("warmup", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name}: expected an integer >= 0, got {v!r}")
+            if name == "warmup" and self.warmup is None:  # the default: resolved from steps (default_warmup)
+                continue
+            check_count(name, getattr(self, name), minimum=0)
         for name, lo, hi, what in (("lr", 0, math.inf, "> 0"), ("weight_decay", 0, math.inf, ">= 0"),
                                    ("grad_clip", 0, math.inf, ">= 0 (0: no clipping)"),
                                    ("ema_decay", 0, 1, "in [0, 1)"), ("label_dropout", 0, 1, "in [0, 1)"),
@@ -209,6 +225,10 @@ class TrainConfig:
             if self.weighting != "sigma2" or self.importance:
                 raise ValueError(f"loss: 'flow_matching' has no time weighting; leave weighting='sigma2' and "
                                  f"importance=False, got weighting={self.weighting!r}, importance={self.importance!r}")
+
+    def resolved_warmup(self) -> int:
+        """``warmup``, or :func:`default_warmup` of ``steps`` when it is None."""
+        return default_warmup(self.steps) if self.warmup is None else self.warmup
 
     def net_options(self) -> dict[str, Any]:
         """The network's own options: ``net_kwargs`` and the option fields that are set."""

@@ -47,6 +47,8 @@ class SDE(Protocol):
     def alpha(self, t) -> Tensor: ...
     def lam(self, t) -> Tensor: ...
     def t_of_lam(self, lam) -> Tensor: ...
+    def _alpha_sigma(self, t) -> tuple[Tensor, Tensor]: ...  # unchecked twins, for the per-call path
+    def _t_of_lam(self, lam) -> Tensor: ...
 
 __all__ = ["reverse_drift", "probability_flow_drift", "ProbabilityFlowODE", "ReverseSDE", "AdditiveReverseSDE",
            "ForwardSDE",
@@ -128,8 +130,9 @@ class ProbabilityFlowODE(torch.nn.Module):
 
     def lambda_drift(self, lam: Tensor, y: Tensor) -> Tensor:
         """dy/dlam at ``(y, lam)`` for ``y = x / alpha``: ``(sigma^2 / alpha) s(alpha y, t(lam))``."""
-        t = self._time(self.sde.t_of_lam(schedule_time(lam, y)))
-        alpha, sigma = self.sde.alpha_sigma(t)
+        # the unchecked evaluators: the ends were checked once, where the solve began (no host read per call)
+        t = self._time(self.sde._t_of_lam(schedule_time(lam, y)))
+        alpha, sigma = self.sde._alpha_sigma(t)
         return _coefficient(sigma**2 / alpha, y) * self.score_fn(_coefficient(alpha, y) * y, t)
 
     def solve(self, x: Tensor, times, *, method: str = "dopri5", rtol: float = 1e-10, atol: float = 1e-10,

@@ -139,7 +139,8 @@ def make_grid(grid, sde: SDE, steps: int | None, *, t_min: float | None = None, 
     if callable(grid):
         return _check_callable_grid(grid(sde, int(steps), t_min, T), sde, int(steps), t_min, T)
     if isinstance(grid, str) and grid in GRIDS:
-        return validate_grid(GRIDS[grid](sde, int(steps), t_min, T), sde)
+        # a named grid is ours, but checked like a user's callable: the run relies on its length and ends
+        return _check_callable_grid(GRIDS[grid](sde, int(steps), t_min, T), sde, int(steps), t_min, T)
     raise ValueError(f"grid: unknown name {grid!r}; known grids: {', '.join(available())}, or pass a decreasing tensor of times")
 
 

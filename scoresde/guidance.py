@@ -117,7 +117,7 @@ def classifier_guidance(model: ScoreModel, classifier: Callable[[Tensor, Tensor]
         n_classes: K, to check labels before sampling (they are also checked against the logits).
     """
     if not isinstance(model, ScoreModel):
-        raise ValueError(f"model: expected a scoresde.ScoreModel, got {type(model).__name__}")
+        raise TypeError(f"model: expected a scoresde.ScoreModel, got {type(model).__name__}")
     if not callable(classifier):
         raise ValueError(f"classifier: expected a callable classifier(x, t) -> logits, got {type(classifier).__name__}")
     labels = _check_labels(y, _check_n_classes(n_classes))
@@ -171,7 +171,7 @@ def classifier_free_guidance(fn: Callable[[Tensor, Tensor, Tensor], Tensor], sde
         parameterization, time_input: what ``fn`` predicts and how it takes time (see ScoreModel).
     """
     if not callable(fn):
-        raise ValueError(f"fn: expected a callable fn(x, t, y), got {type(fn).__name__}")
+        raise TypeError(f"fn: expected a callable fn(x, t, y), got {type(fn).__name__}")
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"parameterization: unknown {parameterization!r}; allowed: {', '.join(PARAMETERIZATIONS)}")
     if isinstance(null_label, bool) or not isinstance(null_label, int):
@@ -181,8 +181,12 @@ def classifier_free_guidance(fn: Callable[[Tensor, Tensor, Tensor], Tensor], sde
         raise ValueError(f"y: the null label {null_label} means 'unconditional'; use scale=0 for that")
     scale = _check_scale(scale)
 
+    on_device: dict[torch.device, Tensor] = {}  # the labels copied once per device, not at every call
+
     def guided(x: Tensor, t: Tensor) -> Tensor:
-        lab = _labels_for(labels, x)
+        if x.device not in on_device:
+            on_device[x.device] = labels.to(x.device)
+        lab = _labels_for(on_device[x.device], x)
         null = torch.full_like(lab, null_label)
         if scale == 1:
             return fn(x, t, lab)
@@ -267,7 +271,7 @@ def _observed_score(x: Tensor, y: Tensor, alpha: Tensor, sigma: Tensor) -> Tenso
 
 
 def _coeffs(sde: SDE, x: Tensor, t) -> tuple[Tensor, Tensor]:
-    alpha, sigma = sde.alpha_sigma(batch_time(t, x))
+    alpha, sigma = sde._alpha_sigma(batch_time(t, x))  # unchecked: t comes from a checked run
     return append_dims(alpha, x.ndim), append_dims(sigma, x.ndim)
 
 

@@ -60,7 +60,9 @@ from torch import Tensor
 from ._tensor import check_finite_number
 from .bounds import BoundResult, continuous_bound, variational_bound
 from .bounds.gaussian import check_levels, check_on_lattice
+from .checks import FiniteWatch
 from .dynamics import ProbabilityFlowODE, odeint_in_lam, solve_ivp
+from .integrators import is_adaptive
 from .models import ScoreModel
 
 __all__ = ["LikelihoodResult", "log_likelihood", "divergence", "draw_probes", "bits_per_dim",
@@ -204,13 +206,16 @@ class _AugmentedFlow(torch.nn.Module):
 
 class _FiniteDrift(torch.nn.Module):
     """Records, on the device, the first lambda where the drift or the divergence is not finite, and
-    :meth:`check` raises a named error once the solve is over (or has failed: an adaptive solver fed a
-    non-finite field shrinks its step until "underflow in dt"). A NaN network output is caught by the
-    model wrapper; this catches finite outputs whose drift or divergence overflows. No host sync per call."""
+    :meth:`check` raises a named error once the solve is over. A NaN network output is caught by the
+    model wrapper; this catches finite outputs whose drift or divergence overflows. With ``stop_at_once``
+    (an adaptive or scipy solve, which reads its state on the host every step anyway) the first bad
+    evaluation stops the solve, instead of letting the solver shrink its step until "underflow in dt";
+    a fixed-step solve is not read per call."""
 
-    def __init__(self, flow: torch.nn.Module):
+    def __init__(self, flow: torch.nn.Module, stop_at_once: bool):
         super().__init__()
         self.flow = flow
+        self.stop_at_once = stop_at_once
         self.bad_lam: Tensor | None = None  # lambda of the first non-finite evaluation (NaN: none yet)
         self.bad_count: Tensor | None = None  # how many drift values were not finite there
 
@@ -224,6 +229,8 @@ class _FiniteDrift(torch.nn.Module):
         first = first & self.bad_lam.isnan()
         self.bad_lam = torch.where(first, lam.detach().to(self.bad_lam), self.bad_lam)
         self.bad_count = torch.where(first, bad.sum(), self.bad_count)
+        if self.stop_at_once:
+            self.check()
         return dx, dl
 
     def check(self) -> None:
@@ -270,7 +277,7 @@ def log_likelihood(model: ScoreModel, x: Tensor, *, t_min: float | None = None, 
     """
     x = _check_points(x)
     if not isinstance(model, ScoreModel):
-        raise ValueError(f"model: expected a scoresde.ScoreModel, got {type(model).__name__}")
+        raise TypeError(f"model: expected a scoresde.ScoreModel, got {type(model).__name__}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     sde = model.sde
@@ -310,20 +317,31 @@ def log_likelihood(model: ScoreModel, x: Tensor, *, t_min: float | None = None, 
         points = x + bin_width * (u.to(x.device) - (0.5 if levels is not None else 0.0))
     probes = draw_probes(points, n_probes, probe, generator) if estimator == "hutchinson" else None
 
-    flow = _FiniteDrift(_AugmentedFlow(model, probes, create_graph=differentiable, t_range=(t_min, T)))
+    stop_at_once = backend == "scipy" or is_adaptive(method or "dopri5")
+    flow = _FiniteDrift(_AugmentedFlow(model, probes, create_graph=differentiable, t_range=(t_min, T)), stop_at_once)
     ends = torch.tensor([t_min, T], dtype=torch.float64)
     lam, (alpha_min, alpha_T) = sde.lam(ends), sde.alpha(ends)
     nfe0 = model.nfe
+    # Two records on the device, each read once after the solve: the model wrapper's (a non-finite network
+    # output: a bad model) and the drift's (finite outputs whose drift or divergence overflows)
+    watch = FiniteWatch("end")
     try:
-        if backend == "torchdiffeq":
-            y_T, integral = _solve_torchdiffeq(flow, points / alpha_min, lam, method or "dopri5", rtol, atol,
-                                               options or {}, differentiable)
-        else:
-            y_T, integral = _solve_scipy(flow, points / alpha_min, lam, method or "RK45", rtol, atol,
-                                         options or {})
-    except (AssertionError, RuntimeError):  # torchdiffeq's "underflow in dt", scipy's failure: blame the field
+        with model.watching(watch):
+            if backend == "torchdiffeq":
+                y_T, integral = _solve_torchdiffeq(flow, points / alpha_min, lam, method or "dopri5", rtol, atol,
+                                                   options or {}, differentiable)
+            else:
+                y_T, integral = _solve_scipy(flow, points / alpha_min, lam, method or "RK45", rtol, atol,
+                                             options or {})
+    except (AssertionError, RuntimeError, FloatingPointError):  # underflow in dt, scipy's failure, a bad drift:
+        failure = watch.read()  # a non-finite network output is the model's fault, named as such
+        if failure is not None:
+            raise watch.error(failure) from None
         flow.check()
         raise
+    failure = watch.read()
+    if failure is not None:
+        raise watch.error(failure)
     flow.check()
     nfe = model.nfe - nfe0
     latent = alpha_T * y_T

@@ -56,7 +56,8 @@ import torch
 from torch import Tensor
 
 from ._tensor import append_dims, check_finite_number
-from .models import ScoreModel
+from .checks import FiniteWatch
+from .models import FROM_PAIR, ScoreModel
 from .sde import SDE
 
 __all__ = ["WEIGHTINGS", "TIME_SAMPLINGS", "LOSSES", "dsm_loss", "flow_matching_loss", "sample_times", "loss_weight"]
@@ -67,6 +68,10 @@ WEIGHTINGS = ("sigma2", "likelihood", "min_snr", "snr")
 TIME_SAMPLINGS = ("uniform", "stratified", "antithetic")
 
 Weighting = str | Callable[[Tensor], Tensor]
+
+#: the losses read no model output on the host: a non-finite output makes the loss non-finite, which the
+#: trainer's one read of the step's statistics reports
+_UNCHECKED = FiniteWatch("off")
 
 
 def _check_weighting(weighting: Weighting) -> None:
@@ -114,26 +119,28 @@ def sample_times(sde: SDE, n: int, *, scheme: str = "uniform", importance: bool 
     if not importance:
         t = lo + (hi - lo) * u
         return t.to(dtype), torch.ones_like(t, dtype=dtype)
-    ends = sde.lam(torch.tensor([hi, lo], dtype=torch.float64, device=device))
+    # the ends were checked above, so the SDE's unchecked evaluators serve (no host read of device tensors)
+    ends = sde._lam(torch.tensor([hi, lo], dtype=torch.float64, device=device))
     lam = ends[0] + (ends[1] - ends[0]) * u
     # the inverse is accurate to rounding only: keep t inside the interval it was drawn on
-    t = sde.t_of_lam(lam).clamp(lo, hi)
+    t = sde._t_of_lam(lam).clamp(lo, hi)
     Z = 2 * (ends[1] - ends[0])
-    ratio = Z / ((hi - lo) * (sde.g2(t) / sde.sigma(t) ** 2))
+    ratio = Z / ((hi - lo) * (sde.g2(t) / sde._sigma(t) ** 2))
     return t.to(dtype), ratio.to(dtype)
 
 
 def loss_weight(sde: SDE, t: Tensor, weighting: Weighting = "sigma2", *, min_snr_gamma: float = 5.0) -> Tensor:
-    r"""``lambda(t) / sigma_t^2``: the factor in front of ``||eps_hat - eps||^2``, shape of ``t``."""
+    r"""``lambda(t) / sigma_t^2``: the factor in front of ``||eps_hat - eps||^2``, shape of ``t`` (times in [0, T],
+    not checked here: the losses draw or check them)."""
     _check_weighting(weighting)
     if callable(weighting):
-        return weighting(t) / sde.sigma(t) ** 2
+        return weighting(t) / sde._sigma(t) ** 2
     if weighting == "sigma2":
         return torch.ones_like(t)
     if weighting == "likelihood":
-        return sde.g2(t) / sde.sigma(t) ** 2
+        return sde.g2(t) / sde._sigma(t) ** 2
     gamma = check_finite_number("min_snr_gamma", min_snr_gamma, positive=True)
-    snr = torch.exp(2 * sde.lam(t))
+    snr = torch.exp(2 * sde._lam(t))
     return torch.clamp(snr, max=gamma) / snr
 
 
@@ -141,7 +148,7 @@ def _perturb(model: ScoreModel, x0: Tensor, *, time_sampling: str, importance: b
              t_min, T) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
     """Validate, draw (or take) t and eps, and form ``x_t = alpha_t x_0 + sigma_t eps``: ``(t, ratio, eps, x_t)``."""
     if not isinstance(model, ScoreModel):
-        raise ValueError(f"model: expected a scoresde.ScoreModel, got {type(model).__name__}")
+        raise TypeError(f"model: expected a scoresde.ScoreModel, got {type(model).__name__}")
     if not isinstance(x0, Tensor) or x0.ndim < 2 or not x0.is_floating_point():
         raise ValueError(f"x0: expected a floating tensor of shape (batch, *event_shape), got "
                          f"{tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__}")
@@ -161,8 +168,8 @@ def _perturb(model: ScoreModel, x0: Tensor, *, time_sampling: str, importance: b
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     elif noise.shape != x0.shape:
         raise ValueError(f"noise: expected shape {tuple(x0.shape)} like x0, got {tuple(noise.shape)}")
-    alpha, sigma = sde.alpha_sigma(t)
-    x_t = append_dims(alpha, x0.ndim) * x0 + append_dims(sigma, x0.ndim) * noise
+    c = sde._coefficients(append_dims(t, x0.ndim))
+    x_t = c.alpha * x0 + c.sigma * noise
     return t, ratio, noise, x_t
 
 
@@ -190,7 +197,8 @@ def dsm_loss(model: ScoreModel, x0: Tensor, *, weighting: Weighting = "sigma2", 
     _check_weighting(weighting)
     t, ratio, noise, x_t = _perturb(model, x0, time_sampling=time_sampling, importance=importance, t=t,
                                     noise=noise, generator=generator, t_min=t_min, T=T)
-    eps_hat = model.to_eps(model.predict(x_t, t), x_t, t)
+    with model.watching(_UNCHECKED):
+        eps_hat = model.to_eps(model.predict(x_t, t), x_t, t)
     sq = (eps_hat - noise).pow(2).reshape(x0.shape[0], -1).sum(1)
     w = loss_weight(model.sde, t, weighting, min_snr_gamma=min_snr_gamma)
     if ratio is not None:
@@ -214,14 +222,8 @@ def flow_matching_loss(model: ScoreModel, x0: Tensor, *, time_sampling: str = "u
     """
     t, _, noise, x_t = _perturb(model, x0, time_sampling=time_sampling, importance=False, t=t, noise=noise,
                                 generator=generator, t_min=t_min, T=T)
-    sde, nd = model.sde, x0.ndim
-    d_alpha = append_dims(sde.alpha(t) * sde.f(t), nd)
-    d_sigma = append_dims(sde.dsigma_dt(t), nd)
-    target = d_alpha * x0 + d_sigma * noise
-    out = model.predict(x_t, t)
-    if model.parameterization == "velocity":
-        u_hat = out
-    else:
-        u_hat = d_alpha * model.to_x0(out, x_t, t) + d_sigma * model.to_eps(out, x_t, t)
+    target = FROM_PAIR["velocity"](x0, noise, model.coefficients(x_t, t))
+    with model.watching(_UNCHECKED):
+        u_hat = model.convert(model.predict(x_t, t), x_t, t, "velocity")
     loss = (u_hat - target).pow(2).reshape(x0.shape[0], -1).sum(1)
     return (loss, t) if return_times else loss

@@ -11,6 +11,10 @@ Inverting ``v``: ``x0 = (alpha x - sigma v)/(alpha^2 + sigma^2)``,
 ``eps = (sigma x + alpha v)/(alpha^2 + sigma^2)``. Inverting ``velocity``: solve the 2x2 system
 ``[alpha sigma; alpha' sigma'] [x0; eps] = [x; u]``.
 
+These formulas are written once, as the tables :data:`TO_EPS`, :data:`TO_X0` and :data:`FROM_PAIR` of pure
+functions of ``(output, x, coefficients)`` with the SDE's :class:`~scoresde.sde.Coefficients` record;
+the wrapper, the EDM preconditioner and the losses all use them.
+
 Every call of the wrapped function increments :attr:`ScoreModel.nfe`, so samplers never count
 evaluations by hand (cf. scipy's ``OdeSolver.nfev``).
 """
@@ -22,16 +26,49 @@ import torch
 from torch import Tensor
 
 from ._tensor import append_dims, batch_time
-from .sde import SDE
+from .checks import FiniteWatch, NonFiniteModelOutput
+from .sde import SDE, Coefficients
 
 PARAMETERIZATIONS = ("score", "eps", "x0", "v", "velocity")
 TIME_CONVENTIONS = ("continuous", "discrete")
 
-__all__ = ["ScoreModel", "PARAMETERIZATIONS", "TIME_CONVENTIONS", "NonFiniteModelOutput"]
+__all__ = ["ScoreModel", "PARAMETERIZATIONS", "TIME_CONVENTIONS", "NonFiniteModelOutput", "TO_EPS", "TO_X0",
+           "FROM_PAIR"]
 
 
-class NonFiniteModelOutput(FloatingPointError):
-    """The network itself returned NaN or inf (as opposed to a sampler's state becoming non-finite)."""
+# ----- the conversion table: pure functions of (output, x, coefficients) ---------------------------
+# ``c`` is an :class:`~scoresde.sde.Coefficients` record whose tensors broadcast against x.
+def _velocity_det(c: Coefficients) -> Tensor:
+    # the determinant of [alpha sigma; alpha' sigma'], which maps (x0, eps) to (x, velocity)
+    return c.alpha * c.d_sigma - c.sigma * c.d_alpha
+
+
+#: raw output in each parameterisation -> the noise prediction eps
+TO_EPS: dict[str, Callable[[Tensor, Tensor, Coefficients], Tensor]] = {
+    "eps": lambda out, x, c: out,
+    "score": lambda out, x, c: -c.sigma * out,
+    "x0": lambda out, x, c: (x - c.alpha * out) / c.sigma,
+    "v": lambda out, x, c: (c.sigma * x + c.alpha * out) / (c.alpha**2 + c.sigma**2),
+    "velocity": lambda out, x, c: (c.alpha * out - c.d_alpha * x) / _velocity_det(c),
+}
+
+#: raw output in each parameterisation -> the data prediction x0 (eps and score go through eps)
+TO_X0: dict[str, Callable[[Tensor, Tensor, Coefficients], Tensor]] = {
+    "x0": lambda out, x, c: out,
+    "v": lambda out, x, c: (c.alpha * x - c.sigma * out) / (c.alpha**2 + c.sigma**2),
+    "velocity": lambda out, x, c: (c.d_sigma * x - c.sigma * out) / _velocity_det(c),
+    "eps": lambda out, x, c: (x - c.sigma * out) / c.alpha,
+    "score": lambda out, x, c: (x - c.sigma * TO_EPS["score"](out, x, c)) / c.alpha,
+}
+
+#: a consistent pair (x0, eps) -> the prediction in each parameterisation
+FROM_PAIR: dict[str, Callable[[Tensor, Tensor, Coefficients], Tensor]] = {
+    "eps": lambda x0, eps, c: eps,
+    "x0": lambda x0, eps, c: x0,
+    "score": lambda x0, eps, c: -eps / c.sigma,
+    "v": lambda x0, eps, c: c.alpha * eps - c.sigma * x0,
+    "velocity": lambda x0, eps, c: c.d_alpha * x0 + c.d_sigma * eps,
+}
 
 
 class ScoreModel:
@@ -48,8 +85,10 @@ class ScoreModel:
       (``lambda t: (sde.N * t - 1).round()``).
 
     Each call of ``fn`` is counted in :attr:`nfe`; its output must be a tensor shaped like ``x``
-    (``TypeError`` / ``ValueError`` otherwise) and finite (:class:`NonFiniteModelOutput`, a
-    ``FloatingPointError``, naming the model and the time otherwise).
+    (``TypeError`` / ``ValueError`` otherwise; shapes are host metadata, no sync) and finite: inside a
+    run (:func:`~scoresde.sample`, the likelihood) the run's :class:`~scoresde.checks.FiniteWatch` records a
+    non-finite output on the device and the run reports it once at its end; a direct call checks at once
+    (:class:`NonFiniteModelOutput`, a ``FloatingPointError``, naming the model and the time).
 
     The views :meth:`score`, :meth:`eps`, :meth:`x0`, :meth:`v`, :meth:`velocity` each cost one call;
     :meth:`predict` returns the raw output once so a sampler that needs two views pays one call.
@@ -58,9 +97,9 @@ class ScoreModel:
     def __init__(self, fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, parameterization: str = "eps",
                  *, time_input: str | Callable[[Tensor], Tensor] = "continuous"):
         if not callable(fn):
-            raise ValueError(f"fn: expected a callable fn(x, t), got {type(fn).__name__}")
+            raise TypeError(f"fn: expected a callable fn(x, t), got {type(fn).__name__}")
         if not isinstance(sde, SDE):
-            raise ValueError(f"sde: expected an instance of scoresde.SDE, got {type(sde).__name__}")
+            raise TypeError(f"sde: expected an instance of scoresde.SDE, got {type(sde).__name__}")
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization: unknown {parameterization!r}; allowed: {', '.join(PARAMETERIZATIONS)}")
         if not callable(time_input) and time_input not in TIME_CONVENTIONS:
@@ -73,6 +112,7 @@ class ScoreModel:
         self.parameterization = parameterization
         self.time_input = time_input
         self.nfe = 0
+        self._watch: FiniteWatch | None = None
 
     def __repr__(self) -> str:
         return f"ScoreModel(parameterization={self.parameterization!r}, sde={self.sde!r}, nfe={self.nfe})"
@@ -97,8 +137,12 @@ class ScoreModel:
         return self.time_input(t)
 
     def predict(self, x: Tensor, t) -> Tensor:
-        """Raw network output in the model's own parameterisation (one counted call)."""
-        t = batch_time(t, x)
+        """Raw network output in the model's own parameterisation (one counted call).
+
+        Its finiteness is told to the run's :class:`~scoresde.checks.FiniteWatch` (see :meth:`watching`),
+        which records it on the device; without one (a direct call) it is checked at once.
+        """
+        t = _network_batch_time(t, x)
         self.nfe += 1
         out = self.fn(x, self.network_time(t))
         if not isinstance(out, Tensor):
@@ -110,61 +154,52 @@ class ScoreModel:
                             f"expected a torch.Tensor shaped like x {tuple(x.shape)}")
         if out.shape != x.shape:
             raise ValueError(f"fn: output shape {tuple(out.shape)} differs from input shape {tuple(x.shape)}")
-        if not bool(torch.isfinite(out).all()):
-            raise NonFiniteModelOutput(f"the model {self.fn_name} returned NaN/inf at t = {_describe_time(t)}")
+        (self._watch or _CHECK_NOW).output(out, t, self.fn_name)
         return out
+
+    def watching(self, watch: FiniteWatch | None) -> _Watching:
+        """``with model.watching(watch):`` tell ``watch`` every output instead of checking each one at once."""
+        return _Watching(self, watch)
 
     # ----- conversions (pure, no model call) ---------------------------------------------------
     def _time(self, x: Tensor, t) -> Tensor:
-        """A per-sample time becomes ``(B,)`` broadcast over x; a scalar time a 0-d float64 CPU tensor,
-        which combines with x on any device without changing x's dtype."""
+        """A per-sample time becomes ``(B,)`` broadcast over x; a scalar time a 0-d float64 tensor (on the
+        CPU for a number, where it combines with x on any device without changing x's dtype; on its own
+        device for a device tensor, which is never read on the host)."""
         if isinstance(t, Tensor) and t.ndim > 0:
             return append_dims(batch_time(t, x), x.ndim)
-        return torch.as_tensor(t, dtype=torch.float64).cpu()
+        return torch.as_tensor(t, dtype=torch.float64)
 
-    def _coeffs(self, x: Tensor, t) -> tuple[Tensor, Tensor]:
-        """alpha(t), sigma(t), broadcastable against x."""
-        return self.sde.alpha_sigma(self._time(x, t))
+    def coefficients(self, x: Tensor, t) -> Coefficients:
+        """The SDE's coefficients at t, broadcastable against x (unchecked: t comes from a checked run)."""
+        return self.sde._coefficients(self._time(x, t))
 
     def to_eps(self, out: Tensor, x: Tensor, t) -> Tensor:
         """Convert a raw output ``out`` at (x, t) to the noise prediction."""
-        p = self.parameterization
-        if p == "eps":
+        if self.parameterization == "eps":
             return out
-        alpha, sigma = self._coeffs(x, t)
-        if p == "score":
-            return -sigma * out
-        if p == "x0":
-            return (x - alpha * out) / sigma
-        if p == "v":
-            return (sigma * x + alpha * out) / (alpha**2 + sigma**2)
-        # velocity u = alpha' x0 + sigma' eps, with alpha' = f alpha
-        dalpha, dsigma = self._rates(x, t, alpha)
-        return (alpha * out - dalpha * x) / (alpha * dsigma - sigma * dalpha)
+        return TO_EPS[self.parameterization](out, x, self.coefficients(x, t))
 
     def to_x0(self, out: Tensor, x: Tensor, t) -> Tensor:
         """Convert a raw output ``out`` at (x, t) to the data prediction."""
-        p = self.parameterization
-        if p == "x0":
+        if self.parameterization == "x0":
             return out
-        alpha, sigma = self._coeffs(x, t)
-        if p == "v":
-            return (alpha * x - sigma * out) / (alpha**2 + sigma**2)
-        if p == "velocity":
-            dalpha, dsigma = self._rates(x, t, alpha)
-            return (dsigma * x - sigma * out) / (alpha * dsigma - sigma * dalpha)
-        return (x - sigma * self.to_eps(out, x, t)) / alpha
+        return TO_X0[self.parameterization](out, x, self.coefficients(x, t))
 
     def to_score(self, out: Tensor, x: Tensor, t) -> Tensor:
         """Convert a raw output ``out`` at (x, t) to the score ``-eps / sigma``."""
         if self.parameterization == "score":
             return out
-        _, sigma = self._coeffs(x, t)
-        return self.to_eps(out, x, t) / -sigma
+        c = self.coefficients(x, t)
+        return TO_EPS[self.parameterization](out, x, c) / -c.sigma
 
-    def _rates(self, x: Tensor, t, alpha: Tensor) -> tuple[Tensor, Tensor]:
-        t = self._time(x, t)
-        return alpha * self.sde.f(t), self.sde.dsigma_dt(t)
+    def convert(self, out: Tensor, x: Tensor, t, to: str) -> Tensor:
+        """Convert a raw output ``out`` at (x, t) to the parameterisation ``to`` (one of :data:`PARAMETERIZATIONS`)."""
+        if to == self.parameterization:
+            return out
+        c = self.coefficients(x, t)
+        eps = TO_EPS[self.parameterization](out, x, c)
+        return FROM_PAIR[to](TO_X0["eps"](eps, x, c), eps, c)
 
     # ----- the views -------------------------------------------------------------------------
     def eps(self, x: Tensor, t) -> Tensor:
@@ -181,27 +216,40 @@ class ScoreModel:
 
     def v(self, x: Tensor, t) -> Tensor:
         """v prediction alpha eps - sigma x0."""
-        out = self.predict(x, t)
-        if self.parameterization == "v":
-            return out
-        alpha, sigma = self._coeffs(x, t)
-        eps = self.to_eps(out, x, t)
-        return alpha * eps - sigma * (x - sigma * eps) / alpha
+        return self.convert(self.predict(x, t), x, t, "v")
 
     def velocity(self, x: Tensor, t) -> Tensor:
         """Flow-matching velocity alpha' x0 + sigma' eps, which is the probability-flow drift."""
-        out = self.predict(x, t)
-        if self.parameterization == "velocity":
-            return out
-        alpha, sigma = self._coeffs(x, t)
-        dalpha, dsigma = self._rates(x, t, alpha)
-        eps = self.to_eps(out, x, t)
-        return dalpha * (x - sigma * eps) / alpha + dsigma * eps
+        return self.convert(self.predict(x, t), x, t, "velocity")
 
     __call__ = score
 
 
-def _describe_time(t: Tensor) -> str:
-    t = t.detach()
-    lo, hi = float(t.min()), float(t.max())
-    return f"{lo:.6g}" if lo == hi else f"{lo:.6g} .. {hi:.6g} (per sample)"
+class _Watching:
+    def __init__(self, model: ScoreModel, watch: FiniteWatch | None):
+        self.model, self.watch = model, watch
+
+    def __enter__(self):
+        self.saved, self.model._watch = self.model._watch, self.watch
+        return self.watch
+
+    def __exit__(self, *exc):
+        self.model._watch = self.saved
+        return False
+
+
+#: what a direct call (no run watching) does: check each output at once
+_CHECK_NOW = FiniteWatch("step")
+
+
+def _network_batch_time(t, x: Tensor) -> Tensor:
+    """The ``(B,)`` time handed to the network, in x's dtype on x's device.
+
+    A number or a CPU scalar (a grid time) is written on the device with ``torch.full``, which passes
+    the value as a kernel argument: no host-to-device copy per call. A tensor that carries a graph
+    (``sample(grad=True)`` with a grid tensor) is copied, so that the gradient reaches the grid.
+    """
+    if isinstance(t, Tensor) and t.ndim == 0 and t.device.type == "cpu" and x.device.type != "cpu" \
+            and not t.requires_grad:
+        return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+    return batch_time(t, x)

@@ -23,7 +23,10 @@ closed forms for speed (the tests check both against finite differences).
 All methods are pure functions of ``t``: device and dtype follow ``t``. Python numbers are turned
 into float64 tensors. Nothing is cached on a fixed device.
 
-Domains (checked with one reduction per call; NaN fails the check):
+Domains (checked with one reduction per call of a public evaluator; NaN fails the check). The check reads a
+tensor on the host, so each public evaluator has an unchecked twin (``_sigma``, ``_alpha_sigma``, ``_lam``,
+``_t_of_lam``, ``_coefficients``) that the model wrapper, the networks and the losses call per model evaluation,
+with times that the boundary (``sample()``, the trainer, the likelihood) checked once:
 
 * the closed-form evaluators ``alpha``, ``sigma``, ``alpha_sigma`` and ``lam`` accept every t in the
   closed form's natural domain ``sde.domain``: ``[0, inf)`` for VP and sub-VP, ``[0, t_max]`` for VE
@@ -55,6 +58,7 @@ ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 __all__ = [
     "SDE",
+    "Coefficients",
     "VPSDE",
     "SubVPSDE",
     "VESDE",
@@ -101,6 +105,55 @@ def _check_points(name: str, x) -> None:
     if not x.is_floating_point() or x.ndim == 0:
         raise ValueError(f"{name}: expected a floating-point tensor with a batch dimension, got shape "
                          f"{tuple(x.shape)} of {x.dtype}")
+
+
+class Coefficients:
+    r"""The marginal coefficients of an SDE at times ``t``, as one record (read-only).
+
+    ``alpha``, ``sigma``, their time derivatives ``d_alpha = alpha f`` and ``d_sigma``, and the half
+    log-SNR ``lam = log alpha - log sigma``, each a tensor shaped like ``t`` (facebookresearch/flow_matching
+    returns the same four from one scheduler call, its ``SchedulerOutput``). Each is computed when first
+    read and kept, so a conversion that needs alpha and sigma does not pay for the derivatives. The
+    times are not checked here: :meth:`SDE.coefficients` checks them, ``SDE._coefficients`` does not.
+    """
+
+    __slots__ = ("sde", "t", "_alpha", "_sigma", "_d_alpha", "_d_sigma", "_lam")
+
+    def __init__(self, sde: SDE, t: Tensor):
+        self.sde, self.t = sde, t
+        self._alpha = self._sigma = self._d_alpha = self._d_sigma = self._lam = None
+
+    @property
+    def alpha(self) -> Tensor:
+        if self._alpha is None:
+            self._alpha = torch.exp(self.sde.log_alpha(self.t))
+        return self._alpha
+
+    @property
+    def sigma(self) -> Tensor:
+        if self._sigma is None:
+            self._sigma = self.sde._sigma(self.t)
+        return self._sigma
+
+    @property
+    def d_alpha(self) -> Tensor:
+        """d alpha / dt = alpha f (f = d log alpha / dt)."""
+        if self._d_alpha is None:
+            self._d_alpha = self.alpha * self.sde.f(self.t)
+        return self._d_alpha
+
+    @property
+    def d_sigma(self) -> Tensor:
+        """d sigma / dt."""
+        if self._d_sigma is None:
+            self._d_sigma = self.sde.dsigma_dt(self.t)
+        return self._d_sigma
+
+    @property
+    def lam(self) -> Tensor:
+        if self._lam is None:
+            self._lam = self.sde._lam(self.t)
+        return self._lam
 
 
 class SDE(ABC):
@@ -169,17 +222,34 @@ class SDE(ABC):
                              f"below {-0.5 * _LOG_FLOAT64_LIMIT:g} and finite f, g^2 at t_min and T")
 
     # ----- derived quantities (subclasses may override with closed forms) ----------------------
+    # A public evaluator checks its times against the domain (one host read, for a user's call); the
+    # underscored one does not, and is what the model wrapper, the networks and the losses call per
+    # model evaluation, with times that sample(), the trainer or the likelihood checked once.
+    def _sigma(self, t) -> Tensor:
+        """sigma(t) without the domain check (a new subclass's ``sigma`` is its unchecked closed form)."""
+        return self.sigma(t)
+
     def alpha(self, t) -> Tensor:
         """Mean coefficient alpha(t) = exp(log_alpha(t)), for t in :attr:`domain`."""
         return torch.exp(self.log_alpha(self._in_domain(t)))
 
     def log_sigma(self, t) -> Tensor:
-        return torch.log(self.sigma(as_time(t)))
+        return torch.log(self._sigma(as_time(t)))
 
     def alpha_sigma(self, t) -> tuple[Tensor, Tensor]:
         """alpha(t) and sigma(t) for t in :attr:`domain`."""
-        t = self._in_domain(t)
-        return torch.exp(self.log_alpha(t)), self.sigma(t)
+        return self._alpha_sigma(self._in_domain(t))
+
+    def _alpha_sigma(self, t) -> tuple[Tensor, Tensor]:
+        t = as_time(t)
+        return torch.exp(self.log_alpha(t)), self._sigma(t)
+
+    def coefficients(self, t) -> Coefficients:
+        """alpha, sigma, d alpha/dt, d sigma/dt and lam at t (in :attr:`domain`) as one record."""
+        return Coefficients(self, self._in_domain(t))
+
+    def _coefficients(self, t) -> Coefficients:
+        return Coefficients(self, as_time(t))
 
     def f(self, t) -> Tensor:
         """Drift coefficient f(t) = d log alpha(t) / dt (the drift is f(t) x)."""
@@ -188,8 +258,8 @@ class SDE(ABC):
     def g2(self, t) -> Tensor:
         """Squared diffusion g(t)^2 = d sigma^2 / dt - 2 f(t) sigma(t)^2."""
         t = as_time(t)
-        d_var = _derivative(lambda s: self.sigma(s) ** 2, t)
-        return d_var - 2 * self.f(t) * self.sigma(t) ** 2
+        d_var = _derivative(lambda s: self._sigma(s) ** 2, t)
+        return d_var - 2 * self.f(t) * self._sigma(t) ** 2
 
     def g(self, t) -> Tensor:
         """Diffusion coefficient g(t)."""
@@ -197,7 +267,10 @@ class SDE(ABC):
 
     def lam(self, t) -> Tensor:
         """Half log-SNR lambda(t) = log alpha(t) - log sigma(t), strictly decreasing in t (t in :attr:`domain`)."""
-        t = self._in_domain(t)
+        return self._lam(self._in_domain(t))
+
+    def _lam(self, t) -> Tensor:
+        t = as_time(t)
         return self.log_alpha(t) - self.log_sigma(t)
 
     def log_snr(self, t) -> Tensor:
@@ -218,7 +291,10 @@ class SDE(ABC):
         Default: vectorised bisection on [0, T] in float64 (lam is monotone), 100 halvings,
         which pins t to float64 resolution. Values beyond the range clamp to 0 or T.
         """
-        lam = self._finite_lam(lam)
+        return self._t_of_lam(self._finite_lam(lam))
+
+    def _t_of_lam(self, lam: Tensor) -> Tensor:
+        lam = as_time(lam)
         target = lam.to(torch.float64)
         lo = torch.zeros_like(target)
         hi = torch.full_like(target, float(self.T))
@@ -232,7 +308,7 @@ class SDE(ABC):
     def dsigma_dt(self, t) -> Tensor:
         """d sigma / dt, from g^2 = d sigma^2/dt - 2 f sigma^2."""
         t = as_time(t)
-        s = self.sigma(t)
+        s = self._sigma(t)
         return (self.g2(t) + 2 * self.f(t) * s**2) / (2 * s)
 
     # ----- marginals and prior -----------------------------------------------------------------
@@ -328,8 +404,11 @@ class _VariancePreserving(SDE):
         """Inverse of log_alpha(t)."""
 
     def sigma(self, t) -> Tensor:
+        return self._sigma(self._in_domain(t))
+
+    def _sigma(self, t) -> Tensor:
         # sigma^2 = 1 - alpha^2; expm1 keeps precision when alpha is close to 1 (small t).
-        return torch.sqrt(-torch.expm1(2 * self.log_alpha(self._in_domain(t))))
+        return torch.sqrt(-torch.expm1(2 * self.log_alpha(as_time(t))))
 
     def log_sigma(self, t) -> Tensor:
         return 0.5 * torch.log(-torch.expm1(2 * self.log_alpha(as_time(t))))
@@ -337,8 +416,8 @@ class _VariancePreserving(SDE):
     def g2(self, t) -> Tensor:
         return -2 * self.f(t)
 
-    def t_of_lam(self, lam) -> Tensor:
-        lam = self._finite_lam(lam)
+    def _t_of_lam(self, lam) -> Tensor:
+        lam = as_time(lam)
         # alpha^2 = sigmoid(2 lam)  =>  log alpha = -softplus(-2 lam) / 2
         log_alpha = -0.5 * torch.nn.functional.softplus(-2 * lam)
         return self.t_of_log_alpha(log_alpha)
@@ -441,7 +520,10 @@ class SubVPSDE(_LinearBeta, SDE):
         return 0.0, math.inf
 
     def sigma(self, t) -> Tensor:
-        return -torch.expm1(2 * self.log_alpha(self._in_domain(t)))
+        return self._sigma(self._in_domain(t))
+
+    def _sigma(self, t) -> Tensor:
+        return -torch.expm1(2 * self.log_alpha(as_time(t)))
 
     def log_sigma(self, t) -> Tensor:
         return torch.log(-torch.expm1(2 * self.log_alpha(as_time(t))))
@@ -450,8 +532,8 @@ class SubVPSDE(_LinearBeta, SDE):
         t = as_time(t)
         return self.beta(t) * -torch.expm1(4 * self.log_alpha(t))
 
-    def t_of_lam(self, lam) -> Tensor:
-        lam = self._finite_lam(lam)
+    def _t_of_lam(self, lam) -> Tensor:
+        lam = as_time(lam)
         # e^lam = alpha / (1 - alpha^2)  =>  alpha = 2 e^lam / (1 + sqrt(1 + 4 e^{2 lam})).
         # In logs, with the square root written as e^lam * sqrt(e^{-2 lam} + 4) for large lam.
         log_root = torch.where(
@@ -504,16 +586,19 @@ class VESDE(SDE):
         return math.log(self.sigma_min) + as_time(t) * self._log_ratio
 
     def sigma(self, t) -> Tensor:
-        return torch.exp(self.log_sigma(self._in_domain(t)))
+        return self._sigma(self._in_domain(t))
+
+    def _sigma(self, t) -> Tensor:
+        return torch.exp(self.log_sigma(t))
 
     def f(self, t) -> Tensor:
         return torch.zeros_like(as_time(t))
 
     def g2(self, t) -> Tensor:
-        return 2 * self._log_ratio * self.sigma(t) ** 2
+        return 2 * self._log_ratio * self._sigma(t) ** 2
 
-    def t_of_lam(self, lam) -> Tensor:
-        return (-self._finite_lam(lam) - math.log(self.sigma_min)) / self._log_ratio
+    def _t_of_lam(self, lam) -> Tensor:
+        return (-as_time(lam) - math.log(self.sigma_min)) / self._log_ratio
 
 
 @dataclass(frozen=True)
@@ -589,7 +674,10 @@ class FlowMatchingSDE(SDE):
         return torch.log1p(-as_time(t))
 
     def sigma(self, t) -> Tensor:
-        return self._in_domain(t).clone()
+        return self._sigma(self._in_domain(t))
+
+    def _sigma(self, t) -> Tensor:
+        return as_time(t).clone()
 
     def f(self, t) -> Tensor:
         return -1 / (1 - as_time(t))
@@ -598,9 +686,9 @@ class FlowMatchingSDE(SDE):
         t = as_time(t)
         return 2 * t / (1 - t)
 
-    def t_of_lam(self, lam) -> Tensor:
+    def _t_of_lam(self, lam) -> Tensor:
         # (1 - t)/t = e^lam  =>  t = 1/(1 + e^lam) = sigmoid(-lam)
-        return torch.sigmoid(-self._finite_lam(lam))
+        return torch.sigmoid(-as_time(lam))
 
 
 def _as_schedule_tensor(name: str, values) -> Tensor:
@@ -645,6 +733,7 @@ class DiscreteVPSDE(_VariancePreserving):
     alphas_cumprod: Tensor | None = None
     t_min: float | None = None
     _log_alpha_knots: Tensor = field(init=False, repr=False)
+    _knots_on: dict = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self):
         if self.betas is not None and self.alphas_cumprod is not None:
@@ -693,11 +782,16 @@ class DiscreteVPSDE(_VariancePreserving):
     def _knots(self, like: Tensor) -> tuple[Tensor, Tensor]:
         """log alpha at t = 0, 1/N, ..., 1 (a knot at t = 0 with alpha = 1 closes the schedule) and the
         slopes between them, on ``like``'s device and dtype."""
-        la = torch.cat([self._log_alpha_knots.new_zeros(1), self._log_alpha_knots])
-        la = la.to(device=like.device, dtype=like.dtype)
-        return la, (la[1:] - la[:-1]) * self.N
+        key = (like.device, like.dtype)
+        if key not in self._knots_on:  # one copy per device and dtype, not a host-to-device copy per call
+            la = torch.cat([self._log_alpha_knots.new_zeros(1), self._log_alpha_knots])
+            la = la.to(device=like.device, dtype=like.dtype)
+            self._knots_on[key] = (la, (la[1:] - la[:-1]) * self.N)
+        return self._knots_on[key]
 
     def _segment(self, t: Tensor) -> Tensor:
+        # in a half dtype N - 1 itself may round up (999 -> 1000 in bfloat16): index in float32 at least
+        t = t if t.dtype in (torch.float32, torch.float64) else t.float()
         return torch.clamp(torch.floor(t * self.N), 0, self.N - 1).long()
 
     def log_alpha(self, t) -> Tensor:

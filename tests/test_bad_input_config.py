@@ -19,9 +19,9 @@ CONFIGS = [
     (dict(conditional="no"), TypeError, ["conditional", "'no'"]),
     (dict(progress=0), TypeError, ["progress", "0"]),
     (dict(tensorboard=None), TypeError, ["tensorboard", "None"]),
-    # counts are integers
-    (dict(steps=2.5), ValueError, ["steps", "2.5"]),
-    (dict(batch_size=True), ValueError, ["batch_size", "True"]),
+    # counts are integers (one policy, scoresde.checks: a non-integer is a TypeError)
+    (dict(steps=2.5), TypeError, ["steps", "2.5"]),
+    (dict(batch_size=True), TypeError, ["batch_size", "True"]),
     (dict(width="128"), ValueError, ["width", "'128'"]),
     (dict(seed=-1), ValueError, ["seed", "-1"]),
     # numbers are finite numbers in range

@@ -73,6 +73,11 @@ CASES = [
     # image data read wrong would train silently: refused by name
     (["train", "--out", "r", "--data", "folders", *SMALL], ["data", "'stray.png'", "sub-folder"]),
     (["train", "--out", "r", "--data", "pixels_as_float.npy", *SMALL], ["data", "[128, 128]", "[-1, 1]", "uint8"]),
+    # sample: the method spec and the step count, checked before the run is read
+    (["sample", "--ckpt", "adir", "--steps", "0"], ["--steps", "0", "1 to 100000"]),
+    (["sample", "--ckpt", "adir", "--method", "nope"], ["--method", "nope", "known samplers", "ddim"]),
+    (["sample", "--ckpt", "adir", "--method", "ddim:zeta=1"], ["--method", "zeta", "eta"]),
+    (["sample", "--ckpt", "adir", "--method", "ddim:eta"], ["--method", "key=value"]),
     # sample: a stale or broken torchrun setting
     (["sample", "--ckpt", "adir", "--out", "s.pt", "--dist-timeout", "0"], ["--dist-timeout", "0"]),
     # mixture, demo, study: outputs and counts

@@ -53,7 +53,7 @@ def test_clip_sample_matches_diffusers(clip_range):
 
 
 def test_clip_options_are_checked():
-    with pytest.raises(ValueError, match="clip_sample"):
+    with pytest.raises(TypeError, match="clip_sample"):  # one policy: a flag that is not True/False is a type error
         sd.samplers.get_sampler("ddim")(clip_sample="yes")
     with pytest.raises(ValueError, match="clip_range"):
         sd.samplers.get_sampler("ddim")(clip_sample=True, clip_range=0.0)

@@ -233,7 +233,7 @@ def test_the_fixed_step_flow_reads_nothing_on_the_host(method):
 def test_the_likelihood_finite_check_reads_nothing_per_call():
     from scoresde.likelihood import _FiniteDrift
 
-    check = _FiniteDrift(lambda lam, state: (state[0] * lam, state[1]))
+    check = _FiniteDrift(lambda lam, state: (state[0] * lam, state[1]), stop_at_once=False)
     y, l0 = torch.randn(3, 2, dtype=F64), torch.zeros(3, dtype=F64)
     assert _host_reads(lambda: [check(torch.tensor(v, dtype=F64), (y, l0)) for v in (0.1, 0.2, 0.3)]) == 0
     check(torch.tensor(float("inf"), dtype=F64), (y, l0))

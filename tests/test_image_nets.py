@@ -195,7 +195,8 @@ def test_wrong_image_shape_names_the_expected_shape(name):
 ])
 def test_bad_common_options_are_named(name, option, value, message):
     kwargs = {"in_channels": 1, "sde": sd.VPSDE(), "image_size": 8, **TINY[name], option: value}
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    exc = TypeError if option == "sde" else ValueError  # one policy: a wrong type is a TypeError
+    with pytest.raises(exc, match=message.replace("(", r"\(").replace(")", r"\)")):
         build_net(name, **kwargs)
 
 

@@ -297,8 +297,8 @@ def test_non_tensor_output_is_named():
 
 
 def test_unsupported_scheduler_options_are_named():
-    with pytest.raises(ValueError, match="clip_sample"):
-        diffusers_equivalent(diffusers.DDIMScheduler(clip_sample=True), 5)
+    with pytest.raises(ValueError, match="clip_sample: DDIMScheduler with set_alpha_to_one=False"):
+        diffusers_equivalent(diffusers.DDIMScheduler(clip_sample=True, set_alpha_to_one=False), 5)
     with pytest.raises(ValueError, match="no scoresde equivalent for 'PNDMScheduler'"):
         diffusers_equivalent(diffusers.PNDMScheduler(), 5)
     with pytest.raises(ValueError, match="spacing: unknown 'even'"):

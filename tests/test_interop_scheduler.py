@@ -75,7 +75,7 @@ def test_ddpm_pipeline_equals_sample(unet, method, options):
     model, sde = from_diffusers(pipe)
     x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     with torch.no_grad():
-        res = sd.sample(model, sde, method, STEPS, x_T=x_T, final_denoise=True, **options)
+        res = sd.sample(model, sde, method, x_T=x_T, grid=sched.schedule.t, final_denoise=True, **options)
     ours = (res.samples / 2 + 0.5).clamp(0, 1)
     inside = float(((ours > 0) & (ours < 1)).double().mean())
     assert inside > 0.25, inside
@@ -92,7 +92,7 @@ def test_pipeline_loop_equals_sample(unet, prediction, method, options):
     x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     theirs = pipeline_loop(unet, sched, x_T, STEPS)
     with torch.no_grad():
-        ours = sd.sample(model, sde, method, STEPS, x_T=x_T, final_denoise=True, **options).samples
+        ours = sd.sample(model, sde, method, x_T=x_T, grid=sched.schedule.t, final_denoise=True, **options).samples
     assert rel(ours, theirs) < RTOL
     assert rel(ours, x_T) > 0.1
 
@@ -164,13 +164,13 @@ def test_add_noise_scale_input_and_init_sigma():
     torch.testing.assert_close(sched.add_noise(x0, noise, ts), ac.sqrt() * x0 + (1 - ac).sqrt() * noise,
                                rtol=1e-12, atol=1e-14)
     assert sched.scale_model_input(x0, 5) is x0
-    assert sched.init_noise_sigma == pytest.approx(float((1 - ddpm.alphas_cumprod[-1].double()).sqrt()), rel=1e-12)
+    assert sched.init_noise_sigma == ddpm.init_noise_sigma == 1.0  # diffusers' VP schedulers: x_T ~ N(0, I)
 
 
 def test_multi_call_timesteps_are_the_stage_times():
     """Heun lists two calls per step at t_i and t_{i+1}; the dry run finds them without a model."""
     stepped("heun")
-    sched = ScoresdeScheduler(method="heun")
+    sched = ScoresdeScheduler(method="heun", grid="logsnr")  # a scoresde grid: 4 steps
     sched.set_timesteps(4)
     t = sched.schedule.t
     k = sched.sde.discrete_time(t)
@@ -182,14 +182,18 @@ def test_refuses_what_it_did_not_produce(unet):
     sched = ScoresdeScheduler(method="ddim")
     x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
     out = torch.zeros_like(x)
-    with pytest.raises(RuntimeError, match="set_timesteps"):
+    with pytest.raises(ValueError, match="call set_timesteps"):  # a ValueError, as diffusers raises
         sched.step(out, 999, x)
     sched.set_timesteps(3)
-    with pytest.raises(ValueError, match=r"timestep: 500.0 is not the one this scheduler listed for call 0 of 4"):
+    with pytest.raises(ValueError, match=r"timestep: 500.0 is not one of this scheduler's timesteps \(666, 333, 0\)"):
         sched.step(out, 500, x)
+    sched.step(out, sched.timesteps[0], x)
+    with pytest.raises(ValueError, match=r"timestep: 0.0 is not the one this scheduler listed for call 1 of 3"):
+        sched.step(out, 0, x)
+    sched.set_timesteps(3)
     for t in sched.timesteps:
         x = sched.step(out, t, x).prev_sample
-    with pytest.raises(ValueError, match="all 4 model calls of this run are done"):
+    with pytest.raises(ValueError, match="all 3 model calls of this run are done"):
         sched.step(out, sched.timesteps[-1], x)
     with pytest.raises(ValueError, match="model_output: expected a tensor of the sample's shape"):
         sched.set_timesteps(3)
@@ -221,7 +225,8 @@ def test_stochastic_samplers_draw_from_the_pipelines_generator(unet, method, opt
     """The pipeline draws x_T, then hands its generator to every step: scoresde.sample with x_T from the
     same generator and that generator after it sees the same noise in the same order."""
     stepped(method)
-    sched = ScoresdeScheduler(prediction_type="v_prediction", method=method, options=options)
+    # a scoresde grid from T = 1 (Heun's churn draws before its first call, which the pipeline makes at x_T)
+    sched = ScoresdeScheduler(prediction_type="v_prediction", method=method, options=options, grid="logsnr")
     pipe = diffusers.DDPMPipeline(unet, sched)
     pipe.set_progress_bar_config(disable=True)
     images = pipe(batch_size=2, generator=torch.Generator().manual_seed(6), num_inference_steps=STEPS,
@@ -230,11 +235,11 @@ def test_stochastic_samplers_draw_from_the_pipelines_generator(unet, method, opt
     g = torch.Generator().manual_seed(6)
     x_T = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
     with torch.no_grad():
-        res = sd.sample(model, sde, method, STEPS, x_T=x_T, final_denoise=True, generator=g, **options)
+        res = sd.sample(model, sde, method, x_T=x_T, grid=sched.schedule.t, final_denoise=True, generator=g, **options)
     ours = (res.samples / 2 + 0.5).clamp(0, 1)
     assert rel(ours, images) < RTOL
     with torch.no_grad():
-        other = sd.sample(model, sde, method, STEPS, x_T=x_T, final_denoise=True,
+        other = sd.sample(model, sde, method, x_T=x_T, grid=sched.schedule.t, final_denoise=True,
                           generator=torch.Generator().manual_seed(99), **options).samples
     assert rel((other / 2 + 0.5).clamp(0, 1), images) > 1e-3  # the noise matters
 
@@ -247,7 +252,7 @@ def test_the_listed_timesteps_are_the_calls_and_a_device_run_reads_nothing_back(
     stepped(method)
     sched = ScoresdeScheduler(method=method, options=options)
     sched.set_timesteps(4, device="meta")
-    assert sched.timesteps.device.type == "meta" and len(sched.timesteps) == sched.sampler.expected_nfe(4) + 1
+    assert sched.timesteps.device.type == "meta" and len(sched.timesteps) == sched.sampler.expected_nfe(sched.schedule.steps) + 1
     x = torch.empty(2, 3, 8, 8, device="meta")
     for t in sched.timesteps:
         x = sched.step(torch.empty_like(x), t, x, generator=torch.Generator().manual_seed(0)).prev_sample

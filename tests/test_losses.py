@@ -195,7 +195,7 @@ def test_bad_input_names_the_argument():
         dsm_loss(model, x0, t=torch.full((3,), 0.5))
     with pytest.raises(ValueError, match="noise"):
         dsm_loss(model, x0, noise=torch.zeros(4, 3))
-    with pytest.raises(ValueError, match="model"):
+    with pytest.raises(TypeError, match="model"):  # one policy: a wrong type is a TypeError
         dsm_loss(lambda x, t: x, x0)
     with pytest.raises(ValueError, match="t_min"):
         sample_times(sde, 4, t_min=2.0)

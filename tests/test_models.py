@@ -89,7 +89,7 @@ def test_bad_input():
         sd.ScoreModel(lambda x, t: x, sde, "noise")
     with pytest.raises(ValueError, match="time_input"):
         sd.ScoreModel(lambda x, t: x, sd.VPSDE(), "eps", time_input="discrete")
-    with pytest.raises(ValueError, match="fn"):
+    with pytest.raises(TypeError, match="fn"):  # one policy: a wrong type is a TypeError
         sd.ScoreModel(3, sde)
     with pytest.raises(ValueError, match="output shape"):
         sd.ScoreModel(lambda x, t: x[:, :1], sde).eps(torch.zeros(2, 2), 0.5)

@@ -89,5 +89,5 @@ def test_bad_input():
         EDMPrecondition(_Echo(), sde, "eps", sigma_data=0.0)
     with pytest.raises(ValueError, match="parameterization"):
         EDMPrecondition(_Echo(), sde, "noise")
-    with pytest.raises(ValueError, match="net"):
+    with pytest.raises(TypeError, match="net"):  # one policy: a wrong type is a TypeError
         EDMPrecondition(lambda x, t: x, sde)

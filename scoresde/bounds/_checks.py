@@ -1,11 +1,12 @@
-"""Input checks shared by the bounds: each raises before any work, naming the argument and what is allowed."""
+"""Input checks shared by the bounds (built on :mod:`scoresde.checks`): each raises before any work, naming the
+argument, the value and what is allowed."""
 from __future__ import annotations
-
-import operator
 
 import torch
 from torch import Tensor
 
+from ..checks import check_choice, check_count, check_instance  # noqa: F401  (the one policy, re-exported)
+from ..checks import check_generator as _check_generator
 from ..models import ScoreModel
 from .gaussian import check_levels, check_on_lattice
 
@@ -13,34 +14,11 @@ FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
 def check_model(model) -> ScoreModel:
-    if not isinstance(model, ScoreModel):
-        raise TypeError(f"model: expected a scoresde.ScoreModel, got {type(model).__name__}")
-    return model
+    return check_instance("model", model, ScoreModel, "a scoresde.ScoreModel")
 
 
 def check_generator(generator) -> torch.Generator | None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
-    return generator
-
-
-def check_count(name: str, value, *, minimum: int = 1) -> int:
-    """An integer >= ``minimum`` (a bool or a float such as 2.5 or 10.0 is refused)."""
-    if isinstance(value, bool) or isinstance(value, float):
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    try:
-        n = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}") from None
-    if n < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {n}")
-    return n
-
-
-def check_choice(name: str, value, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name}: unknown {value!r}; allowed: {', '.join(allowed)}")
-    return value
+    return _check_generator("generator", generator)
 
 
 def check_data(x0, levels) -> tuple[Tensor, int | None]:

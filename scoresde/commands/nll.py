@@ -2,7 +2,10 @@
 
 The model is the exact mixture oracle (``--data``, a built-in mixture, under ``--sde``) or a trained
 run (``--ckpt``). The points are a ``.pt``/``.npy`` file (``--points``; a ``.pt`` may hold a tensor,
-``{'x': ...}`` or ``(x, y)``) or ``--n`` draws from ``--data``. Integer-valued files are treated as
+``{'x': ...}`` or ``(x, y)``) or ``--n`` draws from ``--data``, which names what ``scoresde train --data``
+takes (a toy set, ``digits``/``digits_test``, an array file or an image folder), read by the trainer's
+own reader; of a finite set the first ``--n`` points are scored (all of them when ``--n`` is larger: the
+same points as the set saved to a file and given as ``--points``), with the set's number of levels. Integer-valued files are treated as
 discrete data on the integer lattice (``--bin-width 1``) unless ``--bin-width`` says otherwise.
 When the data are a built-in mixture, the exact log p_{t_min} is printed beside the ODE value.
 
@@ -24,6 +27,7 @@ import math
 from pathlib import Path
 
 from .._files import load_tensor_file, save_csv
+from .._progress import stage
 from ._paths import check_output
 
 
@@ -33,12 +37,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..likelihood import BACKENDS, ESTIMATORS, PROBES
 
     p = sub.add_parser("nll", help="negative log-likelihood (nats, bits/dim) through the probability-flow ODE")
-    p.add_argument("--data", default="eight_gaussians", help=f"toy data set: {', '.join(toy.available())} "
-                   f"(the exact oracle needs a mixture: {', '.join(sorted(toy.MIXTURES))})")
+    p.add_argument("--data", default="eight_gaussians",
+                   help=f"what `scoresde train --data` takes: a toy set ({', '.join(toy.available())}), digits, "
+                        f"digits_test, a .pt/.npy array or an image folder (the exact oracle needs a mixture: "
+                        f"{', '.join(sorted(toy.MIXTURES))}; other data need --ckpt)")
     p.add_argument("--sde", default="vp", choices=sorted(SDES), help="SDE of the exact oracle")
     p.add_argument("--ckpt", default=None, help="trained run folder or checkpoint (default: the exact oracle)")
+    p.add_argument("--diffusers", default=None, metavar="PATH",
+                   help="a diffusers pipeline folder (save_pretrained) to evaluate instead of a run (needs --points)")
     p.add_argument("--points", default=None, help=".pt or .npy file of points (default: --n draws from --data)")
-    p.add_argument("--n", type=int, default=256, help="number of points drawn from --data")
+    p.add_argument("--n", type=int, default=256,
+                   help="number of points drawn from --data (a finite set: its first N points, at most all of it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--estimator", default="auto", choices=ESTIMATORS)
     p.add_argument("--n-probes", type=int, default=1)
@@ -65,7 +74,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-t", type=int, default=1, help="sampled times per point (sampled estimators)")
     p.add_argument("--no-ode", dest="ode", action="store_false", help="skip the probability-flow ODE (with --bound)")
     p.add_argument("--out", default=None, help="CSV of per-sample values")
+    p.add_argument("--quiet", action="store_true", help="no stage lines on stderr (the results are still printed)")
     p.set_defaults(run=run)
+
+
+def _data_points(args, gen, dtype, levels: int | None, bin_width: float | None):
+    """``--n`` points of ``--data`` read as ``scoresde train`` reads it, and the levels to score them with.
+
+    A toy set is sampled; a finite set (digits, an array, a folder) gives its first ``min(--n, N)`` points
+    (a fixed test set, not a draw), rebuilt on the lattice in ``dtype`` from their integer levels (float32
+    data cast to float64 would sit a rounding error off the float64 lattice the likelihood checks).
+    """
+    from .. import toy
+    from ..images.datasets import to_levels
+    from ..training.data import make_data
+
+    if args.data in toy.DATASETS:
+        return toy.sample(args.data, args.n, gen).to(dtype), levels
+    data = make_data(args.data)  # the trainer's reader: the same names, the same errors
+    found = getattr(data, "levels", None)
+    if found is not None and bin_width is not None:
+        raise ValueError(f"--bin-width: {args.data} has {found} levels in [-1, 1]; give --levels {found} or neither")
+    if found is not None and levels is not None and levels != found:
+        raise ValueError(f"--levels: {levels} given, but {args.data} has {found} levels; give --levels {found}")
+    x = data.x[:args.n]
+    if found is None:
+        return x.to(dtype), levels
+    return to_levels(x, found).to(dtype) / (found - 1) * 2 - 1, found
 
 
 def _load_points(path: Path):
@@ -106,7 +141,20 @@ def run(args) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     mix = toy.mixture(args.data) if args.data in toy.MIXTURES else None
 
-    if args.ckpt is not None:
+    if args.diffusers is not None:
+        if args.ckpt is not None:
+            raise ValueError(f"--diffusers: give --ckpt or --diffusers, not both (got --ckpt {args.ckpt})")
+        if args.points is None:
+            raise ValueError("--points: a diffusers pipeline's likelihood needs image points (a .pt or .npy file of "
+                             "shape (B, C, H, W)); give --points")
+        from types import SimpleNamespace
+
+        from ..interop.diffusers import load_diffusers_model
+
+        model = load_diffusers_model(args.diffusers, dtype=dtype)
+        cfg = SimpleNamespace(data=None)
+        source = f"diffusers pipeline {args.diffusers}"
+    elif args.ckpt is not None:
         from ..training import load_model
 
         model, cfg = load_model(args.ckpt)
@@ -124,6 +172,7 @@ def run(args) -> int:
         source = f"exact oracle of {args.data} under {args.sde}"
     sde = model.sde
     recorded = getattr(model, "levels", None) if args.ckpt is not None else None
+    external = args.ckpt is not None or args.diffusers is not None
 
     bin_width, levels = args.bin_width, args.levels
     if args.points is not None:
@@ -149,9 +198,10 @@ def run(args) -> int:
             bin_width = 1.0 if bin_width is None else bin_width
         x = x.to(dtype)
     else:
-        if args.data not in toy.DATASETS:
-            raise ValueError(f"--data: unknown data set {args.data!r}; known: {', '.join(toy.available())}")
-        x = toy.sample(args.data, args.n, gen).to(dtype)
+        x, levels = _data_points(args, gen, dtype, levels, bin_width)
+        if recorded is not None and levels is not None and levels != recorded:
+            raise ValueError(f"--data: {args.data} has {levels} levels, but the run {args.ckpt} was trained on data "
+                             f"with {recorded} levels; its bound on these data would be a wrong number")
     if args.bpd and bin_width is not None and not args.dequantize:
         raise ValueError(f"--bpd: the data are discrete (bin width {bin_width}) and --no-dequantize was given; "
                          "bits per dimension need dequantisation")
@@ -161,16 +211,19 @@ def run(args) -> int:
             raise ValueError("--exact-prior: needs --data to be a built-in mixture")
         prior = lambda z: mix.log_prob_t(z, sde.T, sde)  # noqa: E731
 
-    if args.ckpt is None and (x.ndim != 2 or x.shape[1] != mix.dim):
+    if not external and (x.ndim != 2 or x.shape[1] != mix.dim):
         raise ValueError(f"--points: the exact oracle of {args.data} takes points of shape (B, {mix.dim}), got "
                          f"{tuple(x.shape)}; give --ckpt for a trained model of such data")
     if args.bound is not None and bin_width is not None:
         raise ValueError(f"--bound: discrete data need --levels (values in [-1, 1]) for the decoder, not a bin "
                          f"width ({bin_width})")
-    oracle_data = mix is not None and x.ndim == 2 and mix.dim == x.shape[1] and (args.ckpt is None or cfg.data == args.data)
+    oracle_data = mix is not None and x.ndim == 2 and mix.dim == x.shape[1] and (not external or cfg.data == args.data)
     columns = {}
     n = x.shape[0]
+    stages = [what for what, on in (("the probability-flow ODE", args.ode), (f"the {args.bound} bound", args.bound))
+              if on]
     if args.ode:
+        stage(1, len(stages), f"{stages[0]} through {n} points", enabled=not args.quiet)
         res = log_likelihood(model, x, estimator=args.estimator, n_probes=args.n_probes, probe=args.probe,
                              generator=gen, backend=args.backend, method=args.method, rtol=args.rtol, atol=args.atol,
                              prior_log_prob=prior, bin_width=bin_width, dequantize=args.dequantize, levels=levels)
@@ -191,6 +244,7 @@ def run(args) -> int:
             print(f"exact NLL {float(exact.mean()):.5f} nats; mean |ODE - exact| "
                   f"{float((nll - exact).abs().mean()):.2e} (prior mismatch {'removed' if prior else 'included'})")
     if args.bound is not None:
+        stage(len(stages), len(stages), f"{stages[-1]} of {n} points", enabled=not args.quiet)
         if args.bound == "discrete":
             b = variational_bound(model, x, steps=args.steps, reverse_variance=args.reverse_variance, levels=levels,
                                   estimator=args.bound_estimator, n_t=args.n_t, generator=gen)

@@ -2,6 +2,9 @@
 
 The samples keep the run's event shape (``(n, 2)`` for toy data, ``(n, C, H, W)`` for images);
 ``--image-grid out.png`` writes a PNG grid of the first ``--grid-count`` images (``--grid`` names the time grid).
+``--method`` takes a sampler's options as the studies do (``'dpm_solver++:order=3'``, ``'ode:solver=rk4'``); an
+adaptive solver (``ode``, dopri5 by default) needs no ``--steps`` and reports its NFE. The samples are saved
+(``--out``, default ``samples.pt``) when ``--out`` is given or when neither ``--image-grid`` nor ``--plot`` is.
 The batch is cut into chunks of ``--batch-size`` with a seed per sample and per chunk
 (:mod:`scoresde.sharded`), so ``torchrun --nproc_per_node K -m scoresde sample ...`` shards the chunks over
 K processes (gloo on CPU, nccl with ``--device cuda``) and writes the same samples, bit for bit, for every K
@@ -25,13 +28,21 @@ from ._paths import check_output
 
 def register(sub: argparse._SubParsersAction) -> None:
     from .. import grids
+    from ..images.grid import DEFAULT_SCALE
     from ..samplers import available
+    from ..samplers.base import MAX_STEPS
 
     p = sub.add_parser("sample", help="sample a trained score model (scoresde train) with any sampler")
-    p.add_argument("--ckpt", required=True, help="run folder or checkpoint file")
+    p.add_argument("--ckpt", default=None, help="run folder or checkpoint file")
+    p.add_argument("--diffusers", default=None, metavar="PATH",
+                   help="a diffusers pipeline folder (save_pretrained) to sample instead of a run")
     p.add_argument("--method", default="dpm_solver++" if "dpm_solver++" in available() else "ddim",
-                   help=f"sampler: one of {', '.join(available())}")
-    p.add_argument("--steps", type=int, default=20)
+                   metavar="NAME[:KEY=VALUE,...]",
+                   help=f"sampler, with its options after a colon (e.g. 'dpm_solver++:order=3'): one of "
+                        f"{', '.join(available())} (default %(default)s)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"grid steps, 1 to {MAX_STEPS} (default {DEFAULT_STEPS}; an adaptive solver such as "
+                        "'ode' chooses its own and needs none)")
     p.add_argument("--grid", default="logsnr", choices=grids.available(), help="time grid")
     # --num-samples for torchrun, whose own parser reads "--n" as an ambiguous abbreviation of its flags
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=10000,
@@ -44,19 +55,53 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label", type=int, default=None, help="class to sample (conditional runs)")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
     p.add_argument("--final-denoise", action="store_true", help="finish with Tweedie's denoiser (one more call)")
-    p.add_argument("--out", default="samples.pt", help="where to save the samples (.pt or .npy)")
+    p.add_argument("--out", default=None,
+                   help=f"where to save the samples (.pt or .npy; default {DEFAULT_OUT} when neither --image-grid "
+                        "nor --plot is given, else the samples are not saved unless --out is)")
     p.add_argument("--plot", default=None, help="PNG scatter plot of the samples (2D data)")
     p.add_argument("--image-grid", default=None, metavar="PNG", help="PNG grid of the first --grid-count images")
     p.add_argument("--grid-count", type=int, default=64, help="images in the --image-grid (default 64)")
-    p.add_argument("--grid-scale", type=int, default=4, help="pixel repetition in the --image-grid (default 4)")
+    p.add_argument("--grid-scale", type=int, default=DEFAULT_SCALE,
+                   help=f"pixel repetition in the --image-grid (default {DEFAULT_SCALE}, as Python's save_grid)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
                    help="under torchrun: seconds for every rank to join (default $SCORESDE_DIST_TIMEOUT or 60)")
     p.set_defaults(run=run)
 
 
+#: grid steps of a fixed-step sampler when --steps is not given
+DEFAULT_STEPS = 20
+#: where the samples go when no output at all is named
+DEFAULT_OUT = "samples.pt"
+
+
+def _resolve_method(args) -> None:
+    """``args.method`` -> a :class:`~scoresde.studies.method_specs.Method`; ``args.steps`` -> an int, or None
+    for an adaptive solver given no steps. Errors name the flag and what is allowed."""
+    from ..samplers.base import MAX_STEPS
+    from ..studies.method_specs import parse_method
+
+    if isinstance(args.method, str):
+        try:
+            args.method = parse_method(args.method)
+        except ValueError as err:
+            text = str(err)
+            raise ValueError("--" + text if text.startswith("method:") else f"--method: {text}") from None
+    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:
+        raise ValueError(f"--steps: expected an integer from 1 to {MAX_STEPS}, got {args.steps}")
+    if args.steps is None and not args.method.instance().adaptive:
+        args.steps = DEFAULT_STEPS
+
+
 def _check_args(args) -> None:
-    out = Path(args.out)
-    if out.suffix not in (".pt", ".npy"):
+    if (args.ckpt is None) == (args.diffusers is None):
+        raise ValueError("--ckpt/--diffusers: give one of them (a scoresde run, or a diffusers pipeline folder)"
+                         + (f", not both (got --ckpt {args.ckpt} and --diffusers {args.diffusers})" if args.ckpt else ""))
+    _resolve_method(args)
+    if args.out is None and args.image_grid is None and args.plot is None:
+        args.out = DEFAULT_OUT
+    out = Path(args.out) if args.out is not None else None
+    if out is not None and out.suffix not in (".pt", ".npy"):
         raise ValueError(f"--out: expected a .pt or .npy file, got {args.out!r}")
     for flag, name in (("--out", args.out), ("--plot", args.plot), ("--image-grid", args.image_grid)):
         if name is not None and not Path(name).parent.exists():
@@ -90,7 +135,7 @@ def run(args) -> int:
     import torch.distributed as dist
 
     from ..sharded import init_from_env
-    from ..training import load_model, resolve_device
+    from ..training import resolve_device
 
     _check_args(args)
     world = os.environ.get("WORLD_SIZE", "1")
@@ -105,13 +150,27 @@ def run(args) -> int:
             torch.cuda.set_device(device)
         init_from_env("nccl" if device.type == "cuda" else "gloo", args.dist_timeout)
     try:
-        _sample(args, load_model(args.ckpt, ema=args.ema, device=device, label=args.label), device)
+        _sample(args, _load(args, device), device)
         if launched:
             dist.barrier()  # every rank reaches the teardown before any leaves (see commands/train.py)
     finally:
         if launched:
             dist.destroy_process_group()
     return 0
+
+
+def _load(args, device):
+    """(model, config) of a scoresde run, or of a diffusers pipeline folder (``--diffusers``)."""
+    if args.diffusers is None:
+        from ..training import load_model
+
+        return load_model(args.ckpt, ema=args.ema, device=device, label=args.label)
+    from types import SimpleNamespace
+
+    from ..interop.diffusers import load_diffusers_model
+
+    model = load_diffusers_model(args.diffusers, device=device, label=args.label)
+    return model, SimpleNamespace(data=f"diffusers pipeline {args.diffusers}", sde=repr(model.sde))
 
 
 def _sample(args, loaded, device) -> None:
@@ -133,9 +192,9 @@ def _sample(args, loaded, device) -> None:
     if args.image_grid:
         _check_grid_size(args, shape)
     with torch.no_grad():
-        res = sample_sharded(model, args.method, args.steps, n=args.n, event_shape=model.event_shape, seed=args.seed,
-                             batch_size=args.batch_size, device=device, grid=args.grid,
-                             final_denoise=args.final_denoise, progress=True)
+        res = sample_sharded(model, args.method.name, args.steps, n=args.n, event_shape=model.event_shape,
+                             seed=args.seed, batch_size=args.batch_size, device=device, grid=args.grid,
+                             final_denoise=args.final_denoise, progress=not args.quiet, **args.method.opts)
         if codec is not None and res.samples is not None:
             res = dataclasses.replace(res, samples=codec.decode(res.samples, batch_size=args.batch_size))
     error = None
@@ -160,44 +219,44 @@ def _describe(err: BaseException) -> str:
     return str(err)
 
 
+def _describe_run(args, res) -> str:
+    """``ddim(eta=0.5), 20 steps, NFE 20`` or, for an adaptive solver, ``ode, adaptive, NFE 122``."""
+    nfe = f"{res.nfe[0]}" if min(res.nfe) == max(res.nfe) else f"{min(res.nfe)}-{max(res.nfe)} per chunk"
+    steps = "adaptive" if args.method.instance().adaptive else f"{args.steps} steps"
+    return f"{args.method.label}, {steps}, NFE {nfe}"
+
+
 def _write(args, cfg, res, shape) -> None:
-    import torch
-
     from .. import toy
-    from .._files import save_figure, save_npy, save_tensor
+    from .._files import save_npy, save_tensor
 
-    x, out = res.samples, Path(args.out)
-    if out.suffix == ".npy":
+    x, what = res.samples, _describe_run(args, res)
+    out = Path(args.out) if args.out is not None else None
+    if out is None:
+        print(f"sampled {args.n} samples of shape {tuple(shape)}: {what} (not saved: give --out to keep them)")
+    elif out.suffix == ".npy":
         save_npy(x, out)
     else:
         save_tensor(x, out)
-    nfe = f"{res.nfe[0]}" if min(res.nfe) == max(res.nfe) else f"{min(res.nfe)}-{max(res.nfe)} per chunk"
-    print(f"wrote {out}: {args.n} samples of shape {tuple(shape)}, {args.method}, {args.steps} steps, NFE {nfe}")
+    if out is not None:
+        print(f"wrote {out}: {args.n} samples of shape {tuple(shape)}, {what}")
     if args.image_grid:
         from ..images.grid import save_grid
 
         try:
             save_grid(x[:args.grid_count], args.image_grid, scale=args.grid_scale)
         except ValueError as err:  # NaN samples: the grid is refused, the samples above are written
-            raise ValueError(f"--image-grid: {args.image_grid} not written ({out} was): {err}") from None
+            kept = f"{out} was" if out is not None else "the samples were not saved"
+            raise ValueError(f"--image-grid: {args.image_grid} not written ({kept}): {err}") from None
         print(f"wrote {args.image_grid}")
     if args.plot:
-        import matplotlib
+        import torch
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from ..plotting import plot_samples, save_figure
 
-        fig, ax = plt.subplots(figsize=(5, 5))
+        data = None
         if cfg.data in toy.DATASETS:
-            ref = toy.sample(cfg.data, args.n, torch.Generator().manual_seed(args.seed + 1))
-            ax.scatter(ref[:, 0], ref[:, 1], s=2, alpha=0.3, color="0.6", label="data")
-        ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5, label=f"{args.method}, NFE {nfe}")
-        ax.set_aspect("equal")
-        ax.legend(loc="upper right", markerscale=4)
-        ax.set_title(f"{cfg.data} under {cfg.sde}: trained model, {args.steps} steps")
-        fig.tight_layout()
-        try:
-            save_figure(fig, args.plot, dpi=120)
-        finally:
-            plt.close(fig)
+            data = toy.sample(cfg.data, args.n, torch.Generator().manual_seed(args.seed + 1))
+        fig = plot_samples(x, data, label=what, title=f"{cfg.data} under {cfg.sde}: trained model")
+        save_figure(fig, args.plot, dpi=120)
         print(f"wrote {args.plot}")

@@ -72,10 +72,6 @@ HELP = {
     "tensorboard": "TensorBoard logs in RUN/tb (when tensorboard is installed)",
 }
 
-#: the warm-up default is capped by --steps: at most this many steps, and at most a tenth of the run
-WARMUP_FRACTION = 10
-
-
 def _choices() -> dict[str, tuple[str, ...]]:
     from .. import SDES
     from ..config import _CHOICES
@@ -139,10 +135,6 @@ def _config(args):
         base = TrainConfig()
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if getattr(args, f.name) is not None}
-    if not args.config and not args.resume and "warmup" not in overrides:
-        # the default warm-up, capped so that a short run reaches its learning rate
-        steps = overrides.get("steps", base.steps)
-        overrides["warmup"] = min(base.warmup, steps // WARMUP_FRACTION)
     if overrides.get("precondition") == "none":
         overrides["precondition"] = None
     return base.replace(**overrides)

@@ -20,8 +20,10 @@ from torch import Tensor
 
 from .._files import save_png
 
-__all__ = ["image_grid", "save_grid", "grid_pixels", "MAX_GRID_PIXELS"]
+__all__ = ["image_grid", "save_grid", "grid_pixels", "MAX_GRID_PIXELS", "DEFAULT_SCALE"]
 
+#: pixel repetition of :func:`save_grid` (and ``scoresde sample --grid-scale``): an 8x8 digit drawn 32x32
+DEFAULT_SCALE = 4
 #: the largest grid :func:`save_grid` writes: 2^28 pixels (a 16384 x 16384 picture, 768 MiB as RGB bytes)
 MAX_GRID_PIXELS = 2**28
 
@@ -69,8 +71,9 @@ def image_grid(x: Tensor, *, ncol: int | None = None, padding: int = 1, pad_valu
     return grid[0] if c == 1 else grid.transpose(1, 2, 0)
 
 
-def save_grid(x: Tensor, path: str | Path, *, scale: int = 1, **options) -> Path:
-    """Write :func:`image_grid` of ``x`` as a PNG (each pixel repeated ``scale`` x ``scale`` times); return the path."""
+def save_grid(x: Tensor, path: str | Path, *, scale: int = DEFAULT_SCALE, **options) -> Path:
+    """Write :func:`image_grid` of ``x`` as a PNG (each pixel repeated ``scale`` x ``scale`` times, default
+    :data:`DEFAULT_SCALE`, as ``scoresde sample --image-grid`` does); return the path."""
     from PIL import Image
 
     path = Path(path)

@@ -35,6 +35,7 @@ from ..models import ScoreModel
 from ..sde import DiscreteVPSDE
 
 __all__ = ["from_diffusers", "diffusers_grid", "diffusers_equivalent", "diffusers_sde", "diffusers_alphas_cumprod",
+           "diffusers_betas", "load_diffusers_model",
            "DiffusersGrid", "network_output", "BETA_SCHEDULES", "PREDICTION_TYPES", "TIME_ROUNDINGS"]
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -123,6 +124,12 @@ def diffusers_alphas_cumprod(config) -> Tensor:
     """``alphas_cumprod`` of a diffusers scheduler config, computed as diffusers computes it (float32),
     returned in float64. Reads ``num_train_timesteps``, ``beta_start``, ``beta_end``,
     ``beta_schedule`` (linear, scaled_linear, squaredcos_cap_v2) and ``trained_betas``."""
+    return torch.cumprod(1.0 - diffusers_betas(config), dim=0).to(torch.float64)
+
+
+def diffusers_betas(config) -> Tensor:
+    """The float32 ``betas`` of a diffusers scheduler config, as diffusers computes them (see
+    :func:`diffusers_alphas_cumprod`)."""
     cfg = _config(config)
     n = cfg.get("num_train_timesteps", 1000)
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
@@ -160,7 +167,7 @@ def diffusers_alphas_cumprod(config) -> Tensor:
     else:
         raise ValueError(f"beta_schedule: unsupported {schedule!r}; supported: {', '.join(BETA_SCHEDULES)} "
                          "(or give trained_betas)")
-    return torch.cumprod(1.0 - betas, dim=0).to(torch.float64)
+    return betas
 
 
 def _cosine_betas(n: int, max_beta: float = 0.999) -> list[float]:
@@ -445,9 +452,11 @@ def diffusers_grid(config, steps: int, spacing: str | None = None, final: str | 
     Heun's repeated timesteps count once. DDIM steps from timestep k to k - N // steps: where that
     is not the next listed timestep ('linspace') it is refused, and where its last step lands on a
     knot >= 0 (e.g. 'trailing' with N // steps - 1 as its last timestep) that knot ends the grid,
-    whatever ``final`` says. With fractional timesteps (Euler's and Heun's 'linspace')
-    diffusers interpolates sigma linearly in the timestep where the DiscreteVPSDE interpolates
-    log alpha linearly in t, so the noise levels there agree only to that interpolation.
+    whatever ``final`` says. Where the noise levels lie between the training knots (Karras, exponential
+    or beta sigmas, Lu lambdas; Euler's and Heun's 'linspace' timesteps or log-linear sigmas) the grid is
+    placed at diffusers' own sigmas and ``timesteps`` holds the (possibly fractional) network times diffusers
+    calls there, which differ from ``N t - 1`` of the grid: :func:`diffusers_equivalent` says whether a
+    model with ``time_rounding='round'`` reproduces them.
     """
     diffusers = _require_diffusers()
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -474,13 +483,20 @@ def diffusers_grid(config, steps: int, spacing: str | None = None, final: str | 
         elif final != "zero":
             raise ValueError(f"final: {name} always ends at sigma = 0; allowed: 'zero'")
     sched = cls.from_config({**cfg, **overrides})
+    scfg = sched.config
+    if any(scfg.get(k) for k in _SIGMA_OPTIONS) or (name in ("EulerDiscreteScheduler", "HeunDiscreteScheduler") and (
+            scfg.get("timestep_spacing") == "linspace" or scfg.get("interpolation_type", "linear") != "linear")):
+        # noise levels between the training knots: the grid follows diffusers' sigmas, and ``timesteps`` are the
+        # network times diffusers calls at each grid point (not N t - 1 of the grid: see diffusers_equivalent)
+        times, final_zero, network = _sigma_grid(dict(scfg, _class_name=name), name, steps)
+        return DiffusersGrid(times=times, final_denoise=final_zero, timesteps=network,
+                             final="zero" if final_zero else "sigma_min", spacing=scfg.get("timestep_spacing", "leading"))
     sched.set_timesteps(steps)
     ts = sched.timesteps.to(torch.float64)
     keep = torch.ones_like(ts, dtype=torch.bool)
     keep[1:] = ts[1:] != ts[:-1]
     ts = ts[keep]
     n_train = sched.config.num_train_timesteps
-    scfg = sched.config
     if "set_alpha_to_one" in accepted:
         final_used = "zero" if scfg.set_alpha_to_one else "sigma_min"
     else:
@@ -510,50 +526,179 @@ def _refuse(cfg: Mapping, name: str, key: str, default) -> None:
         raise ValueError(f"{key}: {name} with {key}={value!r} has no scoresde equivalent here; supported: {default!r}")
 
 
-def diffusers_equivalent(scheduler, steps: int) -> dict[str, Any]:
+# options that place the noise levels off the training knots (diffusers calls the network at the rounded
+# timestep of each sigma): reproduced from the native sigmas, with the network time rounded
+_SIGMA_OPTIONS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")
+
+
+def _sigma_grid(cfg: Mapping, name: str, steps: int) -> tuple[Tensor, bool, Tensor]:
+    """The grid of a native scheduler whose noise levels are not at knots: ``t`` with the VP frame's
+    sigma/alpha equal to each native sigma (float64 of diffusers' float32 values), whether it ends with the
+    step to sigma = 0, and the network timestep diffusers calls at each grid point (its own ``timesteps``)."""
+    diffusers = _require_diffusers()
+    sched = getattr(diffusers, name).from_config(dict(cfg))
+    sched.set_timesteps(steps)
+    sigmas = sched.sigmas.to(torch.float64)
+    timesteps = sched.timesteps.to(torch.float64)
+    if name == "HeunDiscreteScheduler":  # its sigmas and timesteps repeat each interior level (two calls per step)
+        keep = torch.ones_like(sigmas, dtype=torch.bool)
+        keep[1:] = sigmas[1:] != sigmas[:-1]
+        sigmas = sigmas[keep]
+        keep = torch.ones_like(timesteps, dtype=torch.bool)
+        keep[1:] = timesteps[1:] != timesteps[:-1]
+        timesteps = timesteps[keep]
+    # each call steps from sigmas[i] to sigmas[i + 1]: the run lands on sigmas[calls] (0: the data prediction)
+    calls = timesteps.numel()
+    final_zero = float(sigmas[calls]) == 0.0
+    positive = sigmas[:calls] if final_zero else sigmas[: calls + 1]
+    if not final_zero and float(positive[-1]) == float(positive[-2]):
+        positive = positive[:-1]  # a last step from sigma_min to itself is the identity
+    sde = diffusers_sde(cfg)
+    times = sde.t_of_lam(-torch.log(positive)).clamp(max=sde.T)  # sigma_max's rounding may land 1e-9 past T
+    return times, final_zero, timesteps[: times.numel()]
+
+
+def diffusers_equivalent(scheduler, steps: int, *, time_rounding: str | None = None) -> dict[str, Any]:
     """``scoresde.sample`` keyword arguments (``method``, ``grid``, ``final_denoise`` and the sampler's
     options) that reproduce ``scheduler`` with ``steps`` inference steps on the same network and x_T.
 
-    Supported: ``DDIMScheduler`` (eta = 0, no clipping), ``DPMSolverMultistepScheduler``
-    (dpmsolver / dpmsolver++), ``UniPCMultistepScheduler``, ``EulerDiscreteScheduler`` (Euler in
+    Supported: ``DDIMScheduler`` (eta = 0; ``clip_sample``, its default, clips the data prediction
+    of every step and of the final one), ``DPMSolverMultistepScheduler`` (dpmsolver / dpmsolver++,
+    thresholding), ``UniPCMultistepScheduler`` (thresholding), ``EulerDiscreteScheduler`` (Euler in
     sigma = exponential Euler in log-SNR = DDIM) and ``HeunDiscreteScheduler`` (Heun on every step,
     then its Euler step to sigma = 0, which is the final denoising). The last diffusers step to
     sigma = 0 is first order in every family; to ``sigma_min`` DPM-Solver lowers it below 15 steps and
     UniPC with ``lower_order_final`` always, which is scoresde's ``lower_order_final=True``.
+
+    Karras, exponential and beta sigmas and ``use_lu_lambdas`` place the noise levels between the
+    training timesteps while diffusers calls the network at the rounded timestep: the grid then follows
+    the native sigmas, and the model must round its time too. Pass ``time_rounding='round'`` to say that
+    it does (``from_diffusers(..., time_rounding='round')``); otherwise these are refused.
+    ``ScoresdeScheduler.from_scheduler`` does both. Options with no equivalent (Euler's fractional
+    'linspace' timesteps, DDIM's thresholding, ...) are refused by name: never a silent mismatch.
     """
+    out = _equivalent(scheduler, steps)
+    network_times = out.pop("network_times", None)
+    cfg = _config(scheduler)
+    used = ", ".join(k for k in _SIGMA_OPTIONS if cfg.get(k)) or "timestep_spacing/interpolation_type"
+    if network_times is not None:
+        sde = diffusers_sde(cfg)
+        rounded = torch.round(sde.discrete_time(out["grid"][: network_times.numel()]))
+        if not torch.equal(rounded, network_times):
+            raise ValueError(f"{used}: {cfg.get('_class_name')} calls the network at timesteps "
+                             f"{network_times.tolist()} for these noise levels, not at their rounded times "
+                             f"{rounded.tolist()}, which a ScoreModel cannot do; ScoresdeScheduler.from_scheduler "
+                             "reproduces it (it lists diffusers' timesteps)")
+        needs = "round"
+    else:
+        needs = None
+    if needs is not None and time_rounding != needs:
+        raise ValueError(f"{used}: {cfg.get('_class_name')} calls the network at the rounded timestep of noise "
+                         f"levels between training timesteps; build the model with from_diffusers(..., "
+                         f"time_rounding='round') and pass time_rounding='round' here (or use "
+                         "ScoresdeScheduler.from_scheduler), got time_rounding=" + repr(time_rounding))
+    return out
+
+
+def _equivalent(scheduler, steps: int) -> dict[str, Any]:
+    """diffusers_equivalent's keyword arguments, plus ``network_times`` (diffusers' timestep at each grid
+    point) when the noise levels are not at the training knots."""
     cfg = _config(scheduler)
     name = cfg.get("_class_name")
-    g = diffusers_grid(cfg, steps)
-    out: dict[str, Any] = {"grid": g.times, "final_denoise": g.final_denoise}
+    supported = ("DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "EulerDiscreteScheduler",
+                 "HeunDiscreteScheduler")
+    if name not in supported:
+        raise ValueError(f"scheduler: no scoresde equivalent for {name!r}; supported: {', '.join(supported)}")
+    for key in ("use_flow_sigmas", "rescale_betas_zero_snr"):
+        _refuse(cfg, name, key, False)
+    if cfg.get("timestep_type", "discrete") != "discrete":
+        _refuse(cfg, name, "timestep_type", "discrete")
+    sigma_options = [k for k in _SIGMA_OPTIONS if cfg.get(k)]
+    if sigma_options and cfg.get("final_sigmas_type", "zero") != "zero":
+        raise ValueError(f"final_sigmas_type: {name} with {sigma_options[0]} and final_sigmas_type="
+                         f"{cfg['final_sigmas_type']!r} ends with a step from sigma_min to itself whose order "
+                         "rules are not reproduced here; supported with these sigmas: 'zero'")
+    if name in ("EulerDiscreteScheduler", "HeunDiscreteScheduler") and (
+            cfg.get("timestep_spacing") == "linspace" or cfg.get("interpolation_type", "linear") != "linear"):
+        # fractional timesteps with interpolated sigmas, or log-linear sigmas: the noise levels lie between knots
+        sigma_options.append("timestep_spacing" if cfg.get("timestep_spacing") == "linspace" else "interpolation_type")
+    if sigma_options:
+        times, final_denoise, network_times = _sigma_grid(cfg, name, steps)
+        out: dict[str, Any] = {"grid": times, "final_denoise": final_denoise, "network_times": network_times}
+        final = "zero" if final_denoise else "sigma_min"
+    else:
+        g = diffusers_grid(cfg, steps)
+        out = {"grid": g.times, "final_denoise": g.final_denoise}
+        final = g.final
     if name == "DDIMScheduler":
-        _refuse(cfg, name, "clip_sample", False)
         _refuse(cfg, name, "thresholding", False)
-        return {"method": "ddim", **out, "eta": 0.0}
+        clip = bool(cfg.get("clip_sample", True))
+        if clip and not out["final_denoise"]:
+            raise ValueError("clip_sample: DDIMScheduler with set_alpha_to_one=False clips in its extra step to "
+                             "alphas_cumprod[0] as well, which has no scoresde equivalent; use set_alpha_to_one=True "
+                             "or clip_sample=False")
+        opts = {"clip_sample": True, "clip_range": float(cfg.get("clip_sample_range", 1.0))} if clip else {}
+        return {"method": "ddim", **out, "eta": 0.0, **opts}
+    thresholding = {}
+    if cfg.get("thresholding", False):
+        thresholding = {"thresholding": True, "percentile": float(cfg.get("dynamic_thresholding_ratio", 0.995)),
+                        "max_value": float(cfg.get("sample_max_value", 1.0))}
     if name == "DPMSolverMultistepScheduler":
-        for key, default in (("thresholding", False), ("use_karras_sigmas", False), ("euler_at_final", False)):
-            _refuse(cfg, name, key, default)
+        _refuse(cfg, name, "euler_at_final", False)
         algorithm = cfg.get("algorithm_type", "dpmsolver++")
         methods = {"dpmsolver++": "dpm_solver++", "dpmsolver": "dpm_solver"}
         if algorithm not in methods:
             raise ValueError(f"algorithm_type: {algorithm!r} has no scoresde equivalent; supported: "
                              f"{', '.join(methods)}")
-        lower = bool(cfg.get("lower_order_final", True)) and g.final == "sigma_min" and steps < 15
+        if thresholding and algorithm != "dpmsolver++":
+            raise ValueError("thresholding: diffusers thresholds the data prediction of dpmsolver++ only; "
+                             f"got algorithm_type={algorithm!r}")
+        lower = bool(cfg.get("lower_order_final", True)) and final == "sigma_min" and steps < 15
         return {"method": methods[algorithm], **out, "order": cfg.get("solver_order", 2), "variant": "multistep",
                 "solver_type": "dpmsolver" if cfg.get("solver_type", "midpoint") == "midpoint" else "taylor",
-                "lower_order_final": lower}
+                "lower_order_final": lower, **thresholding}
     if name == "UniPCMultistepScheduler":
-        for key, default in (("thresholding", False), ("use_karras_sigmas", False), ("disable_corrector", [])):
-            _refuse(cfg, name, key, default)
-        lower = bool(cfg.get("lower_order_final", True)) and g.final == "sigma_min"
+        _refuse(cfg, name, "disable_corrector", [])
+        lower = bool(cfg.get("lower_order_final", True)) and final == "sigma_min"
         return {"method": "unipc", **out, "order": cfg.get("solver_order", 2), "variant": cfg.get("solver_type", "bh2"),
                 "prediction": "data" if cfg.get("predict_x0", True) else "noise", "corrector": True,
-                "final_corrector": False, "lower_order_final": lower}
-    if name in ("EulerDiscreteScheduler", "HeunDiscreteScheduler"):
-        _refuse(cfg, name, "use_karras_sigmas", False)
-        if name == "EulerDiscreteScheduler":
-            return {"method": "ddim", **out, "eta": 0.0}
-        _refuse(cfg, name, "clip_sample", False)  # Heun's x0 clipping (a DDPMScheduler config carries True)
-        # Heun's steps end at the last listed time; its Euler step to sigma = 0 is the final denoising
-        return {"method": "heun", **out, "euler_last": False}
-    raise ValueError(f"scheduler: no scoresde equivalent for {name!r}; supported: DDIMScheduler, "
-                     "DPMSolverMultistepScheduler, UniPCMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler")
+                "final_corrector": False, "lower_order_final": lower, **thresholding}
+    if thresholding:
+        _refuse(cfg, name, "thresholding", False)
+    if name == "EulerDiscreteScheduler":
+        return {"method": "ddim", **out, "eta": 0.0}
+    _refuse(cfg, name, "clip_sample", False)  # Heun's x0 clipping (a DDPMScheduler config carries True)
+    # Heun's steps end at the last listed time; its Euler step to sigma = 0 is the final denoising
+    return {"method": "heun", **out, "euler_last": False}
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line's route to a saved pipeline
+# ---------------------------------------------------------------------------------------------
+def load_diffusers_model(path, *, device=None, dtype: torch.dtype | None = None, label: int | None = None) -> ScoreModel:
+    """A pipeline (or model) folder saved with ``save_pretrained`` as a :class:`ScoreModel` for
+    ``scoresde sample --diffusers PATH`` and ``scoresde nll --diffusers PATH``: the model of
+    :func:`from_diffusers` with ``.net`` (the network, on ``device`` in ``dtype``), ``.event_shape``
+    (``(in_channels, H, W)`` from its config) and ``.levels`` (None: diffusers records no data levels).
+    ``label``: the class of a class-conditional network."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"--diffusers: expected a folder path, got {type(path).__name__}")
+    net, cfg = _load(os.fspath(path), None)
+    if not isinstance(net, torch.nn.Module):
+        raise ValueError(f"--diffusers: {os.fspath(path)!r} holds no network module")
+    net = net.to(device=device, dtype=dtype).eval()
+    config = _net_config(net)
+    size, channels = config.get("sample_size"), config.get("in_channels")
+    if isinstance(size, int):
+        size = (size, size)
+    if not (isinstance(channels, int) and isinstance(size, (tuple, list)) and len(size) == 2):
+        raise ValueError(f"--diffusers: {type(net).__name__} in {os.fspath(path)!r} does not record its image shape "
+                         "(config in_channels and sample_size)")
+    if label is not None and not isinstance(config.get("num_class_embeds"), int):
+        raise ValueError(f"--label: the network in {os.fspath(path)!r} is unconditional (no num_class_embeds); "
+                         "leave --label out")
+    model, _ = from_diffusers(net, cfg, class_labels=label)
+    model.net = net
+    model.event_shape = (channels, int(size[0]), int(size[1]))
+    model.levels = None
+    return model

@@ -56,7 +56,7 @@ def positive_ints(name: str, v, *, allow_empty: bool = False) -> tuple[int, ...]
 
 def check_common(sde, parameterization: str, embedding: str, time_input: str, embed_scale, num_classes) -> None:
     if not isinstance(sde, SDE):
-        raise ValueError(f"sde: expected a scoresde.SDE, got {type(sde).__name__}")
+        raise TypeError(f"sde: expected a scoresde.SDE, got {type(sde).__name__}")
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"parameterization: unknown {parameterization!r}; allowed: {', '.join(PARAMETERIZATIONS)}")
     if embedding not in EMBEDDINGS:
@@ -112,7 +112,7 @@ class NoiseLevelEmbedding(nn.Module):
         self.label = nn.Embedding(num_classes + 1, out_dim) if num_classes is not None else None
 
     def forward(self, t: Tensor, y: Tensor | None) -> Tensor:
-        tau = self.sde.lam(t) if self.time_input == "log_snr" else t / self.sde.T
+        tau = self.sde._lam(t) if self.time_input == "log_snr" else t / self.sde.T  # t: checked by the caller
         e = self.mlp(self.features(tau))
         if self.label is None:
             if y is not None:
@@ -125,7 +125,9 @@ class NoiseLevelEmbedding(nn.Module):
             raise ValueError(f"y: expected a ({B},) integer tensor of labels, got "
                              f"{type(y).__name__}{tuple(y.shape) if isinstance(y, Tensor) else ''}"
                              f"{' of dtype ' + str(y.dtype) if isinstance(y, Tensor) else ''}")
-        if bool(((y < 0) | (y > self.num_classes)).any()):
+        # labels on an accelerator are checked where they enter (the guidance, the trainer's data): reading
+        # them here would wait for the device at every call; on the CPU the check costs nothing
+        if y.device.type == "cpu" and bool(((y < 0) | (y > self.num_classes)).any()):
             raise ValueError(f"y: labels must lie in [0, {self.num_classes}] ({self.num_classes} = null_label), "
                              f"got values in [{int(y.min())}, {int(y.max())}]")
         return e + self.label(y)

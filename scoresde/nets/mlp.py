@@ -98,7 +98,7 @@ class ScoreMLP(nn.Module):
         t = torch.as_tensor(t, device=x.device, dtype=x.dtype)
         if t.ndim == 0:
             t = t.expand(B)
-        tau = self.sde.lam(t) if self.time_input == "log_snr" else t / self.sde.T
+        tau = self.sde._lam(t) if self.time_input == "log_snr" else t / self.sde.T  # t: checked by the caller
         e = self.time_mlp(self.embed(tau))
         if self.label_embed is not None:
             if y is None:

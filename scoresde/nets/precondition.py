@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .._tensor import append_dims
-from ..models import PARAMETERIZATIONS
+from ..models import FROM_PAIR, PARAMETERIZATIONS
 from ..sde import SDE
 
 __all__ = ["EDMPrecondition", "PRECONDITIONS", "precondition"]
@@ -51,9 +51,9 @@ class EDMPrecondition(nn.Module):
     def __init__(self, net: nn.Module, sde: SDE, parameterization: str = "eps", sigma_data: float = 1.0):
         super().__init__()
         if not isinstance(net, nn.Module):
-            raise ValueError(f"net: expected a torch.nn.Module, got {type(net).__name__}")
+            raise TypeError(f"net: expected a torch.nn.Module, got {type(net).__name__}")
         if not isinstance(sde, SDE):
-            raise ValueError(f"sde: expected a scoresde.SDE, got {type(sde).__name__}")
+            raise TypeError(f"sde: expected a scoresde.SDE, got {type(sde).__name__}")
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization: unknown {parameterization!r}; allowed: {', '.join(PARAMETERIZATIONS)}")
         if isinstance(sigma_data, bool) or not (isinstance(sigma_data, (int, float)) and math.isfinite(sigma_data)
@@ -70,25 +70,13 @@ class EDMPrecondition(nn.Module):
         t = torch.as_tensor(t, device=x.device, dtype=x.dtype)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        alpha_t, sigma_t = self.sde.alpha_sigma(t)
-        c_in_t = torch.rsqrt(alpha_t**2 * self.sigma_data**2 + sigma_t**2)
-        a, s, c_in = (append_dims(v, x.ndim) for v in (alpha_t, sigma_t, c_in_t))
+        c = self.sde._coefficients(append_dims(t, x.ndim))  # unchecked: t comes from a checked run
+        a, s, sd = c.alpha, c.sigma, self.sigma_data
+        c_in = torch.rsqrt(a**2 * sd**2 + s**2)
         F = self.net(c_in * x, t) if y is None else self.net(c_in * x, t, y)
-        sd = self.sigma_data
         x0 = a * sd**2 * c_in**2 * x - s * sd * c_in * F
         eps = s * c_in**2 * x + a * sd * c_in * F
-        p = self.parameterization
-        if p == "eps":
-            return eps
-        if p == "x0":
-            return x0
-        if p == "score":
-            return -eps / s
-        if p == "v":
-            return a * eps - s * x0
-        d_alpha = a * append_dims(self.sde.f(t), x.ndim)
-        d_sigma = append_dims(self.sde.dsigma_dt(t), x.ndim)
-        return d_alpha * x0 + d_sigma * eps
+        return FROM_PAIR[self.parameterization](x0, eps, c)
 
 
 def precondition(net: nn.Module, kind: str | None, *, sde: SDE, parameterization: str,

@@ -112,8 +112,7 @@ class ExponentialAdams(SteppedSampler):
     def needs_output(self, state: SamplerState) -> bool:
         return not (self.afs and state.i == 0)
 
-    def weight_table(self, schedule: Schedule, start: int = 0) -> Tensor:
-        """``W[i, j]`` for a run that begins at step ``start`` (see :func:`adams_weights`)."""
+    def weight_table(self, schedule: Schedule, start: int = 0) -> Tensor:  # W for a run begun at ``start``
         raise NotImplementedError
 
     def call_times(self, schedule: Schedule, start: int = 0) -> Tensor:

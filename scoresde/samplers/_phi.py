@@ -110,7 +110,7 @@ def _phi(k: int, z, exp, expm1):
 def check_lower_order_final(value) -> bool | None:
     """Validate ``lower_order_final``: ``None`` (below 15 steps), ``True`` or ``False``."""
     if value is not None and not isinstance(value, bool):
-        raise ValueError(f"lower_order_final: expected None (lower the final steps below "
+        raise TypeError(f"lower_order_final: expected None (lower the final steps below "
                          f"{LOWER_ORDER_FINAL_BELOW} steps), True or False, got {value!r}")
     return value
 

@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .. import grids as _grids
-from ..models import NonFiniteModelOutput, ScoreModel
+from .._progress import progress as progress_bar
+from ..checks import (CHECK_FINITE, FiniteWatch, NonFiniteModelOutput, check_bool, check_choice, check_count,
+                      check_generator, check_instance, check_shape, check_time)
+from ..models import ScoreModel
 from ..schedule import Schedule
 from ..sde import SDE
 
@@ -216,7 +217,7 @@ class BrownianNoise:
     """Increments of a torchsde Brownian path in the flipped time ``s = t_start - t``.
 
     The path must cover ``[0, t_start - t_end]`` and have size ``(B, prod(event_shape))``, the
-    layout of :class:`scoresde.sde.ReverseSDE`; :func:`brownian_path` builds one.
+    layout of :class:`scoresde.dynamics.ReverseSDE`; :func:`brownian_path` builds one.
     """
 
     def __init__(self, path, t_start: float):
@@ -276,10 +277,16 @@ class SampleResult:
 
 
 class SamplingContext:
-    """What :func:`sample` hands a sampler: noise, the per-step hook, and a stats dict."""
+    """What :func:`sample` hands a sampler: noise, the per-step hook, and a stats dict.
 
-    def __init__(self, sampler: Sampler, times: Tensor, noise, generator, record: bool, progress: bool):
+    ``watch`` (a :class:`~scoresde.checks.FiniteWatch`) is told the state after every step; by default
+    one that records without reading, so the hook never waits for the device.
+    """
+
+    def __init__(self, sampler: Sampler, times: Tensor, noise, generator, record: bool, progress: bool,
+                 watch: FiniteWatch | None = None):
         self.sampler = sampler
+        self.watch = FiniteWatch("off", label=sampler.name) if watch is None else watch
         self.times = times
         self.noise = noise
         self.generator = generator
@@ -289,7 +296,8 @@ class SamplingContext:
         self._t = times.tolist()
         self.current_step = 0  # the grid step in progress, for messages
         self.trajectory: list[Tensor] = []
-        self._bar = tqdm(total=len(times) - 1, desc=sampler.name, disable=not progress, leave=False)
+        # the one progress helper: a bar on a terminal, plain lines in a log, nothing when off
+        self._bar = progress_bar(total=len(times) - 1, desc=sampler.name, enabled=progress, leave=False)
 
     @property
     def observed(self) -> bool:
@@ -306,12 +314,7 @@ class SamplingContext:
 
     def step(self, i: int, x: Tensor) -> None:
         """Report that step ``i`` (from times[i] to times[i+1]) is done with state ``x``."""
-        if not _all_finite(x):
-            # the model's outputs are checked where they are produced, so this is the update's doing
-            raise FloatingPointError(
-                f"{self.sampler.name}: the state became non-finite after step {i} (t = {self._t[i]:.6g} -> "
-                f"{self._t[i + 1]:.6g}) although the model's outputs were finite: an unstable step or schedule "
-                f"(sigma = 0, alpha = 0 or a huge log-SNR step there)")
+        self.watch.state(i, x)  # recorded on the device; read after the run (or now, with check_finite='step')
         self.current_step = i + 1
         if self._record:
             self.trajectory.append(x.detach().clone())
@@ -335,6 +338,7 @@ class SamplingContext:
 
 
 def _all_finite(x: Tensor) -> bool:
+    """A host read of the whole tensor: for checks at the boundary or an adaptive solver, never per step."""
     return bool(torch.isfinite(x).all())
 
 
@@ -342,7 +346,7 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
            shape: tuple[int, ...] | None = None, generator: torch.Generator | None = None, grid="logsnr",
            t_min: float | None = None, T: float | None = None, final_denoise: bool = False, brownian=None,
            dtype: torch.dtype | None = None, return_trajectory: bool = False, progress: bool = False,
-           grad: bool = False, **options) -> SampleResult:
+           grad: bool = False, check_finite: str = "end", **options) -> SampleResult:
     """Sample from ``model`` by integrating the reverse dynamics of ``sde`` with ``method``.
 
     Every argument is checked before the first model call; a bad one raises a ``ValueError`` or
@@ -368,6 +372,11 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
         progress: show a tqdm progress bar.
         grad: run with autograd on, so that the samples are differentiable with respect to the
             network's parameters, ``x_T``, a grid tensor and tensor-valued sampler options (default: no graph).
+        check_finite: when a non-finite model output or state is looked for. ``'end'`` (default): each is
+            recorded on the device as the run goes (which call and which step first went bad) and read once
+            at the end, which then raises; ``'record'``: the same without raising, the record (or None) in
+            ``stats['non_finite']``; ``'step'``: every output and state is read as it is produced, raising at
+            the first bad one (for debugging: a host-device synchronisation per model call); ``'off'``.
         **options: the sampler's own options (``method``'s constructor arguments).
 
     Raises:
@@ -376,17 +385,15 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
         FloatingPointError: the state became non-finite with finite model outputs (an unstable step).
     """
     cls = get_sampler(method)
-    if not isinstance(model, ScoreModel):
-        raise ValueError(f"model: expected a scoresde.ScoreModel, got {type(model).__name__}")
-    if not isinstance(sde, SDE):
-        raise ValueError(f"sde: expected a scoresde.SDE, got {type(sde).__name__}")
+    check_instance("model", model, ScoreModel, "a scoresde.ScoreModel")
+    check_instance("sde", sde, SDE, "a scoresde.SDE")
     if model.sde is not sde and model.sde != sde:
         raise ValueError(f"sde: {sde!r} differs from the model's SDE {model.sde!r}")
     for name, flag in (("final_denoise", final_denoise), ("return_trajectory", return_trajectory),
                        ("progress", progress), ("grad", grad)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name}: expected True or False, got {flag!r}")
-    _check_generator(generator)
+        check_bool(name, flag)
+    check_generator("generator", generator)
+    check_choice("check_finite", check_finite, CHECK_FINITE)
     allowed = cls.option_names()
     unknown = sorted(set(options) - set(allowed))
     if unknown:
@@ -396,12 +403,12 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
 
     user_grid = isinstance(grid, (Tensor, list, tuple))
     if steps is not None:
-        steps = _check_steps(steps)
+        steps = check_count("steps", steps, maximum=MAX_STEPS)
     elif not user_grid:
         if not sampler.adaptive:
             raise ValueError(f"steps: {cls.name!r} needs a number of steps (a positive integer), got None")
         steps = 1  # an adaptive solver only needs the two ends
-    t_min, T = _check_time("t_min", t_min), _check_time("T", T)
+    t_min, T = check_time("t_min", t_min), check_time("T", T)
     times = _make_times(grid, sde, steps, t_min, T)
 
     t_start, t_last = float(times[0].detach()), float(times[-1].detach())
@@ -409,30 +416,45 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
     if brownian is not None:
         _check_brownian(brownian, x, times.detach())
     noise = GeneratorNoise(generator) if brownian is None else BrownianNoise(brownian, t_start)
-    ctx = SamplingContext(sampler, times.detach(), noise, generator, return_trajectory, progress)
+    grid_times = times.detach().tolist()
+    watch = FiniteWatch(check_finite, label=cls.name, times=grid_times)
+    ctx = SamplingContext(sampler, times.detach(), noise, generator, return_trajectory, progress, watch)
 
     schedule = Schedule.from_times(sde, times)
     nfe0 = model.nfe
     start = time.perf_counter()
     try:
-        with torch.set_grad_enabled(grad):
+        with torch.set_grad_enabled(grad), model.watching(watch):
             ctx.start(x)
             try:
                 x = sampler.run(model, x, schedule, ctx)
-            except NonFiniteModelOutput as e:
+            except NonFiniteModelOutput as e:  # check_finite='step'
                 i = min(ctx.current_step, schedule.steps - 1)
-                raise NonFiniteModelOutput(f"{cls.name}: during step {i} (t = {ctx._t[i]:.6g} -> "
-                                           f"{ctx._t[i + 1]:.6g}): {e}") from None
+                raise NonFiniteModelOutput(f"{cls.name}: {_during_step(i, grid_times)}: {e}") from None
+            except FloatingPointError:  # a solver's own check (an adaptive one cannot go on): the record says why
+                failure = watch.read()
+                if failure is None:
+                    raise
+                raise watch.error(failure) from None
             if final_denoise:
                 try:
                     x = model.x0(x, schedule.t[-1])
+                    if getattr(sampler, "clip_sample", False):  # DDIM's clipping holds for its step to alpha = 1
+                        x = x.clamp(-sampler.clip_range, sampler.clip_range)
+                    if getattr(sampler, "thresholding", False):  # so does the thresholding of the data prediction
+                        from ._thresholding import dynamic_threshold
+                        x = dynamic_threshold(x, sampler.percentile, sampler.max_value)
                 except NonFiniteModelOutput as e:
                     raise NonFiniteModelOutput(f"{cls.name}: in the final denoising step: {e}") from None
-                if not _all_finite(x):
-                    raise FloatingPointError(f"{cls.name}: the final denoising step at t = {t_last:.6g} "
-                                             "gave non-finite values from finite model outputs (alpha(t_min) = 0?)")
+                watch.state(schedule.steps, x)
     finally:
         ctx.close()
+    # failures as data: the one read of the record, after the run
+    failure = watch.read()
+    if check_finite in ("end", "record"):
+        ctx.stats["non_finite"] = failure
+    if failure is not None and check_finite == "end":
+        raise watch.error(failure)
     ctx.stats["wall_time"] = time.perf_counter() - start
 
     t_end = 0.0 if final_denoise else t_last
@@ -449,31 +471,8 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _check_generator(generator) -> None:
-    if generator is None or isinstance(generator, torch.Generator):
-        return
-    seed = generator if isinstance(generator, int) and not isinstance(generator, bool) else 0
-    raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__module__}."
-                    f"{type(generator).__qualname__} {generator!r}; make one with "
-                    f"torch.Generator().manual_seed({seed}) (a numpy Generator or a seed cannot drive torch's draws)")
-
-
-def _check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= MAX_STEPS:
-        raise ValueError(f"steps: expected a positive integer of at most MAX_STEPS = {MAX_STEPS}, got {steps!r}")
-    return int(steps)
-
-
-def _check_time(name: str, value) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, Tensor) and value.ndim == 0 and value.is_floating_point():
-        value = float(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a real number (a time of the SDE) or None, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite time, got {value!r}")
-    return float(value)
+def _during_step(i: int, times: list[float]) -> str:
+    return f"during step {i} (t = {times[i]:.6g} -> {times[i + 1]:.6g})"
 
 
 def _make_times(grid, sde: SDE, steps: int | None, t_min: float | None, T: float | None) -> Tensor:
@@ -489,27 +488,8 @@ def _make_times(grid, sde: SDE, steps: int | None, t_min: float | None, T: float
         return times
     if T is not None and not 0 < T <= sde.T * (1 + 1e-12):
         raise ValueError(f"T: expected a start time in (0, sde.T = {sde.T}], got {T!r}")
-    times = _grids.make_grid(grid, sde, steps, t_min=t_min, T=T)
-    T_ = float(sde.T if T is None else T)
-    t_min_ = float(sde.t_min if t_min is None else t_min)
-    if times.numel() != steps + 1:
-        raise ValueError(f"grid: {grid!r} returned {times.numel()} times for steps={steps}; expected steps + 1 = "
-                         f"{steps + 1}")
-    if not (math.isclose(float(times[0]), T_, rel_tol=1e-9) and math.isclose(float(times[-1]), t_min_, rel_tol=1e-9)):
-        raise ValueError(f"grid: {grid!r} returned times from {float(times[0])!r} to {float(times[-1])!r}; expected "
-                         f"them to run from T = {T_!r} to t_min = {t_min_!r}")
-    return times
-
-
-def _check_shape(shape) -> tuple[int, ...]:
-    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list, torch.Size)):
-        raise TypeError(f"shape: expected a tuple of positive ints (batch, *event_shape), e.g. (16, 2), got {shape!r}")
-    if len(shape) < 2 or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) for n in shape):
-        raise ValueError(f"shape: expected a tuple of at least two positive ints (batch, *event_shape), got {shape!r}")
-    if min(shape) < 1:
-        what = "an empty batch (batch size 0)" if shape[0] == 0 else "a size below 1"
-        raise ValueError(f"shape: expected positive sizes, got {tuple(shape)}, {what}")
-    return tuple(int(n) for n in shape)
+    # make_grid checks the grid it builds (steps + 1 strictly decreasing times from T to t_min in (0, sde.T])
+    return _grids.make_grid(grid, sde, steps, t_min=t_min, T=T)
 
 
 def _declared_order(sampler: Sampler, steps: int) -> float | None:
@@ -520,7 +500,7 @@ def _declared_order(sampler: Sampler, steps: int) -> float | None:
 
 def _initial_state(sde: SDE, x_T, shape, generator, dtype, *, T: float) -> Tensor:
     if shape is not None:
-        shape = _check_shape(shape)
+        shape = check_shape("shape", shape)
     if dtype is not None:
         if not isinstance(dtype, torch.dtype):
             raise TypeError(f"dtype: expected a torch.dtype ({', '.join(map(str, FLOAT_DTYPES))}), got {dtype!r}")
@@ -531,8 +511,7 @@ def _initial_state(sde: SDE, x_T, shape, generator, dtype, *, T: float) -> Tenso
         if shape is None:
             raise ValueError("x_T/shape: give the starting state x_T or a shape to draw it from the prior")
         return sde.prior_sample(shape, generator=generator, dtype=dtype or torch.float32, T=T)
-    if not isinstance(x_T, Tensor):
-        raise ValueError(f"x_T: expected a tensor, got {type(x_T).__name__}")
+    check_instance("x_T", x_T, Tensor, "a tensor")
     if x_T.dtype not in FLOAT_DTYPES:
         raise ValueError(f"x_T: expected a floating dtype ({', '.join(map(str, FLOAT_DTYPES))}), got {x_T.dtype}")
     if x_T.ndim < 2:

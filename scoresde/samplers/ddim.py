@@ -34,7 +34,7 @@ class DDIM(SteppedSampler):
         if eta < 0:
             raise ValueError(f"eta: expected a number >= 0 (0: deterministic DDIM, 1: DDPM), got {eta}")
         if not isinstance(clip_sample, bool):
-            raise ValueError(f"clip_sample: expected True or False, got {clip_sample!r}")
+            raise TypeError(f"clip_sample: expected True or False, got {clip_sample!r}")
         self.eta = eta
         self.clip_sample = clip_sample
         self.clip_range = check_finite_number("clip_range", clip_range, positive=True)

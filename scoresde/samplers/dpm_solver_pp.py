@@ -46,7 +46,7 @@ class DPMSolverPP(DPMSolverSteps):
                  max_value: float = math.inf):
         super().__init__(order, variant, lower_order_final, solver_type)
         if not isinstance(thresholding, bool):
-            raise ValueError(f"thresholding: expected True or False, got {thresholding!r}")
+            raise TypeError(f"thresholding: expected True or False, got {thresholding!r}")
         self.thresholding = thresholding
         self.percentile, self.max_value = check_threshold_options(percentile, max_value)
 

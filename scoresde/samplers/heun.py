@@ -56,7 +56,7 @@ class Heun(SteppedSampler):
     def __init__(self, euler_last: bool = True, S_churn: float = 0.0, S_tmin: float = 0.0,
                  S_tmax: float = math.inf, S_noise: float = 1.0):
         if not isinstance(euler_last, bool):
-            raise ValueError(f"euler_last: expected True or False, got {euler_last!r}")
+            raise TypeError(f"euler_last: expected True or False, got {euler_last!r}")
         self.euler_last = euler_last
         self.S_churn = check_finite_number("S_churn", S_churn)
         if self.S_churn < 0:

@@ -67,7 +67,7 @@ class PredictorCorrector(SteppedSampler):
             raise ValueError(f"n_corrector_steps: expected an integer >= 0, got {n_corrector_steps!r}")
         self.snr = check_finite_number("snr", snr, positive=True)
         if not isinstance(denoise_last_step, bool):
-            raise ValueError(f"denoise_last_step: expected True or False, got {denoise_last_step!r}")
+            raise TypeError(f"denoise_last_step: expected True or False, got {denoise_last_step!r}")
         n_corr = 0 if corrector == "none" else n_corrector_steps
         if predictor == "none" and n_corr == 0:
             raise ValueError(f"predictor, corrector: predictor='none' needs a corrector and n_corrector_steps >= 1, "

@@ -35,7 +35,7 @@ PREDICTIONS = ("data", "noise")
 
 def _check_bool(name: str, value) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"{name}: expected True or False, got {value!r}")
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
     return value
 
 

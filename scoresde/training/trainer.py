@@ -29,9 +29,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm.auto import tqdm
 
 from .. import make_sde
+from .._progress import progress
 from .._tensor import check_count
 from ..config import TrainConfig
 from ..losses import dsm_loss, flow_matching_loss
@@ -100,6 +100,10 @@ class Trainer:
         self.data = make_data(config.data, config.conditional, config.image_size) if data is None else data
 
         resolved = {}
+        # warm-up None: the default for this run's length; on resume the checkpoint's value (see _restore)
+        self._default_warmup = config.warmup is None
+        if config.warmup is None:
+            resolved["warmup"] = config.resolved_warmup()
         if config.sigma_data is None:
             resolved["sigma_data"] = self.data.std()
         if config.conditional and config.num_classes is None:
@@ -175,6 +179,9 @@ class Trainer:
 
     def _restore(self, ckpt: dict, src) -> None:
         saved = TrainConfig.from_dict(ckpt["config"])
+        if self._default_warmup and saved.warmup is not None:
+            # resolved from the run's first `steps`, not from the `steps` it is now extended to
+            self.config = self.config.replace(warmup=saved.warmup)
         diff = saved.mismatches(self.config)
         if diff:
             lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
@@ -241,7 +248,9 @@ class Trainer:
             K = cfg.t_buckets
             idx = torch.bucketize(t.detach().double(), self._inner_edges(t.device))
             sums = torch.zeros(K, dtype=torch.float64, device=t.device).index_add_(0, idx, losses.detach().double())
-            counts = torch.bincount(idx, minlength=K).double()
+            # index_add_, not bincount: bincount reads the largest index on the host (a sync on a GPU)
+            counts = torch.zeros(K, dtype=torch.float64, device=t.device).index_add_(
+                0, idx, torch.ones(idx.shape, dtype=torch.float64, device=t.device))
             stats = torch.cat([loss.detach().double().reshape(1), sums, counts])
             if self.distributed:
                 dist.all_reduce(stats)
@@ -301,8 +310,7 @@ class Trainer:
             atomic_save(json.dumps(cfg.to_dict(), indent=2) + "\n", self.out / CONFIG_NAME)
             log_fh, log = self._open_log()
             tb = self._tensorboard()
-        bar = tqdm(total=target, initial=self.step, desc="train", disable=not (cfg.progress and self.rank == 0),
-                   dynamic_ncols=True)
+        bar = progress(total=target, initial=self.step, desc="train", enabled=cfg.progress and self.rank == 0)
         records = []
         start = time.perf_counter()
         self.net.train()
