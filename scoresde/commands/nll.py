@@ -184,7 +184,8 @@ def run(args) -> int:
             if bad is not None:
                 raise ValueError(f"--points: {args.points!r}: {bad}; allowed: finite numbers (the points, not the "
                                  "model, are at fault)")
-        if x.ndim >= 4 and levels is None and bin_width is None:
+        latent = args.ckpt is not None and cfg.data.startswith("latent:")  # latents are continuous (scoresde.latent)
+        if x.ndim >= 4 and levels is None and bin_width is None and not latent:
             raise ValueError(f"--levels: image points {tuple(x.shape)} are discrete; give their number of levels "
                              + (f"(the run records {recorded}: --levels {recorded})" if recorded else
                                 "(256 for 8-bit, 17 for the digits)") + " or --bin-width")

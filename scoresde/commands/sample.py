@@ -19,6 +19,7 @@ file intact; under torchrun rank 0 writes and tells the other ranks whether it c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
@@ -180,7 +181,10 @@ def _sample(args, loaded, device) -> None:
     from ..sharded import sample_sharded
 
     model, cfg = loaded
-    shape = model.event_shape
+    from ..latent.codec import run_codec
+
+    codec = run_codec(cfg.data, device)  # a latent run (scoresde train --latent) is decoded to images
+    shape = model.event_shape if codec is None else codec.image_shape
     if args.plot and shape != (2,):
         raise ValueError(f"--plot: scatter plots need 2D data, this run's samples have shape {shape}; "
                          "use --image-grid for images")
@@ -189,9 +193,11 @@ def _sample(args, loaded, device) -> None:
     if args.image_grid:
         _check_grid_size(args, shape)
     with torch.no_grad():
-        res = sample_sharded(model, args.method.name, args.steps, n=args.n, event_shape=shape, seed=args.seed,
-                             batch_size=args.batch_size, device=device, grid=args.grid,
+        res = sample_sharded(model, args.method.name, args.steps, n=args.n, event_shape=model.event_shape,
+                             seed=args.seed, batch_size=args.batch_size, device=device, grid=args.grid,
                              final_denoise=args.final_denoise, progress=not args.quiet, **args.method.opts)
+        if codec is not None and res.samples is not None:
+            res = dataclasses.replace(res, samples=codec.decode(res.samples, batch_size=args.batch_size))
     error = None
     if res.samples is not None:  # rank 0 writes
         try:

@@ -92,6 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, metavar="RUN", help="run folder (created if needed)")
     p.add_argument("--config", metavar="FILE", help="JSON/YAML file of TrainConfig fields (flags given here override it)")
+    p.add_argument("--latent", default=None, metavar="AE_RUN",
+                   help="train in the latent space of this autoencoder run (scoresde autoencoder); --data is its")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
                    help="continue the run in --out (or from the checkpoint file CKPT) exactly where it stopped")
     choices = _choices()
@@ -146,12 +148,19 @@ def run(args) -> int:
 
     cfg = _config(args)
     check_output(args.out, "--out", kind="dir")  # before any work: an unwritable run folder fails now
+    data = None
+    if args.latent is not None or cfg.data.startswith("latent:"):  # latent diffusion: scoresde.latent
+        if args.latent is not None and args.data is not None:
+            raise ValueError(f"--data: {args.data!r} given with --latent; a latent run trains on the autoencoder's data")
+        from ..latent.codec import latent_training_data
+
+        cfg, data = latent_training_data(cfg, args.latent)
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
     if launched:  # started by torchrun: one process per rank
         cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
         dist.init_process_group("nccl" if cuda else "gloo")
     try:
-        trainer = Trainer(cfg, args.out, resume=args.resume)
+        trainer = Trainer(cfg, args.out, resume=args.resume, data=data)
         start = trainer.step
         records = trainer.train()
         if trainer.rank == 0:
