@@ -154,3 +154,28 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, capsys, argv, match):
     assert main(["tune", *argv, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and match in err and not (tmp_path / "o").exists()
+
+
+def test_cli_on_a_checkpoint_and_a_diffusers_folder(tmp_path):
+    """The two other routes end to end, tiny: a 2-step MLP run and a random diffusers UNet folder."""
+    from scoresde.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "eight_gaussians", "--sde", "vp", "--steps", "2", "--batch-size", "16",
+                 "--no-progress", "--no-tensorboard", "--out", str(run), "--threads", "1"]) == 0
+    common = ["--budgets", "3", "--quick", "--quiet", "--methods", "ddim,deis", "--n-calibration", "4",
+              "--n-heldout", "4", "--fit-iterations", "2", "--grid-opt", "0", "--threads", "1"]
+    assert main(["tune", "--ckpt", str(run), "--out", str(tmp_path / "t1"), *common]) == 0
+    t = load_tuned(tmp_path / "t1" / "tuned_nfe3.json")
+    assert t.model_id.startswith("checkpoint ") and "sha256:" in t.model_id
+
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                                 block_out_channels=(8, 16), norm_num_groups=4,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    assert main(["tune", "--diffusers", str(tmp_path / "ddpm"), "--out", str(tmp_path / "t2"), *common,
+                 "--no-fit"]) == 0
+    t = load_tuned(tmp_path / "t2" / "tuned_nfe3.json")
+    assert t.model_id.startswith("diffusers ") and t.sde == repr(sd.DiscreteVPSDE())

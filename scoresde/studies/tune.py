@@ -502,7 +502,7 @@ def tune(model: ScoreModel, sde, budgets, *, n_calibration: int = 256, n_heldout
 
         _stage(n_stages, n_stages, f"fitted solvers ({fit_iterations} iterations per budget)", enabled=progress)
         nfe0 = model.nfe
-        for nfe in progress_iter(budgets, progress):
+        for nfe in _progress(budgets, desc="fit", enabled=progress):
             start = next((r for r in ranked(nfe, ("zoo", "grid_opt")) if _fit_start_ok(r)), None)
             init_solver = (start["method"], start["options"]) if start is not None else None
             steps = start["steps"] if start is not None else nfe
@@ -541,9 +541,6 @@ def tune(model: ScoreModel, sde, budgets, *, n_calibration: int = 256, n_heldout
               "fit": fit, "fit_iterations": fit_iterations, "sde": repr(sde), "model_id": model_id}
     return TuneResult(rows, tuned, calls, wall, max(ref_c.error, ref_v.error), config)
 
-
-def progress_iter(items, enabled: bool):
-    return _progress(items, desc="fit", enabled=enabled)
 
 
 def _fit_start_ok(row: dict) -> bool:
