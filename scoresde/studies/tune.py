@@ -65,6 +65,8 @@ DEFAULT_METHODS: tuple[tuple[str, dict], ...] = (
     ("deis", {"order": 3, "variable": "lam", "prediction": "data"}),
     ("deis", {"order": 4, "variable": "lam", "prediction": "data"}),
     *[("ipndm", {"order": k}) for k in (2, 3, 4)],
+    # iPNDM with its published (fixed-step) weights: the best peer at NFE 5-15 on the mixtures of issue 23
+    *[("ipndm", {"order": k, "weights": "published", "afs": afs}) for k in (2, 3) for afs in (False, True)],
 )
 
 #: the quick zoo (``quick=True`` in the command): one or two configurations per family
