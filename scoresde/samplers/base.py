@@ -14,7 +14,6 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -378,7 +377,7 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
             names the step and the time.
         FloatingPointError: the state became non-finite with finite model outputs (an unstable step).
     """
-    if isinstance(method, (str, os.PathLike)) and str(method).endswith(".json"):  # a tuned sampler (scoresde tune)
+    if (isinstance(method, str) or hasattr(method, "__fspath__")) and str(method).endswith(".json"):  # scoresde tune
         from ..studies.tune import resolve_tuned
 
         method, grid, options = resolve_tuned(method, sde, steps, options)
