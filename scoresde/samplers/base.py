@@ -354,7 +354,9 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
 
     Args:
         model: a :class:`ScoreModel` (its ``sde`` must be ``sde``).
-        method: a registered name (see :func:`available`) or a :class:`Sampler` subclass.
+        method: a registered name (see :func:`available`), a :class:`Sampler` subclass, or the path of a
+            tuned sampler (``.json``, written by :func:`scoresde.studies.tune.tune` / ``scoresde tune``: its
+            method, options and grid).
         steps: number of grid steps, an integer in ``[1, MAX_STEPS]`` (may be None for adaptive solvers
             or with a grid tensor).
         x_T: the starting state at ``T`` (``(batch, *event_shape)``, floating, finite, batch >= 1); or
@@ -385,6 +387,11 @@ def sample(model: ScoreModel, sde: SDE, method, steps: int | None = None, *, x_T
             names the step and the time.
         FloatingPointError: the state became non-finite with finite model outputs (an unstable step).
     """
+    if (isinstance(method, str) or hasattr(method, "__fspath__")) and str(method).endswith(".json"):  # scoresde tune
+        from ..studies.tune import resolve_tuned
+
+        method, grid, options = resolve_tuned(method, sde, steps, options)
+        steps = None
     cls = get_sampler(method)
     check_instance("model", model, ScoreModel, "a scoresde.ScoreModel")
     check_instance("sde", sde, SDE, "a scoresde.SDE")

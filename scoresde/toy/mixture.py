@@ -198,4 +198,6 @@ class GaussianMixture:
 
     def model(self, sde: SDE) -> ScoreModel:
         """A :class:`ScoreModel` backed by the exact score of this mixture under ``sde``."""
-        return ScoreModel(lambda x, t: self.score(x, t, sde), sde, "score")
+        model = ScoreModel(lambda x, t: self.score(x, t, sde), sde, "score")
+        model.event_shape = (self.dim,)  # one sample's shape, as load_model's models carry it
+        return model
