@@ -168,6 +168,18 @@ def test_cli_on_a_checkpoint_and_a_diffusers_folder(tmp_path):
     assert main(["tune", "--ckpt", str(run), "--out", str(tmp_path / "t1"), *common]) == 0
     t = load_tuned(tmp_path / "t1" / "tuned_nfe3.json")
     assert t.model_id.startswith("checkpoint ") and "sha256:" in t.model_id
+    # the artifact samples the run from the command line, and gives what sample() gives with it
+    out = tmp_path / "s.pt"
+    assert main(["sample", "--ckpt", str(run), "--method", str(tmp_path / "t1" / "tuned_nfe3.json"), "--n", "8",
+                 "--seed", "3", "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    from scoresde.sharded import sample_sharded
+    from scoresde.training import load_model
+
+    model, _ = load_model(run)
+    expected = sample_sharded(model, str(tmp_path / "t1" / "tuned_nfe3.json"), None, n=8, event_shape=(2,), seed=3)
+    assert torch.equal(torch.load(out), expected.samples)
+    assert main(["sample", "--ckpt", str(run), "--method", str(tmp_path / "t1" / "tuned_nfe3.json"),
+                 "--steps", "7", "--out", str(out)]) == 2
 
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)

@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="dpm_solver++" if "dpm_solver++" in available() else "ddim",
                    metavar="NAME[:KEY=VALUE,...]",
                    help=f"sampler, with its options after a colon (e.g. 'dpm_solver++:order=3'): one of "
-                        f"{', '.join(available())} (default %(default)s)")
+                        f"{', '.join(available())} (default %(default)s); or a sampler tuned by "
+                        "'scoresde tune' (its tuned_nfeN.json, which brings its own grid and steps)")
     p.add_argument("--steps", type=int, default=None,
                    help=f"grid steps, 1 to {MAX_STEPS} (default {DEFAULT_STEPS}; an adaptive solver such as "
                         "'ode' chooses its own and needs none)")
@@ -76,12 +77,36 @@ DEFAULT_STEPS = 20
 DEFAULT_OUT = "samples.pt"
 
 
+class _Tuned:
+    """``--method tuned.json``: sample() reads the artifact (method, options and grid) itself."""
+
+    adaptive = False
+
+    def __init__(self, path: str, label: str):
+        self.name, self.opts, self.label = path, {}, label
+
+    def instance(self):
+        return self
+
+
 def _resolve_method(args) -> None:
     """``args.method`` -> a :class:`~scoresde.studies.method_specs.Method`; ``args.steps`` -> an int, or None
     for an adaptive solver given no steps. Errors name the flag and what is allowed."""
     from ..samplers.base import MAX_STEPS
     from ..studies.method_specs import parse_method
 
+    if isinstance(args.method, str) and args.method.endswith(".json"):  # a sampler tuned by `scoresde tune`
+        from ..studies.tune import load_tuned
+
+        try:
+            tuned = load_tuned(args.method)
+        except (OSError, ValueError, TypeError) as err:
+            raise ValueError(f"--method: {args.method} is not a tuned sampler ({err})") from None
+        if args.steps is not None and args.steps != len(tuned.times) - 1:
+            raise ValueError(f"--steps: {args.method} was tuned for {len(tuned.times) - 1} steps, got {args.steps} "
+                             "(leave --steps out)")
+        args.method, args.steps = _Tuned(args.method, f"tuned {tuned.method} ({args.method})"), None
+        return
     if isinstance(args.method, str):
         try:
             args.method = parse_method(args.method)
@@ -223,7 +248,8 @@ def _describe(err: BaseException) -> str:
 def _describe_run(args, res) -> str:
     """``ddim(eta=0.5), 20 steps, NFE 20`` or, for an adaptive solver, ``ode, adaptive, NFE 122``."""
     nfe = f"{res.nfe[0]}" if min(res.nfe) == max(res.nfe) else f"{min(res.nfe)}-{max(res.nfe)} per chunk"
-    steps = "adaptive" if args.method.instance().adaptive else f"{args.steps} steps"
+    steps = "adaptive" if args.method.instance().adaptive else (
+        "its tuned grid" if args.steps is None else f"{args.steps} steps")
     return f"{args.method.label}, {steps}, NFE {nfe}"
 
 
