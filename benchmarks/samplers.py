@@ -114,6 +114,19 @@ def mean_err(x, ref):
     return float((x.to(torch.float64) - ref).flatten(1).norm(dim=1).mean())
 
 
+def endpoint_error(mix, sde, x_T):
+    """``err(samples, t0, t1)``: the mean endpoint error against the reference over the run's own two ends,
+    each reference solved once per pair of ends (a run's ends are the grid's, so equal ends are equal floats)."""
+    refs = {}
+
+    def err(samples, t0, t1):
+        key = (round(t0, 12), round(t1, 12))
+        if key not in refs:
+            refs[key] = reference(mix, sde, x_T, t0, t1)
+        return mean_err(samples, refs[key])
+    return err
+
+
 def reference(mix, sde, x_T, t_start, t_end):
     """PF-ODE solution from (x_T, t_start) to t_end with the exact mixture score: the shared reference
     (scoresde.studies.references.reference_pf_ode: dopri5 in log-SNR at rtol = atol = 1e-10, float64;
@@ -527,13 +540,7 @@ def against_diffusers(args):
     rows, summary = [], []
     for pname, mix in problems:
         x_T = torch.randn(args.batch, mix.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        refs = {}
-
-        def err(samples, t0, t1, _mix=mix, _x_T=x_T, _refs=refs):
-            key = (round(t0, 12), round(t1, 12))
-            if key not in _refs:
-                _refs[key] = reference(_mix, sde, _x_T, t0, t1)
-            return mean_err(samples, _refs[key])
+        err = endpoint_error(mix, sde, x_T)
 
         for nfe in (5, 10):
             best = {}
@@ -640,13 +647,7 @@ def training_free(args):
     for pname, mix in problems:
         x_T = torch.randn(args.batch, mix.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
         model = oracle_eps_model(mix, sde)
-        refs = {}
-
-        def err(samples, t0, t1, _mix=mix, _x_T=x_T, _refs=refs):
-            key = (round(t0, 12), round(t1, 12))
-            if key not in _refs:
-                _refs[key] = reference(_mix, sde, _x_T, t0, t1)
-            return mean_err(samples, _refs[key])
+        err = endpoint_error(mix, sde, x_T)
 
         for nfe in nfes:
             best = {}

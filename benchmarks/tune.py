@@ -64,13 +64,7 @@ def main(argv=None):
         x_T = torch.randn(args.batch, mix.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
         model = bench.oracle_eps_model(mix, sde)
         model.event_shape = (mix.dim,)
-        refs = {}
-
-        def err(samples, t0, t1, _mix=mix, _x_T=x_T, _refs=refs):
-            key = (round(t0, 12), round(t1, 12))
-            if key not in _refs:
-                _refs[key] = bench.reference(_mix, sde, _x_T, t0, t1)
-            return bench.mean_err(samples, _refs[key])
+        err = bench.endpoint_error(mix, sde, x_T)
 
         t0 = time.perf_counter()
         result = tune(model, sde, nfes, n_calibration=args.n_calibration, n_heldout=args.n_calibration,

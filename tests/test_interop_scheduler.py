@@ -38,9 +38,9 @@ def stepped(method):
         pytest.skip(f"{method} is not a SteppedSampler on this branch yet")
 
 
-def tiny_unet(seed=0):
+def tiny_unet(seed=0, out_channels=3):
     torch.manual_seed(seed)
-    return diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+    return diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=out_channels, layers_per_block=1,
                                  block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
                                  up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4).double().eval()
 

@@ -19,6 +19,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from scoresde.interop import ScoresdeScheduler, from_diffusers  # noqa: E402
 from scoresde.interop.scheduler import native_timesteps  # noqa: E402
+from test_interop_scheduler import rel, tiny_unet, unet  # noqa: E402, F401  (the tiny UNet and its fixture)
 
 RTOL = 1e-10
 METHODS = [
@@ -29,22 +30,6 @@ METHODS = [
     ("euler_maruyama", {}),
 ]
 IDS = [m for m, _ in METHODS]
-
-
-def tiny_unet(seed=0, out_channels=3):
-    torch.manual_seed(seed)
-    return diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=out_channels, layers_per_block=1,
-                                 block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
-                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4).double().eval()
-
-
-@pytest.fixture(scope="module")
-def unet():
-    return tiny_unet()
-
-
-def rel(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 def randn(seed, shape=(2, 3, 8, 8)):
