@@ -74,6 +74,15 @@ def check_count(name: str, value, *, minimum: int = 1, maximum: int | None = Non
     return v
 
 
+#: the largest seed taken: torch's generators hold 64 bits, and some runs seed ``seed + k`` for a few k
+SEED_MAX = 2**63 - 1
+
+
+def check_seed(name: str, value) -> int:
+    """A random seed: an integer in ``[0, SEED_MAX]`` (beyond it torch says only "Overflow when unpacking")."""
+    return check_count(name, value, minimum=0, maximum=SEED_MAX)
+
+
 def check_bool(name: str, value) -> bool:
     """A flag is ``True`` or ``False``: the string ``'false'`` (which is truthy) or ``0`` is a TypeError."""
     if not isinstance(value, bool) and type(value).__name__ != "bool_":

@@ -107,6 +107,8 @@ CASES = [
      ["'channel_mults'", "'unet'", "channel_mult,", "num_res_blocks"]),
     ("build-net-missing", lambda f: sd.nets.build_net("mlp", dim=2), ValueError, ["'sde'", "'mlp'"]),
     ("mlp-wrong-dim", lambda f: MLP(torch.zeros(4, 3), 0.5), ValueError, ["x", "(4, 3)", "2 features"]),
+    ("sharded-seed-huge", lambda f: sd.sharded.sample_sharded(MLP, "ddim", 2, n=2, event_shape=(2,), seed=2**64),
+     ValueError, ["seed", str(2**64), str(2**63 - 1)]),
     ("likelihood-nan-x", lambda f: sd.likelihood.log_likelihood(MLP, NAN_POINTS), ValueError, ["x", "1 non-finite"]),
 ]
 

@@ -80,6 +80,10 @@ CASES = [
     (["sample", "--ckpt", "adir", "--method", "ddim:eta"], ["--method", "key=value"]),
     # sample: a stale or broken torchrun setting
     (["sample", "--ckpt", "adir", "--out", "s.pt", "--dist-timeout", "0"], ["--dist-timeout", "0"]),
+    # seeds beyond torch's 64-bit generators: named, not "Overflow when unpacking long long"
+    (["sample", "--ckpt", "adir", "--out", "s.pt", "--seed", str(2**64 + 1)], ["--seed", str(2**64 + 1), str(2**63 - 1)]),
+    (["mixture", "--seed", "-3"], ["--seed", "-3"]),
+    (["train", "--out", "r", "--seed", str(2**64 + 1), *SMALL], ["seed", str(2**64 + 1)]),
     (["train", "--out", "r", "--dist-timeout", "-1", *SMALL], ["--dist-timeout", "-1"]),
     # mixture, demo, study: outputs and counts
     (["mixture", "--out", "adir"], ["--out", "adir", "folder"]),
