@@ -20,6 +20,7 @@ from scoresde import toy
 from scoresde._files import atomic_write, save_csv, save_png, save_tensor
 from scoresde.images import from_levels, load_array, load_folder, save_grid, to_levels
 from scoresde.interop import diffusers_alphas_cumprod, to_denoiser
+from scoresde.sharded import sample_sharded
 
 NAN = float("nan")
 
@@ -107,7 +108,7 @@ CASES = [
      ["'channel_mults'", "'unet'", "channel_mult,", "num_res_blocks"]),
     ("build-net-missing", lambda f: sd.nets.build_net("mlp", dim=2), ValueError, ["'sde'", "'mlp'"]),
     ("mlp-wrong-dim", lambda f: MLP(torch.zeros(4, 3), 0.5), ValueError, ["x", "(4, 3)", "2 features"]),
-    ("sharded-seed-huge", lambda f: sd.sharded.sample_sharded(MLP, "ddim", 2, n=2, event_shape=(2,), seed=2**64),
+    ("sharded-seed-huge", lambda f: sample_sharded(MLP, "ddim", 2, n=2, event_shape=(2,), seed=2**64),
      ValueError, ["seed", str(2**64), str(2**63 - 1)]),
     ("likelihood-nan-x", lambda f: sd.likelihood.log_likelihood(MLP, NAN_POINTS), ValueError, ["x", "1 non-finite"]),
 ]
