@@ -95,6 +95,9 @@ def check_generator(name: str, generator) -> torch.Generator | None:
     if generator is None or isinstance(generator, torch.Generator):
         return generator
     seed = generator if isinstance(generator, int) and not isinstance(generator, bool) else 0
+    if not 0 <= seed <= SEED_MAX:  # torch's generators take no larger seed ("Overflow when unpacking long long")
+        raise TypeError(f"{name}: expected a torch.Generator or None, got the integer {seed}; make one with "
+                        f"torch.Generator().manual_seed(seed) for a seed in [0, {SEED_MAX}]")
     raise TypeError(f"{name}: expected a torch.Generator or None, got {type(generator).__module__}."
                     f"{type(generator).__qualname__} {generator!r:.60}; make one with "
                     f"torch.Generator().manual_seed({seed}) (a numpy Generator or a seed cannot drive torch's draws)")

@@ -110,6 +110,12 @@ CASES = [
     ("mlp-wrong-dim", lambda f: MLP(torch.zeros(4, 3), 0.5), ValueError, ["x", "(4, 3)", "2 features"]),
     ("sharded-seed-huge", lambda f: sample_sharded(MLP, "ddim", 2, n=2, event_shape=(2,), seed=2**64),
      ValueError, ["seed", str(2**64), str(2**63 - 1)]),
+    ("imputation-seed-huge", lambda f: sd.guidance.replacement_imputation(MLP, torch.zeros(4, 2), torch.ones(4, 2,
+                                                                         dtype=torch.bool), generator=2**64),
+     TypeError, ["generator", str(2**64), "torch.Generator", str(2**63 - 1)]),
+    ("imputation-seed", lambda f: sd.guidance.replacement_imputation(MLP, torch.zeros(4, 2), torch.ones(4, 2,
+                                                                    dtype=torch.bool), generator=7),
+     TypeError, ["generator", "7", "manual_seed(7)"]),
     ("likelihood-nan-x", lambda f: sd.likelihood.log_likelihood(MLP, NAN_POINTS), ValueError, ["x", "1 non-finite"]),
 ]
 
