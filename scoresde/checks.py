@@ -74,6 +74,15 @@ def check_count(name: str, value, *, minimum: int = 1, maximum: int | None = Non
     return v
 
 
+#: the largest seed taken: torch's generators hold 64 bits, and some runs seed ``seed + k`` for a few k
+SEED_MAX = 2**63 - 1
+
+
+def check_seed(name: str, value) -> int:
+    """A random seed: an integer in ``[0, SEED_MAX]`` (beyond it torch says only "Overflow when unpacking")."""
+    return check_count(name, value, minimum=0, maximum=SEED_MAX)
+
+
 def check_bool(name: str, value) -> bool:
     """A flag is ``True`` or ``False``: the string ``'false'`` (which is truthy) or ``0`` is a TypeError."""
     if not isinstance(value, bool) and type(value).__name__ != "bool_":
@@ -86,6 +95,9 @@ def check_generator(name: str, generator) -> torch.Generator | None:
     if generator is None or isinstance(generator, torch.Generator):
         return generator
     seed = generator if isinstance(generator, int) and not isinstance(generator, bool) else 0
+    if not 0 <= seed <= SEED_MAX:  # torch's generators take no larger seed ("Overflow when unpacking long long")
+        raise TypeError(f"{name}: expected a torch.Generator or None, got the integer {seed}; make one with "
+                        f"torch.Generator().manual_seed(seed) for a seed in [0, {SEED_MAX}]")
     raise TypeError(f"{name}: expected a torch.Generator or None, got {type(generator).__module__}."
                     f"{type(generator).__qualname__} {generator!r:.60}; make one with "
                     f"torch.Generator().manual_seed({seed}) (a numpy Generator or a seed cannot drive torch's draws)")

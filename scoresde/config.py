@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checks import check_count
+from .checks import SEED_MAX, check_count
 
 __all__ = ["TrainConfig", "RESUME_FREE_FIELDS", "NET_OPTION_FIELDS", "RESERVED_NET_KWARGS", "default_warmup"]
 
@@ -161,7 +161,7 @@ class TrainConfig:
         for name in ("warmup", "seed"):
             if name == "warmup" and self.warmup is None:  # the default: resolved from steps (default_warmup)
                 continue
-            check_count(name, getattr(self, name), minimum=0)
+            check_count(name, getattr(self, name), minimum=0, maximum=None if name == "warmup" else SEED_MAX)
         for name, lo, hi, what in (("lr", 0, math.inf, "> 0"), ("weight_decay", 0, math.inf, ">= 0"),
                                    ("grad_clip", 0, math.inf, ">= 0 (0: no clipping)"),
                                    ("ema_decay", 0, 1, "in [0, 1)"), ("label_dropout", 0, 1, "in [0, 1)"),

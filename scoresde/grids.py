@@ -105,7 +105,11 @@ def grid_from_logits(sde: SDE, w: Tensor, t_min: float, T: float) -> Tensor:
 
 def validate_grid(times, sde: SDE) -> Tensor:
     """Check a user-given grid: 1-D, at least two points, finite, strictly decreasing, within (0, T]."""
-    times = torch.as_tensor(times, dtype=torch.float64).detach().cpu()
+    try:
+        times = torch.as_tensor(times, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError) as err:
+        shown = repr(times) if len(repr(times)) <= 80 else repr(times)[:77] + "..."
+        raise TypeError(f"grid: expected a decreasing 1-D sequence or tensor of numbers (times), got {shown}") from err
     if times.ndim != 1 or times.numel() < 2:
         raise ValueError(f"grid: expected a 1-D tensor of at least 2 times, got shape {tuple(times.shape)}")
     if not torch.isfinite(times).all():

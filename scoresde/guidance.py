@@ -52,6 +52,7 @@ import torch
 from torch import Tensor
 
 from ._tensor import append_dims, batch_time, check_finite_number
+from .checks import check_generator
 from .models import PARAMETERIZATIONS, ScoreModel
 from .sde import SDE
 from .toy.mixture import GaussianMixture
@@ -285,6 +286,7 @@ def replacement_imputation(model: ScoreModel, y: Tensor, mask: Tensor, *,
     (replacement before every predictor and corrector step); with any other sampler, the same idea.
     """
     y, mask = _check_observation(y, mask)
+    generator = check_generator("generator", generator)  # an integer seed is refused here, not at the first call
     sde = model.sde
 
     def fn(x: Tensor, t: Tensor) -> Tensor:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import ClassVar
@@ -98,6 +99,16 @@ def _derivative(fn: Callable[[Tensor], Tensor], t: Tensor) -> Tensor:
     """Elementwise derivative of an elementwise function by forward-mode AD (works under no_grad)."""
     _, d = torch.func.jvp(fn, (t,), (torch.ones_like(t),))
     return d
+
+
+def _check_sample_shape(shape) -> tuple[int, ...]:
+    """The shape of a prior draw: a tuple of non-negative ints (refused here, not as torch's 'negative dimension')."""
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list, torch.Size)) or any(
+            isinstance(n, bool) or not isinstance(n, numbers.Integral) for n in shape):
+        raise TypeError(f"shape: expected a tuple of non-negative ints (batch, *event_shape), got {shape!r}")
+    if any(n < 0 for n in shape):
+        raise ValueError(f"shape: expected non-negative sizes (batch, *event_shape), got {tuple(shape)}")
+    return tuple(int(n) for n in shape)
 
 
 def _check_points(name: str, x) -> None:
@@ -357,9 +368,10 @@ class SDE(ABC):
     def prior_sample(self, shape, *, generator: torch.Generator | None = None,
                      device=None, dtype: torch.dtype = torch.float32, T: float | None = None) -> Tensor:
         """Draw from the prior N(0, sigma(T)^2 I) at ``T`` (default: the SDE's T)."""
+        shape = _check_sample_shape(shape)
         if device is None and generator is not None:
             device = generator.device
-        z = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+        z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
         return self.prior_std(T) * z
 
     def prior_log_prob(self, x: Tensor, T: float | None = None) -> Tensor:

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .checks import SEED_MAX
 from .models import ScoreModel
 from .samplers import sample
 
@@ -119,8 +120,8 @@ def sample_sharded(model: ScoreModel, method: str, steps: int | None, *, n: int,
     for name, v in (("n", n), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name}: expected a positive integer, got {v!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"seed: expected an integer in [0, {SEED_MAX}], got {seed!r}")
     if "x_T" in options or "shape" in options or "generator" in options:
         raise ValueError("options: x_T, shape and generator are set per chunk from seed; leave them out")
     distributed = dist.is_available() and dist.is_initialized()

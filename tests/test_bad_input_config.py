@@ -24,6 +24,7 @@ CONFIGS = [
     (dict(batch_size=True), TypeError, ["batch_size", "True"]),
     (dict(width="128"), ValueError, ["width", "'128'"]),
     (dict(seed=-1), ValueError, ["seed", "-1"]),
+    (dict(seed=2**64 + 1), ValueError, ["seed", str(2**64 + 1), str(2**63 - 1)]),
     # numbers are finite numbers in range
     (dict(lr=float("nan")), ValueError, ["lr", "nan"]),
     (dict(ema_decay=1.0), ValueError, ["ema_decay", "1.0"]),

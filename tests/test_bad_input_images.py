@@ -20,6 +20,7 @@ from scoresde import toy
 from scoresde._files import atomic_write, save_csv, save_png, save_tensor
 from scoresde.images import from_levels, load_array, load_folder, save_grid, to_levels
 from scoresde.interop import diffusers_alphas_cumprod, to_denoiser
+from scoresde.sharded import sample_sharded
 
 NAN = float("nan")
 
@@ -46,6 +47,9 @@ def folder(tmp_path_factory):
 
 VP_MIX = toy.mixture("eight_gaussians").model(sd.VPSDE())
 D = to_denoiser(VP_MIX)
+MLP = sd.ScoreModel(sd.nets.build_net("mlp", dim=2, sde=sd.VPSDE(), width=8, depth=1), sd.VPSDE(), "eps")
+NAN_POINTS = torch.zeros(4, 2)
+NAN_POINTS[1, 0] = NAN
 NAN_IMAGES = torch.zeros(4, 1, 8, 8)
 NAN_IMAGES[1:] = NAN
 
@@ -96,6 +100,23 @@ CASES = [
     ("denoiser-sigma-int-tensor", lambda f: D(torch.zeros(2, 2), torch.tensor([1, 2])), TypeError, ["sigma", "int64"]),
     ("denoiser-sigma-outside", lambda f: D(torch.zeros(1, 2), torch.tensor([D.sigma_max * 1.01])), ValueError,
      ["sigma", repr(D.sigma_max)]),
+    # leftovers of the first round: a grid of strings, unknown net options, x of the wrong size or with a NaN
+    ("grid-of-strings", lambda f: sd.sample(MLP, MLP.sde, "ddim", 3, shape=(4, 2), grid=["a", "b", "c", "d"]), TypeError,
+     ["grid", "numbers", "['a', 'b', 'c', 'd']"]),
+    ("build-net-unknown-option", lambda f: sd.nets.build_net("unet", channel_mults=(1, 2), in_channels=1, image_size=8,
+                                                             sde=sd.VPSDE()), ValueError,
+     ["'channel_mults'", "'unet'", "channel_mult,", "num_res_blocks"]),
+    ("build-net-missing", lambda f: sd.nets.build_net("mlp", dim=2), ValueError, ["'sde'", "'mlp'"]),
+    ("mlp-wrong-dim", lambda f: MLP(torch.zeros(4, 3), 0.5), ValueError, ["x", "(4, 3)", "2 features"]),
+    ("sharded-seed-huge", lambda f: sample_sharded(MLP, "ddim", 2, n=2, event_shape=(2,), seed=2**64),
+     ValueError, ["seed", str(2**64), str(2**63 - 1)]),
+    ("imputation-seed-huge", lambda f: sd.guidance.replacement_imputation(MLP, torch.zeros(4, 2), torch.ones(4, 2,
+                                                                         dtype=torch.bool), generator=2**64),
+     TypeError, ["generator", str(2**64), "torch.Generator", str(2**63 - 1)]),
+    ("imputation-seed", lambda f: sd.guidance.replacement_imputation(MLP, torch.zeros(4, 2), torch.ones(4, 2,
+                                                                    dtype=torch.bool), generator=7),
+     TypeError, ["generator", "7", "manual_seed(7)"]),
+    ("likelihood-nan-x", lambda f: sd.likelihood.log_likelihood(MLP, NAN_POINTS), ValueError, ["x", "1 non-finite"]),
 ]
 
 

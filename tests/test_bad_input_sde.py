@@ -71,6 +71,8 @@ EVALUATORS = [
     (lambda: sd.VPSDE().perturb([[0.0, 0.0]], 0.5, X), TypeError, ["x0", "list"]),
     (lambda: sd.VPSDE().marginal(torch.zeros(3, 2, dtype=torch.long), 0.5), ValueError, ["x0", "torch.int64"]),
     (lambda: sd.VPSDE().drift(1.0, 0.5), TypeError, ["x", "float"]),
+    (lambda: sd.VPSDE().prior_sample((-1, 2)), ValueError, ["shape", "(-1, 2)", "non-negative"]),
+    (lambda: sd.VPSDE().prior_sample((2.5, 2)), TypeError, ["shape", "(2.5, 2)"]),
 ]
 
 

@@ -58,6 +58,7 @@ CASES = [
     (lambda: toy.eight_gaussians_mixture(std=0.0), ValueError, ["std", "0.0"]),
     (lambda: toy.anisotropic_mixture(dim=0), ValueError, ["dim", "0"]),
     (lambda: toy.anisotropic_mixture(dim=4, n_components=1.5), TypeError, ["n_components", "1.5"]),
+    (lambda: toy.anisotropic_mixture(seed=2**64), ValueError, ["seed", str(2**64), str(2**63 - 1)]),
 ]
 
 

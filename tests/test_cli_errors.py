@@ -80,6 +80,11 @@ CASES = [
     (["sample", "--ckpt", "adir", "--method", "ddim:eta"], ["--method", "key=value"]),
     # sample: a stale or broken torchrun setting
     (["sample", "--ckpt", "adir", "--out", "s.pt", "--dist-timeout", "0"], ["--dist-timeout", "0"]),
+    # seeds beyond torch's 64-bit generators: named, not "Overflow when unpacking long long"
+    (["sample", "--ckpt", "adir", "--out", "s.pt", "--seed", str(2**64 + 1)], ["--seed", str(2**64 + 1), str(2**63 - 1)]),
+    (["mixture", "--seed", "-3"], ["--seed", "-3"]),
+    (["train", "--out", "r", "--seed", str(2**64 + 1), *SMALL], ["seed", str(2**64 + 1)]),
+    (["train", "--out", "r", "--dist-timeout", "-1", *SMALL], ["--dist-timeout", "-1"]),
     # mixture, demo, study: outputs and counts
     (["mixture", "--out", "adir"], ["--out", "adir", "folder"]),
     (["mixture", "--out", "plot.xyz"], ["--out", "plot.xyz", ".png"]),
@@ -176,6 +181,9 @@ RUN_CASES = [
     # a grid of 12.5 TiB is refused before sampling, not after (MemoryError)
     (["sample", "--ckpt", "RUN", "--n", "4", "--steps", "2", "--out", "old.pt", "--image-grid", "old.png",
       "--grid-scale", "1000000"], ["--grid-scale", "1000000", "at most"]),
+    # resuming a U-Net's run as another net: the checkpoint's net is named, not options the user never gave
+    (["train", "--out", "new", "--resume", "RUN/checkpoint.pt", "--net", "dit", "--no-progress"],
+     ["--net", "'dit'", "U-Net", "'unet'"]),
 ]
 
 
@@ -185,8 +193,8 @@ def test_user_error_after_reading_the_run_keeps_old_outputs(digits_run, tmp_path
     old = {name: f"old {name}".encode() for name in ("old.csv", "old.pt", "old.png")}
     for name, data in old.items():
         Path(name).write_bytes(data)
-    argv = [str(digits_run) if a == "RUN" else str(digits_run.parent / "levels17.pt") if a == "POINTS" else a
-            for a in argv]
+    points = str(digits_run.parent / "levels17.pt")
+    argv = [a.replace("RUN", str(digits_run)) if a.startswith("RUN") else points if a == "POINTS" else a for a in argv]
     rc = _run(argv)
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

@@ -271,6 +271,21 @@ def test_a_stale_torchrun_environment_times_out_naming_it(tmp_path):
     assert time.monotonic() - start < 50 and not (tmp_path / "s.pt").exists()
 
 
+def test_a_stale_torchrun_environment_times_out_training_too(tmp_path):
+    """`scoresde train` under the same stale environment: the same named error, no checkpoint written."""
+    run = tmp_path / "toy"
+    env = dict(_env(), WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "scoresde", "train", *TINY, "--steps", "1", "--out", str(run),
+                           "--dist-timeout", "2"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr[-800:]
+    assert "Traceback" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    for word in ("2 s", "WORLD_SIZE=2", "RANK=0", "MASTER_ADDR=127.0.0.1", "MASTER_PORT", "stale"):
+        assert word in line, line
+    assert time.monotonic() - start < 50 and not (run / "checkpoint.pt").exists()
+
+
 def test_the_join_timeout_is_checked_before_any_connection(monkeypatch):
     from scoresde.sharded import init_from_env
 

@@ -6,6 +6,7 @@ after minutes of work.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 from pathlib import Path
@@ -22,6 +23,19 @@ def _probe(folder: Path) -> OSError | None:
     os.close(fd)
     os.unlink(name)
     return None
+
+
+def seed_type(text: str) -> int:
+    """argparse ``type`` of ``--seed``: an integer in ``[0, SEED_MAX]``, refused by argparse (exit 2) otherwise."""
+    from ..checks import SEED_MAX
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {SEED_MAX}], got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {SEED_MAX}], got {value}")
+    return value
 
 
 def check_output(path: str | os.PathLike, flag: str, *, kind: str = "file", suffixes: tuple[str, ...] = ()) -> Path:

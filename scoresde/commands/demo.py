@@ -13,6 +13,8 @@ interrupted run leaves no half-written files.
 from __future__ import annotations
 
 import argparse
+
+from ._paths import seed_type
 import time
 
 
@@ -29,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-steps", type=int, default=1500,
                    help="optimiser steps of the small learned score model (0: skip it; default 1500)")
     p.add_argument("--no-gif", action="store_true", help="skip the trajectory animation")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_type, default=0, help="random seed (default 0)")
     p.add_argument("--quick", action="store_true",
                    help="a seconds-long smoke run: tiny batches, loose references, same files")
     p.add_argument("--quiet", action="store_true", help="no progress bars or stage lines")

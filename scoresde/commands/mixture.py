@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._paths import seed_type
+
 import torch
 
 
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", default=None, choices=grids.available(),
                    help="time grid (default: the SDE's own, logsnr; quadratic for the flow-matching path)")
     p.add_argument("--n", type=int, default=5000, help="number of samples (default 5000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_type, default=0, help="random seed (default 0)")
     p.add_argument("--out", default="mixture_samples.png", help="image path for the scatter plot (.png, .pdf, .svg, "
                    ".jpg; default mixture_samples.png)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .._files import load_tensor_file, save_csv
 from .._progress import stage
-from ._paths import check_output
+from ._paths import check_output, seed_type
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--points", default=None, help=".pt or .npy file of points (default: --n draws from --data)")
     p.add_argument("--n", type=int, default=256,
                    help="number of points drawn from --data (a finite set: its first N points, at most all of it)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_type, default=0)
     p.add_argument("--estimator", default="auto", choices=ESTIMATORS)
     p.add_argument("--n-probes", type=int, default=1)
     p.add_argument("--probe", default="rademacher", choices=PROBES)

@@ -23,7 +23,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from ._paths import check_output
+from ._paths import check_output, seed_type
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "ambiguous abbreviation of its own flags)")
     p.add_argument("--batch-size", type=int, default=1000,
                    help="samples per model call (a chunk); fixes the samples together with --seed")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_type, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--label", type=int, default=None, help="class to sample (conditional runs)")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._paths import seed_type
+
 STUDIES = ("error-vs-steps", "ddim-limit", "trajectories", "grids", "smoothness")
 
 
@@ -25,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="step counts (error-vs-steps, ddim-limit) or NFE budgets (grids); strictly increasing")
     p.add_argument("--grid", nargs="+", default=["logsnr"], help="time grid(s) for error-vs-steps")
     p.add_argument("--n", type=int, default=None, help="number of common starting points x_T")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_type, default=0, help="random seed (default 0)")
     p.add_argument("--checkpoint", default=None, help="smoothness: a training run (folder or checkpoint.pt) to study")
     p.add_argument("--no-gif", action="store_true", help="trajectories: skip the animation")
     p.add_argument("--quick", action="store_true",

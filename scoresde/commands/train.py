@@ -3,7 +3,8 @@
 Every :class:`~scoresde.config.TrainConfig` field is a flag; ``--config FILE`` (JSON or YAML) gives a
 base that explicit flags override; with ``--resume`` and no ``--config`` the base is the run's saved
 config, so ``scoresde train --out RUN --resume --steps N`` extends a run. Launch on several processes with ``torchrun``, e.g.
-``torchrun --nproc_per_node 2 -m scoresde train ...`` (gloo on CPU, nccl with ``--device cuda``).
+``torchrun --nproc_per_node 2 -m scoresde train ...`` (gloo on CPU, nccl with ``--device cuda``); every rank
+joins within ``--dist-timeout`` seconds or the command stops with a message naming torchrun's variables.
 
 Any registered network trains with ``--net NAME --net-kwargs JSON`` (its constructor's options, e.g.
 ``--net unet --net-kwargs '{"channels": 32}'``); ``--width``/``--depth``/... are shorthands for options
@@ -96,6 +97,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train in the latent space of this autoencoder run (scoresde autoencoder); --data is its")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
                    help="continue the run in --out (or from the checkpoint file CKPT) exactly where it stopped")
+    p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                   help="under torchrun: seconds for every rank to join (default $SCORESDE_DIST_TIMEOUT or 60)")
     choices = _choices()
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
@@ -123,6 +126,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+#: the networks' names in messages
+_NET_NAMES = {"mlp": "MLP", "unet": "U-Net", "dit": "DiT"}
+
+
 def _config(args):
     from ..config import TrainConfig
     from ..training import load_checkpoint
@@ -130,7 +137,13 @@ def _config(args):
     if args.config:
         base = TrainConfig.from_file(args.config)
     elif args.resume:  # continue with the run's own settings; flags given now still override them
-        base = TrainConfig.from_dict(load_checkpoint(args.out if args.resume is True else args.resume)["config"])
+        src = args.out if args.resume is True else args.resume
+        base = TrainConfig.from_dict(load_checkpoint(src)["config"])
+        if args.net is not None and args.net != base.net:
+            # its options would be refused one by one as the new net's: say what the checkpoint is instead
+            kind = _NET_NAMES.get(base.net, base.net)
+            raise ValueError(f"--net: the checkpoint {src} is a {kind}'s run (net {base.net!r}); it cannot be resumed "
+                             f"as {args.net!r}; resume with --net {base.net} (or leave --net out), or start a new run")
     else:
         base = TrainConfig()
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
@@ -146,6 +159,10 @@ def run(args) -> int:
 
     from ..training import Trainer
 
+    from ..sharded import init_from_env
+
+    if args.dist_timeout is not None and not 0 < args.dist_timeout < float("inf"):
+        raise ValueError(f"--dist-timeout: expected a positive number of seconds, got {args.dist_timeout}")
     cfg = _config(args)
     check_output(args.out, "--out", kind="dir")  # before any work: an unwritable run folder fails now
     data = None
@@ -156,9 +173,9 @@ def run(args) -> int:
 
         cfg, data = latent_training_data(cfg, args.latent)
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
-    if launched:  # started by torchrun: one process per rank
+    if launched:  # started by torchrun: one process per rank; a stale environment times out, naming it
         cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-        dist.init_process_group("nccl" if cuda else "gloo")
+        init_from_env("nccl" if cuda else "gloo", args.dist_timeout)
     try:
         trainer = Trainer(cfg, args.out, resume=args.resume, data=data)
         start = trainer.step

@@ -12,6 +12,7 @@ Every network has ``null_label`` (``num_classes``, the classifier-free "no label
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 from torch import nn
@@ -28,6 +29,17 @@ def build_net(name: str, **kwargs) -> nn.Module:
     """Build the network ``name`` (see :data:`NETS`) with its constructor's keyword arguments."""
     if name not in NETS:
         raise ValueError(f"net: unknown architecture {name!r}; known: {', '.join(NETS)}")
+    params = inspect.signature(NETS[name]).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(k for k in kwargs if k not in params)
+        if unknown:
+            raise ValueError(f"build_net: the net {name!r} takes no option {', '.join(map(repr, unknown))}; "
+                             f"its options: {', '.join(params)}")
+    missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in kwargs
+               and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    if missing:
+        raise ValueError(f"build_net: the net {name!r} needs {', '.join(map(repr, missing))}; "
+                         f"its options: {', '.join(params)}")
     return NETS[name](**kwargs)
 
 

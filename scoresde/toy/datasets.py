@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .._tensor import check_count, check_finite_number, check_generator
+from ..checks import check_seed
 from .mixture import GaussianMixture
 
 __all__ = ["DATASETS", "MIXTURES", "sample", "mixture", "available", "anisotropic_mixture"]
@@ -75,7 +76,7 @@ def anisotropic_mixture(dim: int = 16, n_components: int = 4, seed: int = 0) -> 
     Covariance eigenvalues spread over two decades, so the score is stiff in some directions.
     """
     dim, n_components = check_count("dim", dim), check_count("n_components", n_components)
-    seed = check_count("seed", seed, minimum=0)
+    seed = check_seed("seed", seed)
     g = torch.Generator().manual_seed(seed)
     means = 2.0 * torch.randn(n_components, dim, generator=g, dtype=torch.float64)
     q, _ = torch.linalg.qr(torch.randn(n_components, dim, dim, generator=g, dtype=torch.float64))
