@@ -143,6 +143,7 @@ class ScoreModel:
         which records it on the device; without one (a direct call) it is checked at once.
         """
         t = _network_batch_time(t, x)
+        _check_network_dtype(self.fn, x)
         self.nfe += 1
         out = self.fn(x, self.network_time(t))
         if not isinstance(out, Tensor):
@@ -253,3 +254,14 @@ def _network_batch_time(t, x: Tensor) -> Tensor:
             and not t.requires_grad:
         return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
     return batch_time(t, x)
+
+
+def _check_network_dtype(fn, x: Tensor) -> None:
+    """A network module whose weights are of another floating dtype than x would fail deep inside with
+    "mat1 and mat2 must have the same dtype": name it here (metadata only, no host read)."""
+    if not isinstance(fn, torch.nn.Module) or not x.is_floating_point():
+        return
+    weight = next((p for p in fn.parameters() if p.is_floating_point()), None)
+    if weight is not None and weight.dtype != x.dtype:
+        raise TypeError(f"x: dtype {x.dtype} differs from the network's weights ({weight.dtype}); cast the data "
+                        f"(x.to({weight.dtype})) or the network (model.fn.to({x.dtype}))")

@@ -165,3 +165,16 @@ def test_a_non_finite_output_names_the_model_and_the_time(bad):
     with pytest.raises(sd.models.NonFiniteModelOutput, match=r"t = 0.1 \.\. 0.3 \(per sample\)"):
         model.eps(torch.zeros(3, 2), torch.tensor([0.1, 0.2, 0.3]))
     assert model.nfe == 2
+
+
+def test_data_of_another_dtype_than_the_network_is_named_before_the_call():
+    # float64 points into a float32 network (what load_model gives) used to end in "mat1 and mat2 must have
+    # the same dtype" inside the first Linear; the wrapper names it, before counting a call
+    from scoresde.nets import ScoreMLP
+
+    sde = sd.VPSDE()
+    model = sd.ScoreModel(ScoreMLP(2, sde, "eps", width=16, depth=1), sde, "eps")
+    with pytest.raises(TypeError, match=r"x: dtype torch.float64 differs from the network's weights \(torch.float32\)"):
+        model.eps(torch.zeros(3, 2, dtype=torch.float64), 0.5)
+    assert model.nfe == 0
+    assert model.eps(torch.zeros(3, 2), 0.5).dtype == torch.float32  # the matching dtype runs
